@@ -1,0 +1,276 @@
+//! Durable event consumers: decode the envelope, hand it to a handler, settle the delivery.
+//!
+//! - A message that cannot be decoded, or that the handler calls poison, goes to the
+//!   dead-letter stream at once and is acked; the consumer keeps going.
+//! - A transient failure is retried with backoff; after `max_deliver` deliveries the
+//!   message is dead-lettered too. Redelivery is bounded and nothing is dropped silently.
+//! - Handlers make themselves idempotent with [`claim`]: the event id is recorded in the
+//!   same transaction as the handler's effect, so a redelivered event changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aida_proto::aida::events::v1::EventEnvelope;
+use async_trait::async_trait;
+use chrono::Utc;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{ConsumerSpec, Delivery, EventBus, OutgoingMessage, headers};
+use crate::db::{Sql, Tx};
+use crate::error::Error;
+
+/// Why a handler did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (a dependency is down, a conflict).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Never going to work (invalid content): dead-letter it now.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+impl From<Error> for HandlerError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument(_) | Error::NotFound { .. } => Self::Poison(error.to_string()),
+            other => Self::Transient(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Transient(error.to_string())
+    }
+}
+
+/// Handles one event type or several.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    async fn handle(&self, event: &EventEnvelope) -> Result<(), HandlerError>;
+}
+
+/// Records that `consumer` handled `event_id`, inside the transaction of its effect.
+/// Returns false if it was handled before: the caller then skips the effect.
+pub async fn claim(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, sqlx::Error> {
+    let inserted = tx
+        .execute(
+            Sql::new(
+                "INSERT INTO processed_events (consumer, event_id, processed_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(event_id)
+            .bind(Utc::now()),
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    pub spec: ConsumerSpec,
+    /// Deliveries before a transiently failing message is dead-lettered.
+    pub max_deliver: u32,
+}
+
+/// Consumes until `shutdown`. Subscribing is retried while the bus is unavailable.
+pub async fn run(
+    bus: Arc<dyn EventBus>,
+    options: ConsumerOptions,
+    handler: Arc<dyn EventHandler>,
+    shutdown: CancellationToken,
+) {
+    let consumer = options.spec.durable_name.clone();
+    let mut source = loop {
+        let attempt = async {
+            bus.ensure_streams().await?;
+            bus.subscribe(&options.spec).await
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = attempt => match result {
+                Ok(source) => break source,
+                Err(error) => {
+                    tracing::warn!(%consumer, %error, "cannot subscribe yet; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    };
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = source.next() => next,
+        };
+        match delivery {
+            Ok(delivery) => {
+                process(
+                    bus.as_ref(),
+                    &consumer,
+                    options.max_deliver,
+                    handler.as_ref(),
+                    delivery,
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::debug!(%consumer, %error, "consumer feed interrupted");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Handles one delivery and settles it.
+async fn process(
+    bus: &dyn EventBus,
+    consumer: &str,
+    max_deliver: u32,
+    handler: &dyn EventHandler,
+    delivery: Delivery,
+) {
+    let envelope = match EventEnvelope::decode(delivery.payload.as_ref()) {
+        Ok(envelope) if !envelope.event_id.is_empty() => envelope,
+        Ok(_) => {
+            dead_letter(bus, consumer, delivery, "envelope has no event id").await;
+            return;
+        }
+        Err(error) => {
+            dead_letter(
+                bus,
+                consumer,
+                delivery,
+                &format!("undecodable envelope: {error}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "event",
+        %consumer,
+        event_type = %envelope.event_type,
+        event_id = %envelope.event_id,
+        tenant = %envelope.tenant_id,
+        attempt = delivery.attempt,
+    );
+    let _guard = span.enter();
+    match handler.handle(&envelope).await {
+        Ok(()) => {
+            if let Err(error) = delivery.ack().await {
+                // Not acked means redelivered; the inbox makes that harmless.
+                tracing::warn!(%error, "ack failed");
+            }
+        }
+        Err(HandlerError::Poison(reason)) => {
+            tracing::warn!(%reason, "poison event; dead-lettering");
+            dead_letter(bus, consumer, delivery, &reason).await;
+        }
+        Err(HandlerError::Transient(reason)) => {
+            if delivery.attempt >= u64::from(max_deliver) {
+                tracing::warn!(%reason, "event failed {max_deliver} times; dead-lettering");
+                dead_letter(bus, consumer, delivery, &reason).await;
+            } else {
+                let delay = retry_delay(delivery.attempt);
+                tracing::info!(%reason, ?delay, "event failed; will be redelivered");
+                if let Err(error) = delivery.nak(delay).await {
+                    tracing::warn!(%error, "nak failed; redelivery after ack wait");
+                }
+            }
+        }
+    }
+}
+
+/// 250 ms, 500 ms, 1 s, … capped at 30 s.
+fn retry_delay(attempt: u64) -> Duration {
+    let exponent = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(7);
+    Duration::from_millis(250 * 2u64.pow(exponent)).min(Duration::from_secs(30))
+}
+
+/// Publishes the delivery to the dead-letter stream, then terminates it. If the dead-letter
+/// publish fails, the delivery is left unsettled and comes back after the ack wait.
+async fn dead_letter(bus: &dyn EventBus, consumer: &str, delivery: Delivery, reason: &str) {
+    let original_id = delivery
+        .message_id
+        .clone()
+        .unwrap_or_else(|| format!("{:x}", sha_of(&delivery.payload)));
+    let mut message_headers = vec![
+        (
+            headers::ORIGINAL_SUBJECT.to_owned(),
+            delivery.event_type.clone(),
+        ),
+        (headers::CONSUMER.to_owned(), consumer.to_owned()),
+        (headers::ERROR.to_owned(), truncate(reason, 1024)),
+        (headers::DELIVERIES.to_owned(), delivery.attempt.to_string()),
+    ];
+    if let Some(traceparent) = delivery.header(headers::TRACEPARENT) {
+        message_headers.push((headers::TRACEPARENT.to_owned(), traceparent.to_owned()));
+    }
+    let message = OutgoingMessage {
+        event_type: format!("dlq.{consumer}"),
+        message_id: format!("{consumer}:{original_id}"),
+        payload: delivery.payload.clone(),
+        headers: message_headers,
+    };
+    let published = bus.publish(std::slice::from_ref(&message)).await;
+    match published.into_iter().next() {
+        Some(Ok(())) => {
+            if let Err(error) = delivery.term().await {
+                tracing::warn!(%error, "term after dead-lettering failed");
+            }
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, "dead-letter publish failed; message will be redelivered");
+        }
+        None => tracing::error!("dead-letter publish returned no result"),
+    }
+}
+
+fn sha_of(payload: &[u8]) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(payload);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        assert_eq!(retry_delay(1), Duration::from_millis(250));
+        assert_eq!(retry_delay(3), Duration::from_secs(1));
+        assert_eq!(retry_delay(50), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn truncate_respects_character_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

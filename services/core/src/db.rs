@@ -1,0 +1,423 @@
+//! Storage: one SQL dialect subset written once, run on PostgreSQL (production) or SQLite
+//! (the embedded default).
+//!
+//! Repositories build [`Sql`] values (text with `$1`-style placeholders and typed [`Arg`]s)
+//! and run them through [`Database`] or a [`Tx`]; rows decode into `#[derive(sqlx::FromRow)]`
+//! structs that work on both engines. Where the engines differ (row locking, JSON access),
+//! the caller asks [`Database::engine`] and writes both forms.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{FromRow, PgPool, Postgres, Sqlite, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Which engine a [`Database`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool on one of the two engines.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A bound argument. Both engines accept each variant; SQLite stores UUIDs as 16-byte blobs,
+/// timestamps as RFC 3339 text (which sorts correctly) and JSON as text.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Bool(bool),
+    Uuid(Uuid),
+    Time(DateTime<Utc>),
+    OptTime(Option<DateTime<Utc>>),
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Self::Text(value)
+    }
+}
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Self::Text(value.to_owned())
+    }
+}
+impl From<&String> for Arg {
+    fn from(value: &String) -> Self {
+        Self::Text(value.clone())
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        Self::OptText(value)
+    }
+}
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+impl From<bool> for Arg {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+impl From<Uuid> for Arg {
+    fn from(value: Uuid) -> Self {
+        Self::Uuid(value)
+    }
+}
+impl From<DateTime<Utc>> for Arg {
+    fn from(value: DateTime<Utc>) -> Self {
+        Self::Time(value)
+    }
+}
+impl From<Option<DateTime<Utc>>> for Arg {
+    fn from(value: Option<DateTime<Utc>>) -> Self {
+        Self::OptTime(value)
+    }
+}
+impl From<serde_json::Value> for Arg {
+    fn from(value: serde_json::Value) -> Self {
+        Self::Json(value)
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(value: Vec<u8>) -> Self {
+        Self::Bytes(value)
+    }
+}
+
+/// SQL text with `$n` placeholders and the arguments they stand for.
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds the argument for the next placeholder already written in the text.
+    pub fn bind(mut self, arg: impl Into<Arg>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends text.
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `arg` and returns nothing: for dynamic queries.
+    pub fn push_arg(&mut self, arg: impl Into<Arg>) -> &mut Self {
+        self.args.push(arg.into());
+        let placeholder = format!("${}", self.args.len());
+        self.text.push_str(&placeholder);
+        self
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn args(&self) -> &[Arg] {
+        &self.args
+    }
+}
+
+/// A row type that decodes on both engines.
+pub trait Row: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin
+{}
+
+/// Binds every argument of `sql` onto a sqlx query of either engine.
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Text(value) => query.bind(value),
+                Arg::OptText(value) => query.bind(value),
+                Arg::Int(value) => query.bind(value),
+                Arg::Bool(value) => query.bind(value),
+                Arg::Uuid(value) => query.bind(value),
+                Arg::Time(value) => query.bind(value),
+                Arg::OptTime(value) => query.bind(value),
+                Arg::Json(value) => query.bind(sqlx::types::Json(value)),
+                Arg::Bytes(value) => query.bind(value),
+            };
+        }
+        query
+    }};
+}
+
+/// Runs `$body` with `$conn` bound to the engine-specific executor.
+macro_rules! on_engine {
+    ($target:expr, $conn:ident => $body:expr) => {
+        match $target {
+            Target::Postgres($conn) => $body,
+            Target::Sqlite($conn) => $body,
+        }
+    };
+}
+
+enum Target<'a> {
+    Postgres(&'a mut sqlx::PgConnection),
+    Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+async fn execute_on(target: Target<'_>, sql: Sql) -> Result<u64, sqlx::Error> {
+    let Sql { text, args } = sql;
+    on_engine!(target, conn => {
+        let query = bind_all!(sqlx::query(&text), args);
+        Ok(query.execute(&mut *conn).await?.rows_affected())
+    })
+}
+
+async fn fetch_all_on<T: Row>(target: Target<'_>, sql: Sql) -> Result<Vec<T>, sqlx::Error> {
+    let Sql { text, args } = sql;
+    match target {
+        Target::Postgres(conn) => {
+            let query = bind_all!(sqlx::query_as::<Postgres, T>(&text), args);
+            query.fetch_all(&mut *conn).await
+        }
+        Target::Sqlite(conn) => {
+            let query = bind_all!(sqlx::query_as::<Sqlite, T>(&text), args);
+            query.fetch_all(&mut *conn).await
+        }
+    }
+}
+
+async fn fetch_optional_on<T: Row>(target: Target<'_>, sql: Sql) -> Result<Option<T>, sqlx::Error> {
+    let Sql { text, args } = sql;
+    match target {
+        Target::Postgres(conn) => {
+            let query = bind_all!(sqlx::query_as::<Postgres, T>(&text), args);
+            query.fetch_optional(&mut *conn).await
+        }
+        Target::Sqlite(conn) => {
+            let query = bind_all!(sqlx::query_as::<Sqlite, T>(&text), args);
+            query.fetch_optional(&mut *conn).await
+        }
+    }
+}
+
+/// The migrations of one crate, one directory per engine.
+pub struct Migrations {
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+impl Database {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`).
+    pub async fn connect(url: &SecretString) -> Result<Self, sqlx::Error> {
+        let url = url.expose_secret();
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL lets readers run beside the single writer; NORMAL sync is durable
+                // across application crashes, which is what the embedded mode promises.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(32)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Ok(Self::Postgres(pool))
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// Applies `migrations` for this engine. Several crates share one database (each
+    /// service's tables beside core's outbox), so each migrator ignores the others' entries.
+    pub async fn migrate(
+        &self,
+        migrations: &mut Migrations,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Self::Postgres(pool) => {
+                migrations.postgres.set_ignore_missing(true);
+                migrations.postgres.run(pool).await
+            }
+            Self::Sqlite(pool) => {
+                migrations.sqlite.set_ignore_missing(true);
+                migrations.sqlite.run(pool).await
+            }
+        }
+    }
+
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+            // then writes fails with SQLITE_BUSY when another writer got in between, which
+            // the busy timeout cannot resolve.
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    pub async fn execute(&self, sql: Sql) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                execute_on(Target::Postgres(&mut *pool.acquire().await?), sql).await
+            }
+            Self::Sqlite(pool) => {
+                execute_on(Target::Sqlite(&mut *pool.acquire().await?), sql).await
+            }
+        }
+    }
+
+    pub async fn fetch_all<T: Row>(&self, sql: Sql) -> Result<Vec<T>, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                fetch_all_on(Target::Postgres(&mut *pool.acquire().await?), sql).await
+            }
+            Self::Sqlite(pool) => {
+                fetch_all_on(Target::Sqlite(&mut *pool.acquire().await?), sql).await
+            }
+        }
+    }
+
+    pub async fn fetch_optional<T: Row>(&self, sql: Sql) -> Result<Option<T>, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                fetch_optional_on(Target::Postgres(&mut *pool.acquire().await?), sql).await
+            }
+            Self::Sqlite(pool) => {
+                fetch_optional_on(Target::Sqlite(&mut *pool.acquire().await?), sql).await
+            }
+        }
+    }
+
+    pub async fn fetch_one<T: Row>(&self, sql: Sql) -> Result<T, sqlx::Error> {
+        self.fetch_optional(sql)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A transaction on either engine. Dropping it without [`Tx::commit`] rolls back.
+pub enum Tx {
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+impl Tx {
+    fn target(&mut self) -> Target<'_> {
+        match self {
+            Self::Postgres(tx) => Target::Postgres(&mut *tx),
+            Self::Sqlite(tx) => Target::Sqlite(&mut *tx),
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Self::Postgres(_) => Engine::Postgres,
+            Self::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    pub async fn execute(&mut self, sql: Sql) -> Result<u64, sqlx::Error> {
+        execute_on(self.target(), sql).await
+    }
+
+    pub async fn fetch_all<T: Row>(&mut self, sql: Sql) -> Result<Vec<T>, sqlx::Error> {
+        fetch_all_on(self.target(), sql).await
+    }
+
+    pub async fn fetch_optional<T: Row>(&mut self, sql: Sql) -> Result<Option<T>, sqlx::Error> {
+        fetch_optional_on(self.target(), sql).await
+    }
+
+    pub async fn fetch_one<T: Row>(&mut self, sql: Sql) -> Result<T, sqlx::Error> {
+        self.fetch_optional(sql)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await,
+            Self::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// True when `error` is a unique-constraint violation (on either engine).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Placeholders `$from, $from+1, …` for an `IN (…)` list of `count` values.
+pub fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The migrations of `aida-core` itself: the outbox and the consumer inbox.
+pub fn core_migrations() -> Migrations {
+    Migrations {
+        postgres: sqlx::migrate!("./migrations/postgres"),
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+    }
+}
+
+/// A single-column count.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Count {
+    pub count: i64,
+}

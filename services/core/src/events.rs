@@ -1,0 +1,57 @@
+//! Building event envelopes from the request that caused them.
+
+use aida_proto::aida::events::v1::{Actor, EventEnvelope, TraceContext, event_envelope::Payload};
+use chrono::{DateTime, Utc};
+
+use crate::auth::AuthContext;
+
+/// The envelope of an event `event_type` about `subject`, caused by `context`'s request at
+/// `occurred_at`, with a fresh UUIDv7 id.
+pub fn envelope(
+    context: &AuthContext,
+    event_type: &str,
+    subject: String,
+    occurred_at: DateTime<Utc>,
+    payload: Payload,
+) -> EventEnvelope {
+    EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: event_type.to_owned(),
+        tenant_id: context.tenant_id.clone(),
+        occurred_at: Some(timestamp(occurred_at)),
+        actor: Some(Actor {
+            subject: context.subject.clone(),
+            roles: context.roles.clone(),
+        }),
+        subject,
+        trace: context
+            .traceparent
+            .as_ref()
+            .map(|traceparent| TraceContext {
+                traceparent: traceparent.clone(),
+                tracestate: String::new(),
+            }),
+        request_id: context.request_id.clone(),
+        payload: Some(payload),
+    }
+}
+
+/// A `google.protobuf.Timestamp` from a UTC time.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A UTC time from a `google.protobuf.Timestamp`, if it is in range.
+pub fn from_timestamp(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).ok()?)
+}
+
+/// Now, truncated to microseconds: what PostgreSQL stores, so that a value read back
+/// equals the value written on every engine.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

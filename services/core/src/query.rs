@@ -1,0 +1,767 @@
+//! List queries (AIP-132/158/160): `filter` and `order_by` parsed against a whitelist of
+//! fields and compiled to SQL with bound arguments, and keyset pagination on the ordering.
+//!
+//! Filter grammar (a practical subset of AIP-160):
+//!
+//! ```text
+//! expr       := or
+//! or         := and { "OR" and }
+//! and        := unary { ["AND"] unary }          (juxtaposition means AND)
+//! unary      := ("NOT" | "-") unary | "(" expr ")" | comparison
+//! comparison := field op value
+//! field      := name { "." name }                (maps: attributes.tier)
+//! op         := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":"
+//! value      := "quoted string" | 'quoted' | bare-word
+//! ```
+//!
+//! `:` (has) is a case-insensitive substring match on text. `=` on text with a leading or
+//! trailing `*` is a prefix or suffix match.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::{Arg, Engine, Sql};
+use crate::error::Error;
+
+const MAX_FILTER_LEN: usize = 2000;
+const MAX_COMPARISONS: usize = 50;
+const MAX_DEPTH: usize = 16;
+
+/// How a field's values are interpreted.
+#[derive(Clone, Copy)]
+pub enum FieldKind {
+    Text,
+    /// An enum stored by its short name; the function maps an accepted spelling (short or
+    /// fully prefixed) to the stored name.
+    Enum(fn(&str) -> Option<&'static str>),
+    Timestamp,
+    Uuid,
+    /// A string map stored as JSON; filtered as `field.key`.
+    Map,
+}
+
+/// A field that may appear in `filter` or `order_by`.
+#[derive(Clone, Copy)]
+pub struct Field {
+    /// The proto field name.
+    pub name: &'static str,
+    /// The column.
+    pub column: &'static str,
+    pub kind: FieldKind,
+    /// Whether `order_by` accepts it.
+    pub sortable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Has,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq | Op::Has => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Expr {
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Not(Box<Expr>),
+    Compare {
+        field: String,
+        op: Op,
+        value: String,
+    },
+}
+
+fn filter_error(message: impl Into<String>) -> Error {
+    Error::invalid("filter", message)
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    position: usize,
+    comparisons: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn rest(&self) -> &'a str {
+        &self.text[self.position..]
+    }
+
+    fn skip_whitespace(&mut self) {
+        let trimmed = self.rest().trim_start();
+        self.position = self.text.len() - trimmed.len();
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.skip_whitespace();
+        self.rest().is_empty()
+    }
+
+    /// Consumes `keyword` if it is the next word (followed by whitespace or a parenthesis).
+    fn keyword(&mut self, keyword: &str) -> bool {
+        self.skip_whitespace();
+        let rest = self.rest();
+        if let Some(after) = rest.strip_prefix(keyword)
+            && (after.is_empty()
+                || after.starts_with(char::is_whitespace)
+                || after.starts_with('('))
+        {
+            self.position += keyword.len();
+            return true;
+        }
+        false
+    }
+
+    fn symbol(&mut self, symbol: char) -> bool {
+        self.skip_whitespace();
+        if self.rest().starts_with(symbol) {
+            self.position += symbol.len_utf8();
+            return true;
+        }
+        false
+    }
+
+    fn parse_or(&mut self, depth: usize) -> Result<Expr, Error> {
+        let mut terms = vec![self.parse_and(depth)?];
+        while self.keyword("OR") {
+            terms.push(self.parse_and(depth)?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::Or(terms)
+        })
+    }
+
+    fn parse_and(&mut self, depth: usize) -> Result<Expr, Error> {
+        let mut terms = vec![self.parse_unary(depth)?];
+        loop {
+            if self.keyword("AND") {
+                terms.push(self.parse_unary(depth)?);
+                continue;
+            }
+            // Juxtaposition is AND, unless the next token closes a group or starts OR.
+            self.skip_whitespace();
+            let rest = self.rest();
+            if rest.is_empty()
+                || rest.starts_with(')')
+                || rest.starts_with("OR ")
+                || rest.starts_with("OR(")
+            {
+                break;
+            }
+            terms.push(self.parse_unary(depth)?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::And(terms)
+        })
+    }
+
+    fn parse_unary(&mut self, depth: usize) -> Result<Expr, Error> {
+        if depth > MAX_DEPTH {
+            return Err(filter_error("nested too deeply"));
+        }
+        if self.keyword("NOT") || self.symbol('-') {
+            return Ok(Expr::Not(Box::new(self.parse_unary(depth + 1)?)));
+        }
+        if self.symbol('(') {
+            let inner = self.parse_or(depth + 1)?;
+            if !self.symbol(')') {
+                return Err(filter_error(format!(
+                    "missing ')' at position {}",
+                    self.position
+                )));
+            }
+            return Ok(inner);
+        }
+        self.parse_comparison()
+    }
+
+    fn parse_comparison(&mut self) -> Result<Expr, Error> {
+        self.comparisons += 1;
+        if self.comparisons > MAX_COMPARISONS {
+            return Err(filter_error(format!(
+                "more than {MAX_COMPARISONS} comparisons"
+            )));
+        }
+        self.skip_whitespace();
+        let start = self.position;
+        let field_len = self
+            .rest()
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(self.rest().len());
+        if field_len == 0 {
+            return Err(filter_error(format!(
+                "expected a field name at position {start}"
+            )));
+        }
+        let field = self.rest()[..field_len].to_owned();
+        self.position += field_len;
+        self.skip_whitespace();
+        let rest = self.rest();
+        let (op, op_len) = if rest.starts_with("!=") {
+            (Op::Ne, 2)
+        } else if rest.starts_with("<=") {
+            (Op::Le, 2)
+        } else if rest.starts_with(">=") {
+            (Op::Ge, 2)
+        } else if rest.starts_with('=') {
+            (Op::Eq, 1)
+        } else if rest.starts_with('<') {
+            (Op::Lt, 1)
+        } else if rest.starts_with('>') {
+            (Op::Gt, 1)
+        } else if rest.starts_with(':') {
+            (Op::Has, 1)
+        } else {
+            return Err(filter_error(format!(
+                "expected an operator (= != < <= > >= :) after '{field}'"
+            )));
+        };
+        self.position += op_len;
+        self.skip_whitespace();
+        let value = self.parse_value(&field)?;
+        Ok(Expr::Compare { field, op, value })
+    }
+
+    fn parse_value(&mut self, field: &str) -> Result<String, Error> {
+        let rest = self.rest();
+        let Some(first) = rest.chars().next() else {
+            return Err(filter_error(format!("missing value for '{field}'")));
+        };
+        if first == '"' || first == '\'' {
+            let mut value = String::new();
+            let mut chars = rest[1..].char_indices();
+            while let Some((index, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, escaped)) => value.push(escaped),
+                        None => break,
+                    },
+                    c if c == first => {
+                        self.position += 1 + index + 1;
+                        return Ok(value);
+                    }
+                    c => value.push(c),
+                }
+            }
+            return Err(filter_error(format!("unterminated string for '{field}'")));
+        }
+        let len = rest
+            .find(|c: char| c.is_whitespace() || c == '(' || c == ')')
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return Err(filter_error(format!("missing value for '{field}'")));
+        }
+        self.position += len;
+        Ok(rest[..len].to_owned())
+    }
+}
+
+/// Parses `filter` and appends ` AND (<condition>)` to `sql`. An empty filter adds nothing.
+pub fn push_filter(
+    sql: &mut Sql,
+    engine: Engine,
+    filter: &str,
+    fields: &[Field],
+) -> Result<(), Error> {
+    if filter.trim().is_empty() {
+        return Ok(());
+    }
+    if filter.len() > MAX_FILTER_LEN {
+        return Err(filter_error(format!(
+            "longer than {MAX_FILTER_LEN} characters"
+        )));
+    }
+    let mut parser = Parser {
+        text: filter,
+        position: 0,
+        comparisons: 0,
+    };
+    let expr = parser.parse_or(0)?;
+    if !parser.at_end() {
+        return Err(filter_error(format!(
+            "unexpected '{}' at position {}",
+            parser.rest().chars().take(20).collect::<String>(),
+            parser.position
+        )));
+    }
+    sql.push(" AND (");
+    compile(sql, engine, &expr, fields)?;
+    sql.push(")");
+    Ok(())
+}
+
+fn compile(sql: &mut Sql, engine: Engine, expr: &Expr, fields: &[Field]) -> Result<(), Error> {
+    match expr {
+        Expr::And(terms) | Expr::Or(terms) => {
+            let joiner = if matches!(expr, Expr::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            for (index, term) in terms.iter().enumerate() {
+                if index > 0 {
+                    sql.push(joiner);
+                }
+                sql.push("(");
+                compile(sql, engine, term, fields)?;
+                sql.push(")");
+            }
+            Ok(())
+        }
+        Expr::Not(inner) => {
+            sql.push("NOT (");
+            compile(sql, engine, inner, fields)?;
+            sql.push(")");
+            Ok(())
+        }
+        Expr::Compare { field, op, value } => {
+            compile_comparison(sql, engine, field, *op, value, fields)
+        }
+    }
+}
+
+fn field_names(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(|field| match field.kind {
+            FieldKind::Map => format!("{}.<key>", field.name),
+            _ => field.name.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn compile_comparison(
+    sql: &mut Sql,
+    engine: Engine,
+    name: &str,
+    op: Op,
+    value: &str,
+    fields: &[Field],
+) -> Result<(), Error> {
+    let (base, key) = match name.split_once('.') {
+        Some((base, key)) => (base, Some(key)),
+        None => (name, None),
+    };
+    let field = fields
+        .iter()
+        .find(|field| field.name == base)
+        .ok_or_else(|| {
+            filter_error(format!(
+                "unknown field '{name}'; known: {}",
+                field_names(fields)
+            ))
+        })?;
+    match (field.kind, key) {
+        (FieldKind::Map, Some(key)) => {
+            if key.is_empty()
+                || key.len() > 64
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(filter_error(format!("bad key '{key}' in '{name}'")));
+            }
+            let column = match engine {
+                Engine::Postgres => format!("({} ->> '{key}')", field.column),
+                Engine::Sqlite => format!("json_extract({}, '$.\"{key}\"')", field.column),
+            };
+            push_text_comparison(sql, &column, op, value);
+            Ok(())
+        }
+        (FieldKind::Map, None) => Err(filter_error(format!(
+            "'{name}' needs a key, e.g. {name}.tier"
+        ))),
+        (_, Some(_)) => Err(filter_error(format!("'{base}' has no sub-fields"))),
+        (FieldKind::Text, None) => {
+            push_text_comparison(sql, field.column, op, value);
+            Ok(())
+        }
+        (FieldKind::Enum(normalize), None) => {
+            let op = match op {
+                Op::Eq | Op::Has => Op::Eq,
+                Op::Ne => Op::Ne,
+                _ => return Err(filter_error(format!("'{name}' supports only = and !="))),
+            };
+            let stored = normalize(value).ok_or_else(|| {
+                filter_error(format!("'{value}' is not a valid value of '{name}'"))
+            })?;
+            sql.push(field.column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(stored);
+            Ok(())
+        }
+        (FieldKind::Timestamp, None) => {
+            if op == Op::Has {
+                return Err(filter_error(format!(
+                    "':' does not apply to timestamp '{name}'"
+                )));
+            }
+            let time = DateTime::parse_from_rfc3339(value)
+                .map_err(|_| {
+                    filter_error(format!(
+                        "'{value}' is not an RFC 3339 timestamp (for '{name}')"
+                    ))
+                })?
+                .with_timezone(&Utc);
+            sql.push(field.column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(time);
+            Ok(())
+        }
+        (FieldKind::Uuid, None) => {
+            let op = match op {
+                Op::Eq | Op::Has => Op::Eq,
+                Op::Ne => Op::Ne,
+                _ => return Err(filter_error(format!("'{name}' supports only = and !="))),
+            };
+            let id = Uuid::parse_str(value)
+                .map_err(|_| filter_error(format!("'{value}' is not an id (for '{name}')")))?;
+            sql.push(field.column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(id);
+            Ok(())
+        }
+    }
+}
+
+fn push_text_comparison(sql: &mut Sql, column: &str, op: Op, value: &str) {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    match op {
+        Op::Has => {
+            sql.push("LOWER(").push(column).push(") LIKE ");
+            sql.push_arg(format!("%{}%", escaped.to_lowercase()));
+            sql.push(" ESCAPE '\\'");
+        }
+        Op::Eq | Op::Ne if value.len() > 1 && (value.starts_with('*') || value.ends_with('*')) => {
+            let pattern = format!(
+                "{}{}{}",
+                if value.starts_with('*') { "%" } else { "" },
+                escaped.trim_matches('*'),
+                if value.ends_with('*') { "%" } else { "" }
+            );
+            sql.push(column)
+                .push(if op == Op::Ne { " NOT LIKE " } else { " LIKE " });
+            sql.push_arg(pattern);
+            sql.push(" ESCAPE '\\'");
+        }
+        _ => {
+            sql.push(column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(value);
+        }
+    }
+}
+
+/// One `order_by` term.
+#[derive(Clone, Copy)]
+pub struct OrderTerm {
+    pub field: Field,
+    pub descending: bool,
+}
+
+/// Parses `order_by` (`"create_time desc, email"`); empty means `default`.
+pub fn parse_order_by(
+    order_by: &str,
+    fields: &[Field],
+    default: &str,
+) -> Result<Vec<OrderTerm>, Error> {
+    let text = if order_by.trim().is_empty() {
+        default
+    } else {
+        order_by
+    };
+    let mut terms = Vec::new();
+    for part in text.split(',') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let (name, descending) = match words.as_slice() {
+            [name] => (*name, false),
+            [name, direction] if direction.eq_ignore_ascii_case("desc") => (*name, true),
+            [name, direction] if direction.eq_ignore_ascii_case("asc") => (*name, false),
+            _ => {
+                return Err(Error::invalid(
+                    "order_by",
+                    format!("cannot read '{}'", part.trim()),
+                ));
+            }
+        };
+        let field = fields
+            .iter()
+            .find(|field| field.name == name && field.sortable)
+            .ok_or_else(|| {
+                let sortable: Vec<&str> = fields
+                    .iter()
+                    .filter(|f| f.sortable)
+                    .map(|f| f.name)
+                    .collect();
+                Error::invalid(
+                    "order_by",
+                    format!(
+                        "cannot order by '{name}'; use one of {}",
+                        sortable.join(", ")
+                    ),
+                )
+            })?;
+        if terms.iter().any(|term: &OrderTerm| term.field.name == name) {
+            return Err(Error::invalid(
+                "order_by",
+                format!("'{name}' appears twice"),
+            ));
+        }
+        terms.push(OrderTerm {
+            field: *field,
+            descending,
+        });
+    }
+    Ok(terms)
+}
+
+/// The canonical text of an ordering, to bind page tokens to it.
+pub fn order_key(terms: &[OrderTerm]) -> String {
+    terms
+        .iter()
+        .map(|term| {
+            format!(
+                "{} {}",
+                term.field.name,
+                if term.descending { "desc" } else { "asc" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A sort-key value of the last row of a page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", content = "v")]
+pub enum KeyValue {
+    Text(String),
+    Time(DateTime<Utc>),
+    Uuid(Uuid),
+}
+
+impl KeyValue {
+    fn arg(&self) -> Arg {
+        match self {
+            Self::Text(value) => Arg::Text(value.clone()),
+            Self::Time(value) => Arg::Time(*value),
+            Self::Uuid(value) => Arg::Uuid(*value),
+        }
+    }
+}
+
+/// Appends the keyset condition "after (`values`, `last_id`)" in the order `terms`, then
+/// the unique `id_column` ascending:
+/// `(a > x) OR (a = x AND b < y) OR (a = x AND b = y AND id > z)`.
+pub fn push_keyset(
+    sql: &mut Sql,
+    terms: &[OrderTerm],
+    values: &[KeyValue],
+    id_column: &str,
+    last_id: Uuid,
+) -> Result<(), Error> {
+    if values.len() != terms.len() {
+        return Err(Error::invalid("page_token", "does not match order_by"));
+    }
+    sql.push(" AND (");
+    for level in 0..=terms.len() {
+        if level > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        for (term, value) in terms.iter().zip(values).take(level) {
+            sql.push(term.field.column).push(" = ");
+            sql.push_arg(value.arg());
+            sql.push(" AND ");
+        }
+        if let Some(term) = terms.get(level) {
+            sql.push(term.field.column)
+                .push(if term.descending { " < " } else { " > " });
+            sql.push_arg(values[level].arg());
+        } else {
+            sql.push(id_column).push(" > ");
+            sql.push_arg(last_id);
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+    Ok(())
+}
+
+/// Appends ` ORDER BY …, id ASC`.
+pub fn push_order_by(sql: &mut Sql, terms: &[OrderTerm], id_column: &str) {
+    sql.push(" ORDER BY ");
+    for term in terms {
+        sql.push(term.field.column)
+            .push(if term.descending { " DESC, " } else { " ASC, " });
+    }
+    sql.push(id_column).push(" ASC");
+}
+
+/// AIP-158 page size: 0 means `default`, above `max` is clamped, negative is an error.
+pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32, Error> {
+    match u32::try_from(requested) {
+        Err(_) => Err(Error::invalid("page_size", "must not be negative")),
+        Ok(0) => Ok(default),
+        Ok(size) => Ok(size.min(max)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(value: &str) -> Option<&'static str> {
+        match value.strip_prefix("LEAD_STATUS_").unwrap_or(value) {
+            "NEW" => Some("NEW"),
+            "QUALIFIED" => Some("QUALIFIED"),
+            _ => None,
+        }
+    }
+
+    const FIELDS: &[Field] = &[
+        Field {
+            name: "email",
+            column: "email",
+            kind: FieldKind::Text,
+            sortable: true,
+        },
+        Field {
+            name: "status",
+            column: "status",
+            kind: FieldKind::Enum(status),
+            sortable: true,
+        },
+        Field {
+            name: "create_time",
+            column: "create_time",
+            kind: FieldKind::Timestamp,
+            sortable: true,
+        },
+        Field {
+            name: "attributes",
+            column: "attributes",
+            kind: FieldKind::Map,
+            sortable: false,
+        },
+    ];
+
+    fn compile_filter(filter: &str) -> Result<Sql, Error> {
+        let mut sql = Sql::new("WHERE tenant_id = $1").bind("t");
+        push_filter(&mut sql, Engine::Postgres, filter, FIELDS)?;
+        Ok(sql)
+    }
+
+    #[test]
+    fn comparisons_joined_by_and_compile_to_bound_sql() {
+        let sql = compile_filter(r#"status = "NEW" AND create_time > "2026-01-01T00:00:00Z""#)
+            .expect("ok");
+        assert_eq!(
+            sql.text(),
+            "WHERE tenant_id = $1 AND ((status = $2) AND (create_time > $3))"
+        );
+        assert_eq!(sql.args().len(), 3);
+    }
+
+    #[test]
+    fn or_not_parentheses_and_bare_values_are_understood() {
+        let sql = compile_filter("NOT (status = NEW OR status = LEAD_STATUS_QUALIFIED) email:acme")
+            .expect("ok");
+        assert_eq!(
+            sql.text(),
+            "WHERE tenant_id = $1 AND ((NOT ((status = $2) OR (status = $3))) AND (LOWER(email) LIKE $4 ESCAPE '\\'))"
+        );
+    }
+
+    #[test]
+    fn map_keys_compile_per_engine() {
+        let mut sql = Sql::new("");
+        push_filter(&mut sql, Engine::Sqlite, "attributes.tier = gold", FIELDS).expect("ok");
+        assert!(
+            sql.text()
+                .contains("json_extract(attributes, '$.\"tier\"') = $1"),
+            "{}",
+            sql.text()
+        );
+    }
+
+    #[test]
+    fn malformed_filters_are_invalid_argument_naming_the_filter() {
+        for bad in [
+            "status =",
+            "status = \"NEW",
+            "nope = 1",
+            "status = ALIVE",
+            "create_time > yesterday",
+            "(status = NEW",
+            "status ~ NEW",
+            "status = NEW )",
+            "email.x = 1",
+            "attributes = 1",
+            "attributes.b@d = 1",
+            "status < NEW",
+        ] {
+            let error = compile_filter(bad).expect_err(bad);
+            assert!(
+                matches!(&error, Error::InvalidArgument(v) if v[0].field == "filter"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn order_by_accepts_directions_and_refuses_unknown_fields() {
+        let terms =
+            parse_order_by("create_time desc, email", FIELDS, "create_time desc").expect("ok");
+        assert_eq!(order_key(&terms), "create_time desc,email asc");
+        assert!(parse_order_by("attributes", FIELDS, "").is_err());
+        assert!(parse_order_by("email sideways", FIELDS, "").is_err());
+        assert!(parse_order_by("email, email", FIELDS, "").is_err());
+    }
+
+    #[test]
+    fn keyset_conditions_expand_level_by_level() {
+        let terms = parse_order_by("create_time desc, email", FIELDS, "").expect("ok");
+        let mut sql = Sql::new("WHERE x");
+        let time = Utc::now();
+        push_keyset(
+            &mut sql,
+            &terms,
+            &[KeyValue::Time(time), KeyValue::Text("a".into())],
+            "id",
+            Uuid::nil(),
+        )
+        .expect("ok");
+        assert_eq!(
+            sql.text(),
+            "WHERE x AND ((create_time < $1) OR (create_time = $2 AND email > $3) OR (create_time = $4 AND email = $5 AND id > $6))"
+        );
+    }
+
+    #[test]
+    fn page_size_defaults_clamps_and_refuses_negatives() {
+        assert_eq!(page_size(0, 50, 1000).expect("ok"), 50);
+        assert_eq!(page_size(5000, 50, 1000).expect("ok"), 1000);
+        assert!(page_size(-1, 50, 1000).is_err());
+    }
+}

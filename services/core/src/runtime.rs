@@ -1,0 +1,86 @@
+//! Starting a service: the database (migrated), the bus, the outbox relay, token
+//! verification and page tokens, from one [`Settings`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::TokenVerifier;
+use crate::bus::{BusError, EventBus, MemoryBus, NatsBus};
+use crate::db::{Database, Migrations, core_migrations};
+use crate::outbox::Relay;
+use crate::pagination::PageTokens;
+use crate::settings::{Settings, SettingsError};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// The bus the settings ask for: JetStream when `nats_url` is set, else in-process.
+pub async fn connect_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusError> {
+    Ok(match &settings.nats_url {
+        Some(url) => Arc::new(NatsBus::connect(url, &settings.bus).await?),
+        None => Arc::new(MemoryBus::new(&settings.bus)),
+    })
+}
+
+/// Everything a running service holds.
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub settings: Settings,
+    pub db: Database,
+    pub bus: Arc<dyn EventBus>,
+    pub relay: Relay,
+    pub verifier: Arc<TokenVerifier>,
+    pub page_tokens: PageTokens,
+}
+
+impl ServiceContext {
+    /// Connects the database of `service`, applies core's and the service's migrations and
+    /// prepares the relay (not yet running).
+    pub async fn start(
+        settings: &Settings,
+        service: &str,
+        bus: Arc<dyn EventBus>,
+        mut migrations: Migrations,
+    ) -> Result<Self, StartError> {
+        if let Some(parent) = settings
+            .data_dir
+            .to_str()
+            .filter(|_| settings.database_url.is_none())
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        let db = Database::connect(&settings.database_url_for(service)).await?;
+        db.migrate(&mut core_migrations()).await?;
+        db.migrate(&mut migrations).await?;
+        let signing_key = settings.signing_key()?;
+        let verifier = Arc::new(TokenVerifier::hs256(
+            &signing_key,
+            &settings.auth.issuer,
+            &settings.auth.audience,
+            Duration::from_secs(settings.auth.leeway_secs),
+        ));
+        let relay = Relay::new(db.clone(), bus.clone(), settings.outbox.clone());
+        Ok(Self {
+            settings: settings.clone(),
+            db,
+            bus,
+            relay,
+            verifier,
+            page_tokens: PageTokens::new(&signing_key),
+        })
+    }
+}

@@ -1,0 +1,362 @@
+//! Typed settings, layered: built-in defaults, then an optional TOML file (`--config` or
+//! `AIDA_CONFIG`), then `AIDA_*` environment variables (`__` separates sections, so
+//! `AIDA_AUTH__ISSUER` sets `auth.issuer`). Unknown keys are rejected, and secrets are wrapped
+//! so that they never appear in logs or `Debug` output.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Everything a service needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where embedded defaults keep their files (SQLite, DuckDB, keys).
+    pub data_dir: PathBuf,
+    /// `postgres://…` for production; `sqlite://…` or unset for the embedded default (a
+    /// SQLite file per service under `data_dir`).
+    pub database_url: Option<SecretString>,
+    /// `nats://…` for JetStream; unset for the in-process bus.
+    pub nats_url: Option<String>,
+    pub bus: BusSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub listen: ListenSettings,
+    pub outbox: OutboxSettings,
+}
+
+/// Event bus behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    /// Prefix for stream names and subjects; empty in production. Tests set a unique one
+    /// so that they can share one NATS server (`t1` gives stream `T1_CRM_LEADS` with
+    /// subjects `t1.leads.>`).
+    pub namespace: String,
+    /// A message that failed this many deliveries goes to the dead-letter stream.
+    pub max_deliver: u32,
+    /// How long a consumer may hold a message before it is redelivered.
+    pub ack_wait_secs: u64,
+    /// JetStream duplicate window: a republished event id within it is dropped.
+    pub duplicate_window_secs: u64,
+}
+
+/// Bearer-token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// HS256 signing key. Unset: a random key is created in `data_dir/dev-signing.key`
+    /// on first use, which suits `aida up` and `aida token`.
+    #[serde(skip_serializing)]
+    pub signing_key: Option<SecretString>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,aida_leads=debug`; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Listen addresses. Port 0 picks a free port (tests).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSettings {
+    pub host: IpAddr,
+    pub leads_port: u16,
+}
+
+impl ListenSettings {
+    pub fn leads(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.leads_port)
+    }
+}
+
+/// The transactional outbox relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often the relay looks for events when nobody woke it.
+    pub poll_interval_ms: u64,
+    /// Events published per round.
+    pub batch_size: u32,
+    /// Published events are deleted from the outbox after this long.
+    pub retention_hours: u64,
+}
+
+/// The serializable part of the defaults (secrets have no defaults).
+#[derive(Serialize)]
+struct Defaults {
+    data_dir: PathBuf,
+    bus: BusSettings,
+    auth: AuthSettings,
+    log: LogSettings,
+    listen: ListenSettings,
+    outbox: OutboxSettings,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            bus: BusSettings {
+                namespace: String::new(),
+                max_deliver: 5,
+                ack_wait_secs: 30,
+                duplicate_window_secs: 120,
+            },
+            auth: AuthSettings {
+                issuer: "aida-dev".into(),
+                audience: "aida-crm".into(),
+                signing_key: None,
+                leeway_secs: 30,
+            },
+            log: LogSettings {
+                format: LogFormat::Text,
+                filter: "info".into(),
+            },
+            listen: ListenSettings {
+                host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                leads_port: 50051,
+            },
+            outbox: OutboxSettings {
+                poll_interval_ms: 500,
+                batch_size: 256,
+                retention_hours: 24,
+            },
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error("settings: {field}: {message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+    #[error("settings: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<figment::Error> for SettingsError {
+    fn from(error: figment::Error) -> Self {
+        Self::Invalid(Box::new(error))
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (when given), then `AIDA_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Defaults::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(SettingsError::Field {
+                    field: "config",
+                    message: format!("{} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("AIDA_").ignore(&["CONFIG"]).split("__"));
+        let settings: Settings = figment.extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Built-in defaults only (no file, no environment): the embedded configuration.
+    pub fn embedded() -> Self {
+        let settings: Settings = Figment::from(Serialized::defaults(Defaults::default()))
+            .extract()
+            .expect("built-in defaults are valid");
+        settings
+    }
+
+    /// Checks what serde cannot: URL schemes and ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(SettingsError::Field {
+                    field: "database_url",
+                    message: "must start with postgres://, postgresql:// or sqlite:".into(),
+                });
+            }
+        }
+        if let Some(url) = &self.nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return Err(SettingsError::Field {
+                field: "nats_url",
+                message: "must start with nats:// or tls://".into(),
+            });
+        }
+        if self.bus.max_deliver == 0 {
+            return Err(SettingsError::Field {
+                field: "bus.max_deliver",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.outbox.batch_size == 0 {
+            return Err(SettingsError::Field {
+                field: "outbox.batch_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !self
+            .bus
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(SettingsError::Field {
+                field: "bus.namespace",
+                message: "only letters, digits and underscores".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database URL for `service`: the configured one, or a SQLite file under `data_dir`.
+    pub fn database_url_for(&self, service: &str) -> SecretString {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => SecretString::from(format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(format!("{service}.db")).display()
+            )),
+        }
+    }
+
+    /// The HS256 signing key: configured, or read from (created in) `data_dir`.
+    pub fn signing_key(&self) -> Result<SecretString, SettingsError> {
+        if let Some(key) = &self.auth.signing_key {
+            if key.expose_secret().len() < 32 {
+                return Err(SettingsError::Field {
+                    field: "auth.signing_key",
+                    message: "must be at least 32 characters".into(),
+                });
+            }
+            return Ok(key.clone());
+        }
+        let path = self.data_dir.join("dev-signing.key");
+        match std::fs::read_to_string(&path) {
+            Ok(key) => Ok(SecretString::from(key.trim().to_owned())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.data_dir)?;
+                let key = crate::random_hex(32);
+                write_private_file(&path, &key)?;
+                Ok(SecretString::from(key))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Writes a file readable only by its owner.
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_settings_use_sqlite_under_the_data_dir_and_the_in_process_bus() {
+        let settings = Settings::embedded();
+        assert!(settings.nats_url.is_none());
+        assert!(
+            settings
+                .database_url_for("leads")
+                .expose_secret()
+                .starts_with("sqlite://data/leads.db")
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let mut settings = Settings::embedded();
+        settings.database_url = Some(SecretString::from(
+            "postgres://u:hunter2@db/aida".to_owned(),
+        ));
+        settings.auth.signing_key = Some(SecretString::from("k".repeat(40)));
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains(&"k".repeat(40)));
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "nats_url = \"nats://127.0.0.1:4222\"\n[auth]\nissuer = \"me\"\n",
+        )
+        .expect("write");
+        let settings = Settings::load(Some(&good)).expect("load");
+        assert_eq!(settings.auth.issuer, "me");
+        assert_eq!(settings.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[auth]\nisuer = \"typo\"\n").expect("write");
+        let error = Settings::load(Some(&bad)).expect_err("unknown key");
+        assert!(error.to_string().contains("isuer"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_database_url_names_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "database_url = \"mysql://x\"\n").expect("write");
+        let error = Settings::load(Some(&file)).expect_err("bad url");
+        assert!(error.to_string().contains("database_url"), "{error}");
+    }
+
+    #[test]
+    fn the_development_signing_key_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::embedded();
+        settings.data_dir = dir.path().to_path_buf();
+        let first = settings.signing_key().expect("key");
+        let second = settings.signing_key().expect("key");
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        assert_eq!(first.expose_secret().len(), 64);
+    }
+}

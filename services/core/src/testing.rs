@@ -1,0 +1,300 @@
+//! Test support: a fresh PostgreSQL database per test, a unique bus namespace per test,
+//! and private `nats-server` processes for fault tests.
+//!
+//! The shared servers come from `TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`); the test command starts them when they are not running.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use sqlx::Connection;
+
+/// The admin URL of the shared PostgreSQL server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The URL of the shared NATS server.
+pub fn shared_nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A bus namespace no other test uses: streams `T…_CRM_LEADS`, subjects `t….leads.>`.
+pub fn unique_namespace() -> String {
+    format!("t{}", crate::random_hex(6))
+}
+
+/// A fresh database on the shared PostgreSQL server, dropped when the value is dropped.
+pub struct TestPostgres {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestPostgres {
+    pub async fn create() -> Self {
+        let admin = postgres_admin_url();
+        let name = format!("aida_test_{}", crate::random_hex(8));
+        let mut connection = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {admin}: {error}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .expect("create test database");
+        let _ = connection.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub fn secret_url(&self) -> SecretString {
+        SecretString::from(self.url.clone())
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        // Drop runs outside async code; a short-lived thread with its own runtime removes
+        // the database so test runs do not accumulate them.
+        let name = self.name.clone();
+        let admin = postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut connection)
+                        .await;
+                    let _ = connection.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A private JetStream server on its own port and store directory, for fault tests that
+/// stop and restart it without disturbing anyone else.
+pub struct NatsServer {
+    pub port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    for candidate in [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ] {
+        let path = PathBuf::from(candidate);
+        if path.exists() {
+            return path;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            store: tempfile::tempdir().expect("nats store dir"),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store, and waits until it accepts
+    /// connections.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (install it with apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bus a test can also inspect: what is stored in a stream, in order.
+#[derive(Clone)]
+pub enum TestBus {
+    Nats(crate::bus::NatsBus),
+    Memory(crate::bus::MemoryBus),
+}
+
+/// One message as stored in a stream.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Un-namespaced subject.
+    pub event_type: String,
+    /// `Nats-Msg-Id`.
+    pub message_id: String,
+    pub payload: bytes::Bytes,
+}
+
+impl TestBus {
+    /// A JetStream bus on `url` in a fresh namespace.
+    pub async fn nats(url: &str) -> Self {
+        let settings = crate::settings::BusSettings {
+            namespace: unique_namespace(),
+            ..crate::Settings::embedded().bus
+        };
+        Self::Nats(
+            crate::bus::NatsBus::connect(url, &settings)
+                .await
+                .expect("connect to NATS"),
+        )
+    }
+
+    /// An in-process bus.
+    pub fn memory() -> Self {
+        Self::Memory(crate::bus::MemoryBus::new(&crate::Settings::embedded().bus))
+    }
+
+    pub fn shared(&self) -> std::sync::Arc<dyn crate::bus::EventBus> {
+        match self {
+            Self::Nats(bus) => std::sync::Arc::new(bus.clone()),
+            Self::Memory(bus) => std::sync::Arc::new(bus.clone()),
+        }
+    }
+
+    /// The namespace, to configure services that must use the same streams.
+    pub fn namespace(&self) -> String {
+        use crate::bus::EventBus;
+        let topology = match self {
+            Self::Nats(bus) => bus.topology().clone(),
+            Self::Memory(bus) => bus.topology().clone(),
+        };
+        topology
+            .subject("x")
+            .strip_suffix(".x")
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Every message in `stream` (base name such as `CRM_LEADS`), oldest first.
+    pub async fn stored(&self, stream: &str) -> Vec<StoredMessage> {
+        use crate::bus::EventBus;
+        match self {
+            Self::Memory(bus) => bus
+                .stored(stream)
+                .into_iter()
+                .map(|(event_type, message_id, payload)| StoredMessage {
+                    event_type,
+                    message_id,
+                    payload,
+                })
+                .collect(),
+            Self::Nats(bus) => {
+                let name = bus.topology().stream(stream);
+                let Ok(mut handle) = bus.jetstream().get_stream(&name).await else {
+                    return Vec::new();
+                };
+                let Ok(info) = handle.info().await else {
+                    return Vec::new();
+                };
+                let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+                let mut messages = Vec::new();
+                for sequence in first..=last {
+                    let Ok(message) = handle.get_raw_message(sequence).await else {
+                        continue;
+                    };
+                    let message_id = message
+                        .headers
+                        .get(crate::bus::headers::MSG_ID)
+                        .map(|value| value.as_str().to_owned())
+                        .unwrap_or_default();
+                    messages.push(StoredMessage {
+                        event_type: bus
+                            .topology()
+                            .event_type(message.subject.as_str())
+                            .to_owned(),
+                        message_id,
+                        payload: message.payload,
+                    });
+                }
+                messages
+            }
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The gRPC adapter: proto messages in, domain calls, proto messages out. The only module
+//! of this crate that knows the generated types.
+
+use std::collections::BTreeSet;
+
+use aida_core::Error;
+use aida_core::auth::AuthContext;
+use aida_core::events::{envelope, now_micros, timestamp};
+use aida_core::outbox::Relay;
+use aida_core::pagination::PageTokens;
+use aida_core::query::{self, KeyValue};
+use aida_proto::aida::events::v1::{
+    LeadCaptured, LeadDeleted, LeadQualified, LeadRejected, LeadUpdated, event_envelope::Payload,
+};
+use aida_proto::aida::leads::v1 as pb;
+use aida_proto::aida::leads::v1::lead_service_server::LeadService;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{self, Lead, LeadFields, Source, Status as LeadStatus};
+use crate::store::{self, After, CaptureRequest, Change, LeadStore};
+
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_ORDER: &str = "create_time desc";
+
+/// Fields UpdateLead may change, by proto name.
+const WRITABLE: [&str; 10] = [
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "phone",
+    "source",
+    "owner_id",
+    "attributes",
+    "status",
+];
+
+/// LeadService over a [`LeadStore`].
+pub struct LeadApi {
+    store: LeadStore,
+    relay: Relay,
+    page_tokens: PageTokens,
+}
+
+impl LeadApi {
+    pub fn new(store: LeadStore, relay: Relay, page_tokens: PageTokens) -> Self {
+        Self {
+            store,
+            relay,
+            page_tokens,
+        }
+    }
+}
+
+/// Where a list page ended, bound to the query that produced it.
+#[derive(Serialize, Deserialize)]
+struct PagePosition {
+    /// Hash of the filter.
+    f: String,
+    /// Canonical order.
+    o: String,
+    /// Sort-key values of the last lead.
+    k: Vec<KeyValue>,
+    /// Id of the last lead.
+    i: Uuid,
+}
+
+fn filter_hash(filter: &str) -> String {
+    let digest = sha2::Sha256::digest(filter.trim().as_bytes());
+    digest
+        .iter()
+        .take(12)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+fn source_from_proto(value: i32, field: &str) -> Result<Option<Source>, Error> {
+    match pb::LeadSource::try_from(value) {
+        Ok(pb::LeadSource::Unspecified) => Ok(None),
+        Ok(pb::LeadSource::WebForm) => Ok(Some(Source::WebForm)),
+        Ok(pb::LeadSource::Referral) => Ok(Some(Source::Referral)),
+        Ok(pb::LeadSource::Event) => Ok(Some(Source::Event)),
+        Ok(pb::LeadSource::Import) => Ok(Some(Source::Import)),
+        Ok(pb::LeadSource::Outbound) => Ok(Some(Source::Outbound)),
+        Ok(pb::LeadSource::Other) => Ok(Some(Source::Other)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not a LeadSource value"),
+        )),
+    }
+}
+
+fn source_to_proto(source: Source) -> pb::LeadSource {
+    match source {
+        Source::WebForm => pb::LeadSource::WebForm,
+        Source::Referral => pb::LeadSource::Referral,
+        Source::Event => pb::LeadSource::Event,
+        Source::Import => pb::LeadSource::Import,
+        Source::Outbound => pb::LeadSource::Outbound,
+        Source::Other => pb::LeadSource::Other,
+    }
+}
+
+fn status_from_proto(value: i32) -> Result<LeadStatus, Error> {
+    match pb::LeadStatus::try_from(value) {
+        Ok(pb::LeadStatus::New) => Ok(LeadStatus::New),
+        Ok(pb::LeadStatus::Qualified) => Ok(LeadStatus::Qualified),
+        Ok(pb::LeadStatus::Rejected) => Ok(LeadStatus::Rejected),
+        Ok(pb::LeadStatus::Converted) => Ok(LeadStatus::Converted),
+        Ok(pb::LeadStatus::Unspecified) => Err(Error::invalid(
+            "lead.status",
+            "a status is required when update_mask names it",
+        )),
+        Err(_) => Err(Error::invalid(
+            "lead.status",
+            format!("{value} is not a LeadStatus value"),
+        )),
+    }
+}
+
+fn status_to_proto(status: LeadStatus) -> pb::LeadStatus {
+    match status {
+        LeadStatus::New => pb::LeadStatus::New,
+        LeadStatus::Qualified => pb::LeadStatus::Qualified,
+        LeadStatus::Rejected => pb::LeadStatus::Rejected,
+        LeadStatus::Converted => pb::LeadStatus::Converted,
+    }
+}
+
+fn fields_from_proto(lead: &pb::Lead) -> Result<LeadFields, Error> {
+    Ok(LeadFields {
+        email: lead.email.clone(),
+        first_name: lead.first_name.clone(),
+        last_name: lead.last_name.clone(),
+        company: lead.company.clone(),
+        title: lead.title.clone(),
+        phone: lead.phone.clone(),
+        source: source_from_proto(lead.source, "lead.source")?,
+        owner_id: lead.owner_id.clone(),
+        attributes: lead.attributes.clone(),
+    })
+}
+
+/// The proto form of a stored lead.
+pub fn to_proto(lead: &Lead) -> pb::Lead {
+    pb::Lead {
+        id: lead.id.to_string(),
+        email: lead.fields.email.clone(),
+        first_name: lead.fields.first_name.clone(),
+        last_name: lead.fields.last_name.clone(),
+        company: lead.fields.company.clone(),
+        title: lead.fields.title.clone(),
+        phone: lead.fields.phone.clone(),
+        source: source_to_proto(lead.source) as i32,
+        status: status_to_proto(lead.status) as i32,
+        owner_id: lead.fields.owner_id.clone(),
+        attributes: lead.fields.attributes.clone(),
+        rejection_reason: lead.rejection_reason.clone(),
+        create_time: Some(timestamp(lead.create_time)),
+        update_time: Some(timestamp(lead.update_time)),
+        etag: lead.etag(),
+    }
+}
+
+fn subject_of(id: Uuid) -> String {
+    format!("leads/{id}")
+}
+
+/// The paths an empty update mask stands for: the fields the caller populated (AIP-134).
+fn populated_paths(lead: &pb::Lead) -> Vec<String> {
+    let mut paths = Vec::new();
+    let text = [
+        ("email", &lead.email),
+        ("first_name", &lead.first_name),
+        ("last_name", &lead.last_name),
+        ("company", &lead.company),
+        ("title", &lead.title),
+        ("phone", &lead.phone),
+        ("owner_id", &lead.owner_id),
+    ];
+    for (name, value) in text {
+        if !value.is_empty() {
+            paths.push(name.to_owned());
+        }
+    }
+    if lead.source != 0 {
+        paths.push("source".into());
+    }
+    if lead.status != 0 {
+        paths.push("status".into());
+    }
+    if !lead.attributes.is_empty() {
+        paths.push("attributes".into());
+    }
+    paths
+}
+
+/// The update's mask, validated: every path is a writable field; `*` is all of them.
+fn update_paths(
+    lead: &pb::Lead,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<BTreeSet<String>, Error> {
+    let requested = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => populated_paths(lead),
+    };
+    let mut paths = BTreeSet::new();
+    for path in requested {
+        if path == "*" {
+            paths.extend(WRITABLE.iter().map(|field| (*field).to_owned()));
+        } else if WRITABLE.contains(&path.as_str()) {
+            paths.insert(path);
+        } else {
+            return Err(Error::invalid(
+                "update_mask",
+                format!(
+                    "'{path}' cannot be updated; writable fields: {}",
+                    WRITABLE.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+fn apply_paths(
+    current: &LeadFields,
+    input: &pb::Lead,
+    paths: &BTreeSet<String>,
+) -> Result<LeadFields, Error> {
+    let mut fields = current.clone();
+    for path in paths {
+        match path.as_str() {
+            "email" => fields.email = input.email.clone(),
+            "first_name" => fields.first_name = input.first_name.clone(),
+            "last_name" => fields.last_name = input.last_name.clone(),
+            "company" => fields.company = input.company.clone(),
+            "title" => fields.title = input.title.clone(),
+            "phone" => fields.phone = input.phone.clone(),
+            "owner_id" => fields.owner_id = input.owner_id.clone(),
+            "attributes" => fields.attributes = input.attributes.clone(),
+            "source" => {
+                fields.source =
+                    Some(source_from_proto(input.source, "lead.source")?.unwrap_or(Source::Other));
+            }
+            _ => {}
+        }
+    }
+    Ok(fields)
+}
+
+fn changed_fields(before: &Lead, after: &LeadFields, status_changed: bool) -> Vec<String> {
+    let mut changed = Vec::new();
+    let pairs = [
+        ("email", &before.fields.email, &after.email),
+        ("first_name", &before.fields.first_name, &after.first_name),
+        ("last_name", &before.fields.last_name, &after.last_name),
+        ("company", &before.fields.company, &after.company),
+        ("title", &before.fields.title, &after.title),
+        ("phone", &before.fields.phone, &after.phone),
+        ("owner_id", &before.fields.owner_id, &after.owner_id),
+    ];
+    for (name, old, new) in pairs {
+        if old != new {
+            changed.push(name.to_owned());
+        }
+    }
+    if Some(before.source) != after.source {
+        changed.push("source".into());
+    }
+    if before.fields.attributes != after.attributes {
+        changed.push("attributes".into());
+    }
+    if status_changed {
+        changed.push("status".into());
+    }
+    changed
+}
+
+#[tonic::async_trait]
+impl LeadService for LeadApi {
+    async fn capture_lead(
+        &self,
+        request: Request<pb::CaptureLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let input = request
+            .lead
+            .ok_or_else(|| Error::invalid("lead", "a lead is required"))?;
+        let request_id = domain::clean_request_id(&request.request_id)?;
+        let fields = domain::normalize(fields_from_proto(&input)?, "lead")?;
+        let now = now_micros();
+        let lead = Lead {
+            id: Uuid::now_v7(),
+            tenant_id: context.tenant_id.clone(),
+            source: fields.source.unwrap_or(Source::Other),
+            fields: LeadFields {
+                source: Some(fields.source.unwrap_or(Source::Other)),
+                ..fields
+            },
+            status: LeadStatus::New,
+            rejection_reason: String::new(),
+            version: 1,
+            create_time: now,
+            update_time: now,
+        };
+        let event = envelope(
+            &context,
+            "leads.captured",
+            subject_of(lead.id),
+            now,
+            Payload::LeadCaptured(LeadCaptured {
+                lead: Some(to_proto(&lead)),
+            }),
+        );
+        let capture_request = request_id.as_deref().map(|request_id| CaptureRequest {
+            request_id,
+            fingerprint: store::fingerprint(&lead.fields),
+        });
+        let (stored, created) = self.store.capture(&lead, capture_request, &event).await?;
+        if created {
+            self.relay.wake();
+        }
+        Ok(Response::new(to_proto(&stored)))
+    }
+
+    async fn get_lead(
+        &self,
+        request: Request<pb::GetLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?;
+        let id = domain::parse_id("id", &request.get_ref().id)?;
+        let lead = self.store.get(&context.tenant_id, id).await?;
+        Ok(Response::new(to_proto(&lead)))
+    }
+
+    async fn list_leads(
+        &self,
+        request: Request<pb::ListLeadsRequest>,
+    ) -> Result<Response<pb::ListLeadsResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let list = request.get_ref();
+        let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
+        let order_key = query::order_key(&order);
+        let filter_key = filter_hash(&list.filter);
+        let after = if list.page_token.is_empty() {
+            None
+        } else {
+            let position: PagePosition = self.page_tokens.decode(&list.page_token)?;
+            if position.f != filter_key || position.o != order_key {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the filter or order_by changed since this token was issued; start from the first page",
+                )
+                .into());
+            }
+            Some(After {
+                values: position.k,
+                id: position.i,
+            })
+        };
+        let page = self
+            .store
+            .list(
+                &context.tenant_id,
+                &list.filter,
+                &order,
+                page_size,
+                after.as_ref(),
+            )
+            .await?;
+        let next_page_token = match page.leads.last() {
+            Some(last) if page.has_more => self.page_tokens.encode(&PagePosition {
+                f: filter_key,
+                o: order_key,
+                k: order
+                    .iter()
+                    .map(|term| store::key_value(last, term))
+                    .collect(),
+                i: last.id,
+            })?,
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListLeadsResponse {
+            leads: page.leads.iter().map(to_proto).collect(),
+            next_page_token,
+            total_size: i32::try_from(page.total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn update_lead(
+        &self,
+        request: Request<pb::UpdateLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let input = request
+            .lead
+            .ok_or_else(|| Error::invalid("lead", "a lead is required"))?;
+        let id = domain::parse_id("lead.id", &input.id)?;
+        let paths = update_paths(&input, request.update_mask.as_ref())?;
+        let wanted_status = if paths.contains("status") {
+            Some(status_from_proto(input.status)?)
+        } else {
+            None
+        };
+        let updated = self
+            .store
+            .modify(&context.tenant_id, id, |current| {
+                current.check_etag(&input.etag)?;
+                let fields =
+                    domain::normalize(apply_paths(&current.fields, &input, &paths)?, "lead")?;
+                let status = match wanted_status {
+                    Some(wanted) => current.change_status(wanted)?,
+                    None => current.status,
+                };
+                let changed = changed_fields(&current, &fields, status != current.status);
+                if changed.is_empty() {
+                    return Ok((Change::Unchanged, Some(current)));
+                }
+                let now = now_micros();
+                let reopened = status != current.status;
+                let lead = Lead {
+                    source: fields.source.unwrap_or(current.source),
+                    fields,
+                    status,
+                    rejection_reason: if reopened {
+                        String::new()
+                    } else {
+                        current.rejection_reason.clone()
+                    },
+                    version: current.version + 1,
+                    update_time: now,
+                    ..current.clone()
+                };
+                let event = envelope(
+                    &context,
+                    "leads.updated",
+                    subject_of(lead.id),
+                    now,
+                    Payload::LeadUpdated(LeadUpdated {
+                        lead: Some(to_proto(&lead)),
+                        previous_status: status_to_proto(current.status) as i32,
+                        changed_fields: changed,
+                    }),
+                );
+                Ok((
+                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
+                    Some(lead),
+                ))
+            })
+            .await?;
+        self.relay.wake();
+        let lead = updated.ok_or_else(|| Error::internal("update returned no lead"))?;
+        Ok(Response::new(to_proto(&lead)))
+    }
+
+    async fn qualify_lead(
+        &self,
+        request: Request<pb::QualifyLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let id = domain::parse_id("id", &request.id)?;
+        let note = domain::clean_reason("note", &request.note, false)?;
+        let updated = self
+            .store
+            .modify(&context.tenant_id, id, |current| {
+                current.check_etag(&request.etag)?;
+                let status = current.qualify()?;
+                let now = now_micros();
+                let lead = Lead {
+                    status,
+                    version: current.version + 1,
+                    update_time: now,
+                    ..current.clone()
+                };
+                let event = envelope(
+                    &context,
+                    "leads.qualified",
+                    subject_of(lead.id),
+                    now,
+                    Payload::LeadQualified(LeadQualified {
+                        lead: Some(to_proto(&lead)),
+                        previous_status: status_to_proto(current.status) as i32,
+                        note,
+                    }),
+                );
+                Ok((
+                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
+                    Some(lead),
+                ))
+            })
+            .await?;
+        self.relay.wake();
+        let lead = updated.ok_or_else(|| Error::internal("qualify returned no lead"))?;
+        Ok(Response::new(to_proto(&lead)))
+    }
+
+    async fn reject_lead(
+        &self,
+        request: Request<pb::RejectLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let id = domain::parse_id("id", &request.id)?;
+        let reason = domain::clean_reason("reason", &request.reason, true)?;
+        let updated = self
+            .store
+            .modify(&context.tenant_id, id, |current| {
+                current.check_etag(&request.etag)?;
+                let status = current.reject()?;
+                let now = now_micros();
+                let lead = Lead {
+                    status,
+                    rejection_reason: reason.clone(),
+                    version: current.version + 1,
+                    update_time: now,
+                    ..current.clone()
+                };
+                let event = envelope(
+                    &context,
+                    "leads.rejected",
+                    subject_of(lead.id),
+                    now,
+                    Payload::LeadRejected(LeadRejected {
+                        lead: Some(to_proto(&lead)),
+                        previous_status: status_to_proto(current.status) as i32,
+                        reason,
+                    }),
+                );
+                Ok((
+                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
+                    Some(lead),
+                ))
+            })
+            .await?;
+        self.relay.wake();
+        let lead = updated.ok_or_else(|| Error::internal("reject returned no lead"))?;
+        Ok(Response::new(to_proto(&lead)))
+    }
+
+    async fn delete_lead(
+        &self,
+        request: Request<pb::DeleteLeadRequest>,
+    ) -> Result<Response<()>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let id = domain::parse_id("id", &request.id)?;
+        self.store
+            .modify(&context.tenant_id, id, |current| {
+                current.check_etag(&request.etag)?;
+                let event = envelope(
+                    &context,
+                    "leads.deleted",
+                    subject_of(current.id),
+                    now_micros(),
+                    Payload::LeadDeleted(LeadDeleted {
+                        lead_id: current.id.to_string(),
+                    }),
+                );
+                Ok((Change::Deleted(Box::new(event)), None))
+            })
+            .await?;
+        self.relay.wake();
+        Ok(Response::new(()))
+    }
+}

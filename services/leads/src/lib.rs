@@ -1,0 +1,74 @@
+//! LeadService: captures prospects, qualifies or rejects them, lists them; every change
+//! commits with its event (`leads.captured`, `leads.qualified`, `leads.rejected`,
+//! `leads.updated`, `leads.deleted`) through the transactional outbox.
+
+mod api;
+pub mod domain;
+mod store;
+
+use aida_core::auth::Authenticator;
+use aida_core::db::Migrations;
+use aida_core::runtime::{ServiceContext, StartError};
+use aida_core::server;
+use aida_proto::aida::leads::v1::lead_service_server::LeadServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use api::{LeadApi, to_proto};
+pub use store::LeadStore;
+
+/// The service's name: its database file, health entry and log target.
+pub const SERVICE: &str = "leads";
+
+/// This crate's migrations (the leads table and capture idempotency keys).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: sqlx::migrate!("./migrations/postgres"),
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+    }
+}
+
+/// Serves LeadService (with health and reflection) on `listener` until `shutdown`; then
+/// lets in-flight calls finish and flushes the outbox.
+pub async fn serve(
+    context: ServiceContext,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let relay_shutdown = CancellationToken::new();
+    let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LeadServiceServer<LeadApi>>()
+        .await;
+    let reporter = health_reporter.clone();
+    let draining = shutdown.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        reporter
+            .set_not_serving::<LeadServiceServer<LeadApi>>()
+            .await;
+    });
+
+    let api = LeadApi::new(
+        LeadStore::new(context.db.clone()),
+        context.relay.clone(),
+        context.page_tokens.clone(),
+    );
+    let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
+    let router = server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        // Every LeadService call is authenticated; health and reflection are public.
+        .add_service(LeadServiceServer::with_interceptor(
+            api,
+            Authenticator::new(context.verifier.clone()),
+        ));
+    let served = server::serve(router, listener, shutdown).await;
+
+    // The server has drained: flush what the last calls committed, then stop the relay.
+    relay_shutdown.cancel();
+    let _ = relay.await;
+    served.map_err(|error| StartError::Server(error.to_string()))
+}

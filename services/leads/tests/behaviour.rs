@@ -1,0 +1,851 @@
+//! LeadService's behaviour, run twice: on PostgreSQL + NATS JetStream, and on SQLite +
+//! the in-process bus. Real gRPC over loopback, a fresh database and bus namespace per test.
+
+mod support;
+
+use std::time::Duration;
+
+use aida_core::auth::Claims;
+use aida_proto::aida::events::v1::event_envelope::Payload;
+use aida_proto::aida::leads::v1::{
+    CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, Lead, LeadSource, LeadStatus,
+    ListLeadsRequest, QualifyLeadRequest, RejectLeadRequest, UpdateLeadRequest,
+};
+use support::{Backend, TestApp, lead, violated_fields, with_token};
+use tonic::Code;
+
+async fn capture(app: &TestApp, tenant: &str, lead: Lead) -> Lead {
+    app.client()
+        .await
+        .capture_lead(app.request(
+            tenant,
+            CaptureLeadRequest {
+                lead: Some(lead),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("capture")
+        .into_inner()
+}
+
+async fn capture_publishes_exactly_one_leads_captured_event_with_the_lead(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let captured = capture(&app, "acme", lead("  Ada@Example.com ")).await;
+    assert_eq!(captured.email, "ada@example.com");
+    assert_eq!(captured.phone, "+442079460958");
+    assert_eq!(captured.status, LeadStatus::New as i32);
+    assert!(!captured.etag.is_empty());
+
+    let events = app.wait_for_lead_events(1).await;
+    // Give a duplicate time to show up: there must be none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events_after = app.lead_events().await;
+    assert_eq!(events_after.len(), 1, "exactly one event");
+    let (subject, message_id, envelope) = &events[0];
+    assert_eq!(subject, "leads.captured");
+    assert_eq!(
+        message_id, &envelope.event_id,
+        "Nats-Msg-Id is the event id"
+    );
+    assert_eq!(envelope.tenant_id, "acme");
+    assert_eq!(envelope.subject, format!("leads/{}", captured.id));
+    assert_eq!(
+        envelope.actor.as_ref().map(|actor| actor.subject.as_str()),
+        Some("tester")
+    );
+    match &envelope.payload {
+        Some(Payload::LeadCaptured(payload)) => assert_eq!(payload.lead.as_ref(), Some(&captured)),
+        other => panic!("unexpected payload {other:?}"),
+    }
+}
+
+async fn capture_retried_with_the_same_request_id_returns_the_first_lead_and_one_event(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let request = || CaptureLeadRequest {
+        lead: Some(lead("grace@example.com")),
+        request_id: "retry-1".into(),
+    };
+    let first = app
+        .client()
+        .await
+        .capture_lead(app.request("acme", request()))
+        .await
+        .expect("first")
+        .into_inner();
+    let second = app
+        .client()
+        .await
+        .capture_lead(app.request("acme", request()))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first, second);
+
+    // Fifty concurrent attempts of one new request: one lead, one event, one answer.
+    let concurrent = || CaptureLeadRequest {
+        lead: Some(lead("linus@example.com")),
+        request_id: "burst-1".into(),
+    };
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let mut client = app.client().await;
+        let request = app.request("acme", concurrent());
+        calls.push(tokio::spawn(
+            async move { client.capture_lead(request).await },
+        ));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        let lead = call.await.expect("join").expect("capture").into_inner();
+        ids.insert(lead.id);
+    }
+    assert_eq!(ids.len(), 1, "every concurrent retry got the same lead");
+    assert_eq!(app.count("leads").await, 2);
+    app.wait_for_lead_events(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.lead_events().await.len(), 2);
+
+    // The same request id with different content is refused, naming the field.
+    let reused = app
+        .client()
+        .await
+        .capture_lead(app.request(
+            "acme",
+            CaptureLeadRequest {
+                lead: Some(lead("other@example.com")),
+                request_id: "retry-1".into(),
+            },
+        ))
+        .await
+        .expect_err("reused id");
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&reused), vec!["request_id"]);
+}
+
+async fn invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let cases: Vec<(&str, CaptureLeadRequest, &str)> = vec![
+        (
+            "bad e-mail",
+            CaptureLeadRequest {
+                lead: Some(lead("not-an-email")),
+                request_id: String::new(),
+            },
+            "lead.email",
+        ),
+        ("empty request", CaptureLeadRequest::default(), "lead"),
+        (
+            "no e-mail and no phone",
+            CaptureLeadRequest {
+                lead: Some(Lead {
+                    first_name: "Nobody".into(),
+                    ..Lead::default()
+                }),
+                request_id: String::new(),
+            },
+            "lead.email",
+        ),
+        (
+            "10 KB name",
+            CaptureLeadRequest {
+                lead: Some(Lead {
+                    first_name: "x".repeat(10 * 1024),
+                    ..lead("long@example.com")
+                }),
+                request_id: String::new(),
+            },
+            "lead.first_name",
+        ),
+        (
+            "unknown enum value",
+            CaptureLeadRequest {
+                lead: Some(Lead {
+                    source: 42,
+                    ..lead("enum@example.com")
+                }),
+                request_id: String::new(),
+            },
+            "lead.source",
+        ),
+        (
+            "bad phone",
+            CaptureLeadRequest {
+                lead: Some(Lead {
+                    phone: "call me".into(),
+                    ..lead("phone@example.com")
+                }),
+                request_id: String::new(),
+            },
+            "lead.phone",
+        ),
+    ];
+    for (name, request, field) in cases {
+        let status = client
+            .capture_lead(app.request("acme", request))
+            .await
+            .expect_err(name);
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}");
+        assert!(
+            violated_fields(&status).contains(&field.to_owned()),
+            "{name}: {:?}",
+            violated_fields(&status)
+        );
+    }
+
+    for (name, request, field) in [
+        (
+            "bad filter",
+            ListLeadsRequest {
+                filter: "status = ALIVE".into(),
+                ..Default::default()
+            },
+            "filter",
+        ),
+        (
+            "unparsable filter",
+            ListLeadsRequest {
+                filter: "status = (".into(),
+                ..Default::default()
+            },
+            "filter",
+        ),
+        (
+            "forged page token",
+            ListLeadsRequest {
+                page_token: "eyJmIjoiIn0.AAAAAAAAAAAAAAAAAAAAAA".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            "negative page size",
+            ListLeadsRequest {
+                page_size: -5,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            "bad order",
+            ListLeadsRequest {
+                order_by: "password".into(),
+                ..Default::default()
+            },
+            "order_by",
+        ),
+    ] {
+        let status = client
+            .list_leads(app.request("acme", request))
+            .await
+            .expect_err(name);
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}");
+        assert_eq!(violated_fields(&status), vec![field.to_owned()], "{name}");
+    }
+
+    let status = client
+        .get_lead(app.request(
+            "acme",
+            GetLeadRequest {
+                id: "not-a-uuid".into(),
+            },
+        ))
+        .await
+        .expect_err("bad id");
+    assert_eq!(violated_fields(&status), vec!["id"]);
+
+    assert_eq!(app.count("leads").await, 0, "no lead written");
+    assert_eq!(app.count("outbox").await, 0, "no event written");
+}
+
+async fn another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_delete(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let mine = capture(&app, "acme", lead("mine@example.com")).await;
+    let mut client = app.client().await;
+    let get = client
+        .get_lead(app.request(
+            "globex",
+            GetLeadRequest {
+                id: mine.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("get");
+    assert_eq!(get.code(), Code::NotFound);
+    let update = client
+        .update_lead(app.request(
+            "globex",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: mine.id.clone(),
+                    company: "Stolen".into(),
+                    ..Lead::default()
+                }),
+                update_mask: None,
+            },
+        ))
+        .await
+        .expect_err("update");
+    assert_eq!(update.code(), Code::NotFound);
+    let qualify = client
+        .qualify_lead(app.request(
+            "globex",
+            QualifyLeadRequest {
+                id: mine.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("qualify");
+    assert_eq!(qualify.code(), Code::NotFound);
+    let reject = client
+        .reject_lead(app.request(
+            "globex",
+            RejectLeadRequest {
+                id: mine.id.clone(),
+                reason: "x".into(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect_err("reject");
+    assert_eq!(reject.code(), Code::NotFound);
+    let delete = client
+        .delete_lead(app.request(
+            "globex",
+            DeleteLeadRequest {
+                id: mine.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect_err("delete");
+    assert_eq!(delete.code(), Code::NotFound);
+    let list = client
+        .list_leads(app.request("globex", ListLeadsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.leads.is_empty());
+
+    let unchanged = client
+        .get_lead(app.request(
+            "acme",
+            GetLeadRequest {
+                id: mine.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(unchanged, mine);
+}
+
+async fn missing_expired_and_wrong_audience_tokens_are_unauthenticated(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let now = aida_core::auth::unix_now();
+    let claims = Claims {
+        sub: "tester".into(),
+        tenant_id: "acme".into(),
+        roles: vec!["admin".into()],
+        iss: app.settings.auth.issuer.clone(),
+        aud: app.settings.auth.audience.clone(),
+        exp: now + 600,
+        iat: None,
+        nbf: None,
+    };
+    let expired = app
+        .issuer
+        .sign(&Claims {
+            exp: now - 3600,
+            ..claims.clone()
+        })
+        .expect("sign");
+    let wrong_audience = app
+        .issuer
+        .sign(&Claims {
+            aud: "someone-else".into(),
+            ..claims.clone()
+        })
+        .expect("sign");
+    let wrong_issuer = app
+        .issuer
+        .sign(&Claims {
+            iss: "evil".into(),
+            ..claims.clone()
+        })
+        .expect("sign");
+
+    let missing = client
+        .get_lead(tonic::Request::new(GetLeadRequest::default()))
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    for (name, token) in [
+        ("expired", expired),
+        ("wrong audience", wrong_audience),
+        ("wrong issuer", wrong_issuer),
+        ("garbage", "abc.def.ghi".into()),
+    ] {
+        let status = client
+            .capture_lead(with_token(
+                &token,
+                CaptureLeadRequest {
+                    lead: Some(lead("x@example.com")),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .expect_err(name);
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}");
+    }
+    assert_eq!(app.count("leads").await, 0);
+}
+
+async fn a_duplicate_email_is_already_exists_naming_the_existing_lead(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let first = capture(&app, "acme", lead("dup@example.com")).await;
+    let status = app
+        .client()
+        .await
+        .capture_lead(app.request(
+            "acme",
+            CaptureLeadRequest {
+                lead: Some(lead("DUP@example.com")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains(&first.id), "{}", status.message());
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info().expect("error info");
+    assert_eq!(info.metadata.get("existing_id"), Some(&first.id));
+    // Another tenant may hold the same e-mail.
+    capture(&app, "globex", lead("dup@example.com")).await;
+}
+
+async fn qualify_and_reject_follow_the_life_cycle_and_emit_events(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let captured = capture(&app, "acme", lead("cycle@example.com")).await;
+
+    let no_reason = client
+        .reject_lead(app.request(
+            "acme",
+            RejectLeadRequest {
+                id: captured.id.clone(),
+                reason: "  ".into(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect_err("reason required");
+    assert_eq!(violated_fields(&no_reason), vec!["reason"]);
+
+    let rejected = client
+        .reject_lead(app.request(
+            "acme",
+            RejectLeadRequest {
+                id: captured.id.clone(),
+                reason: "no budget".into(),
+                etag: captured.etag.clone(),
+            },
+        ))
+        .await
+        .expect("reject")
+        .into_inner();
+    assert_eq!(rejected.status, LeadStatus::Rejected as i32);
+    assert_eq!(rejected.rejection_reason, "no budget");
+
+    let illegal = client
+        .qualify_lead(app.request(
+            "acme",
+            QualifyLeadRequest {
+                id: captured.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("rejected cannot be qualified");
+    assert_eq!(illegal.code(), Code::FailedPrecondition);
+
+    let reopened = client
+        .update_lead(app.request(
+            "acme",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: captured.id.clone(),
+                    status: LeadStatus::New as i32,
+                    ..Lead::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["status".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("reopen")
+        .into_inner();
+    assert_eq!(reopened.status, LeadStatus::New as i32);
+    assert_eq!(reopened.rejection_reason, "");
+
+    let qualified = client
+        .qualify_lead(app.request(
+            "acme",
+            QualifyLeadRequest {
+                id: captured.id.clone(),
+                etag: reopened.etag.clone(),
+                note: "budget found".into(),
+            },
+        ))
+        .await
+        .expect("qualify")
+        .into_inner();
+    assert_eq!(qualified.status, LeadStatus::Qualified as i32);
+
+    let events = app.wait_for_lead_events(4).await;
+    let types: Vec<&str> = events
+        .iter()
+        .map(|(subject, _, _)| subject.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "leads.captured",
+            "leads.rejected",
+            "leads.updated",
+            "leads.qualified"
+        ]
+    );
+    match &events[3].2.payload {
+        Some(Payload::LeadQualified(payload)) => {
+            assert_eq!(payload.previous_status, LeadStatus::New as i32);
+            assert_eq!(payload.note, "budget found");
+        }
+        other => panic!("unexpected payload {other:?}"),
+    }
+}
+
+async fn update_honours_the_mask_and_a_stale_etag_is_aborted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let captured = capture(&app, "acme", lead("mask@example.com")).await;
+
+    let updated = client
+        .update_lead(app.request(
+            "acme",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: captured.id.clone(),
+                    company: "New Co".into(),
+                    title: "ignored: not in the mask".into(),
+                    etag: captured.etag.clone(),
+                    ..Lead::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["company".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.company, "New Co");
+    assert_eq!(updated.title, captured.title);
+    assert_eq!(updated.email, captured.email);
+    assert_ne!(updated.etag, captured.etag);
+
+    let stale = client
+        .update_lead(app.request(
+            "acme",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: captured.id.clone(),
+                    company: "Lost Update".into(),
+                    etag: captured.etag.clone(),
+                    ..Lead::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["company".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("stale etag");
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let unknown = client
+        .update_lead(app.request(
+            "acme",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: captured.id.clone(),
+                    ..Lead::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["create_time".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("unknown path");
+    assert_eq!(violated_fields(&unknown), vec!["update_mask"]);
+
+    let bad_email = client
+        .update_lead(app.request(
+            "acme",
+            UpdateLeadRequest {
+                lead: Some(Lead {
+                    id: captured.id.clone(),
+                    email: "broken".into(),
+                    ..Lead::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("bad email");
+    assert_eq!(violated_fields(&bad_email), vec!["lead.email"]);
+
+    let current = client
+        .get_lead(app.request(
+            "acme",
+            GetLeadRequest {
+                id: captured.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(current, updated, "failed updates changed nothing");
+}
+
+async fn list_filters_orders_and_pages_through_every_lead_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    for index in 0..23 {
+        let source = if index % 2 == 0 {
+            LeadSource::WebForm
+        } else {
+            LeadSource::Referral
+        };
+        let mut new_lead = lead(&format!("person{index:02}@example.com"));
+        new_lead.source = source as i32;
+        new_lead.company = format!("Company {}", index % 5);
+        new_lead.attributes.insert(
+            "tier".into(),
+            if index < 5 {
+                "gold".into()
+            } else {
+                "silver".into()
+            },
+        );
+        capture(&app, "acme", new_lead).await;
+    }
+    capture(&app, "globex", lead("outsider@example.com")).await;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_leads(app.request(
+                "acme",
+                ListLeadsRequest {
+                    page_size: 5,
+                    page_token: token.clone(),
+                    filter: String::new(),
+                    order_by: "email".into(),
+                },
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(page.total_size, 23);
+        seen.extend(page.leads.into_iter().map(|lead| lead.email));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "every lead once, in order");
+    assert_eq!(seen.len(), 23);
+
+    let web = client
+        .list_leads(app.request(
+            "acme",
+            ListLeadsRequest {
+                filter: r#"status = "NEW" AND source = "WEB_FORM""#.into(),
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(web.leads.len(), 12);
+    assert!(
+        web.leads
+            .iter()
+            .all(|lead| lead.source == LeadSource::WebForm as i32)
+    );
+
+    let gold = client
+        .list_leads(app.request(
+            "acme",
+            ListLeadsRequest {
+                filter: "attributes.tier = gold".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("map filter")
+        .into_inner();
+    assert_eq!(gold.leads.len(), 5);
+
+    let recent = client
+        .list_leads(app.request(
+            "acme",
+            ListLeadsRequest {
+                filter: r#"create_time > "2026-01-01T00:00:00Z" AND company:"company 3""#.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("time filter")
+        .into_inner();
+    assert_eq!(recent.leads.len(), 4, "indexes 3, 8, 13 and 18");
+
+    let newest_first = client
+        .list_leads(app.request(
+            "acme",
+            ListLeadsRequest {
+                page_size: 3,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("default order")
+        .into_inner();
+    assert_eq!(newest_first.leads[0].email, "person22@example.com");
+
+    let changed = client
+        .list_leads(app.request(
+            "acme",
+            ListLeadsRequest {
+                page_size: 5,
+                page_token: newest_first.next_page_token.clone(),
+                order_by: "email".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("token from another ordering");
+    assert_eq!(violated_fields(&changed), vec!["page_token"]);
+}
+
+async fn delete_removes_the_lead_frees_its_email_and_emits_an_event(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let captured = capture(&app, "acme", lead("gone@example.com")).await;
+    client
+        .delete_lead(app.request(
+            "acme",
+            DeleteLeadRequest {
+                id: captured.id.clone(),
+                etag: captured.etag.clone(),
+            },
+        ))
+        .await
+        .expect("delete");
+    let gone = client
+        .get_lead(app.request(
+            "acme",
+            GetLeadRequest {
+                id: captured.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("gone");
+    assert_eq!(gone.code(), Code::NotFound);
+    capture(&app, "acme", lead("gone@example.com")).await;
+    let events = app.wait_for_lead_events(3).await;
+    assert_eq!(events[1].0, "leads.deleted");
+}
+
+async fn health_and_reflection_answer_without_a_token(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "aida.leads.v1.LeadService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        response.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+async fn a_graceful_stop_publishes_what_was_committed(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    for index in 0..10 {
+        capture(&app, "acme", lead(&format!("late{index}@example.com"))).await;
+    }
+    app.stop().await;
+    assert_eq!(app.count("outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(app.lead_events().await.len(), 10);
+}
+
+macro_rules! suite {
+    ($backend:ident, $module:ident) => {
+        mod $module {
+            use super::*;
+
+            suite!(@tests $backend,
+                capture_publishes_exactly_one_leads_captured_event_with_the_lead,
+                capture_retried_with_the_same_request_id_returns_the_first_lead_and_one_event,
+                invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing,
+                another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_delete,
+                missing_expired_and_wrong_audience_tokens_are_unauthenticated,
+                a_duplicate_email_is_already_exists_naming_the_existing_lead,
+                qualify_and_reject_follow_the_life_cycle_and_emit_events,
+                update_honours_the_mask_and_a_stale_etag_is_aborted,
+                list_filters_orders_and_pages_through_every_lead_once,
+                delete_removes_the_lead_frees_its_email_and_emits_an_event,
+                health_and_reflection_answer_without_a_token,
+                a_graceful_stop_publishes_what_was_committed
+            );
+        }
+    };
+    (@tests $backend:ident, $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(Backend::$backend).await;
+            }
+        )+
+    };
+}
+
+suite!(Production, on_postgres_and_jetstream);
+suite!(Embedded, on_sqlite_and_in_process_bus);
