@@ -191,6 +191,9 @@ impl Relay {
                         .bind(limit),
                     )
                     .await?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
                 let (published, error) = self.publish_rows(&rows).await;
                 let mut tx = self.db.begin().await?;
                 mark(&mut tx, &rows, &published, error.as_ref()).await?;
