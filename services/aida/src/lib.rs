@@ -218,6 +218,7 @@ impl Mesh {
 }
 
 fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
+    use std::io::Write;
     let token = mint_token(
         settings,
         "dev",
@@ -235,15 +236,20 @@ fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
     } else {
         "in-process bus"
     };
-    println!(
-        "AIDA-CRM is up ({storage} under {}, {bus})",
-        settings.data_dir.display()
+    let banner = format!(
+        "AIDA-CRM is up ({storage} under {data}, {bus})\n\
+         \x20 LeadService   grpc://{leads}\n\
+         \x20 health        grpc.health.v1.Health on every address; reflection enabled\n\
+         \n\
+         Development token (tenant \"dev\", role admin, valid 24 h):\n\
+         \x20 export AIDA_TOKEN={token}\n\
+         Mint others with: aida token --tenant <tenant> --role <role>\n",
+        data = settings.data_dir.display(),
+        leads = mesh.leads_address,
     );
-    println!("  LeadService   grpc://{}", mesh.leads_address);
-    println!("  health        grpc.health.v1.Health on every address; reflection enabled");
-    println!();
-    println!("Development token (tenant \"dev\", role admin, valid 24 h):");
-    println!("  export AIDA_TOKEN={token}");
-    println!("Mint others with: aida token --tenant <tenant> --role <role>");
+    // A closed stdout (a pipe whose reader left) must not stop the mesh.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
     Ok(())
 }

@@ -39,15 +39,31 @@ pub fn reflection() -> Result<
         .build_v1()
 }
 
-/// Serves `router` on `listener` until `shutdown`; in-flight calls finish first.
+/// How long in-flight calls may run after the shutdown signal before they are cut off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown`; in-flight calls then get
+/// [`SHUTDOWN_GRACE`] to finish, so a stuck peer cannot keep the process alive.
 pub async fn serve(
     router: Router,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await
+    let serving = router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        shutdown.clone().cancelled_owned(),
+    );
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = serving => result,
+        () = deadline => {
+            tracing::warn!("calls still running {SHUTDOWN_GRACE:?} after the shutdown signal were cut off");
+            Ok(())
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

@@ -198,7 +198,7 @@ where
 /// A bus a test can also inspect: what is stored in a stream, in order.
 #[derive(Clone)]
 pub enum TestBus {
-    Nats(crate::bus::NatsBus),
+    Nats(Box<crate::bus::NatsBus>),
     Memory(crate::bus::MemoryBus),
 }
 
@@ -219,11 +219,10 @@ impl TestBus {
             namespace: unique_namespace(),
             ..crate::Settings::embedded().bus
         };
-        Self::Nats(
-            crate::bus::NatsBus::connect(url, &settings)
-                .await
-                .expect("connect to NATS"),
-        )
+        let bus = crate::bus::NatsBus::connect(url, &settings)
+            .await
+            .expect("connect to NATS");
+        Self::Nats(Box::new(bus))
     }
 
     /// An in-process bus.
@@ -233,7 +232,7 @@ impl TestBus {
 
     pub fn shared(&self) -> std::sync::Arc<dyn crate::bus::EventBus> {
         match self {
-            Self::Nats(bus) => std::sync::Arc::new(bus.clone()),
+            Self::Nats(bus) => std::sync::Arc::new(bus.as_ref().clone()),
             Self::Memory(bus) => std::sync::Arc::new(bus.clone()),
         }
     }

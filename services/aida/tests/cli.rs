@@ -1,0 +1,175 @@
+//! The `aida` binary as a user runs it: `aida up` in an empty directory, a real gRPC call
+//! with the token it prints, a clean stop on SIGTERM; `aida token`; bad arguments.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead, ListLeadsRequest};
+
+fn aida(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aida"));
+    command
+        .current_dir(dir)
+        .env("AIDA_LISTEN__LEADS_PORT", "0")
+        .env("AIDA_LOG__FILTER", "warn");
+    command
+}
+
+struct Up {
+    child: Child,
+    address: String,
+    token: String,
+}
+
+/// Starts `aida up` and reads its banner.
+fn start_up(dir: &std::path::Path) -> Up {
+    let started = Instant::now();
+    let mut child = aida(dir)
+        .arg("up")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn aida up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut address = None;
+    let mut token = None;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("banner line");
+        if let Some(rest) = line.trim().strip_prefix("LeadService") {
+            address = rest.trim().strip_prefix("grpc://").map(str::to_owned);
+        }
+        if let Some(rest) = line.trim().strip_prefix("export AIDA_TOKEN=") {
+            token = Some(rest.to_owned());
+            break;
+        }
+    }
+    println!("aida up printed its banner after {:?}", started.elapsed());
+    // Keep draining stdout so the child never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Up {
+        child,
+        address: address.expect("LeadService address in the banner"),
+        token: token.expect("token in the banner"),
+    }
+}
+
+async fn stop(mut child: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "aida did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn aida_up_serves_leads_with_the_token_it_prints_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = start_up(dir.path());
+    let mut client = LeadServiceClient::connect(format!("http://{}", up.address))
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(CaptureLeadRequest {
+        lead: Some(Lead {
+            email: "first@example.com".into(),
+            ..Lead::default()
+        }),
+        request_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", up.token).parse().expect("header"),
+    );
+    let lead = client
+        .capture_lead(request)
+        .await
+        .expect("capture")
+        .into_inner();
+    assert_eq!(lead.email, "first@example.com");
+
+    let mut list = tonic::Request::new(ListLeadsRequest::default());
+    list.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", up.token).parse().expect("header"),
+    );
+    let page = client.list_leads(list).await.expect("list").into_inner();
+    assert_eq!(page.leads, vec![lead]);
+
+    let status = stop(up.child).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        dir.path().join("data/leads.db").exists(),
+        "embedded SQLite under ./data"
+    );
+
+    // The data survives a restart, and the development key too (the old token still works).
+    let again = start_up(dir.path());
+    let mut client = LeadServiceClient::connect(format!("http://{}", again.address))
+        .await
+        .expect("connect");
+    let mut list = tonic::Request::new(ListLeadsRequest::default());
+    list.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", up.token).parse().expect("header"),
+    );
+    assert_eq!(
+        client
+            .list_leads(list)
+            .await
+            .expect("list")
+            .into_inner()
+            .leads
+            .len(),
+        1
+    );
+    assert!(stop(again.child).await.success());
+}
+
+#[test]
+fn aida_token_mints_a_token_and_refuses_unknown_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = aida(dir.path())
+        .args(["token", "--tenant", "acme", "--role", "sales_rep"])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT");
+
+    let bad = aida(dir.path())
+        .args(["token", "--tenant", "acme", "--role", "overlord"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role 'overlord'"));
+}
+
+#[test]
+fn unknown_services_and_bad_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unknown = aida(dir.path())
+        .args(["serve", "billing"])
+        .output()
+        .expect("run");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown service 'billing'"));
+
+    let bad = aida(dir.path())
+        .env("AIDA_DATABASE_URL", "mysql://nope")
+        .args(["migrate"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("database_url"));
+}
