@@ -57,6 +57,9 @@ struct PendingRow {
     payload: Vec<u8>,
 }
 
+/// How long the relay waits after a wake-up before it reads the outbox.
+const WAKE_LINGER: Duration = Duration::from_millis(2);
+
 /// Publishes the outbox. Cheap to clone; [`Relay::wake`] after a commit shortens the wait.
 #[derive(Clone)]
 pub struct Relay {
@@ -130,7 +133,11 @@ impl Relay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => {
+                    // Let the commits of concurrent requests join this round: one relay
+                    // transaction per handful of events instead of one per event.
+                    tokio::time::sleep(WAKE_LINGER).await;
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }

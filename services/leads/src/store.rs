@@ -272,15 +272,10 @@ impl LeadStore {
                     .map(|lead| (lead, false));
             }
         }
-        if !lead.fields.email.is_empty()
-            && let Some(existing) = self
-                .find_by_email(&mut tx, &lead.tenant_id, &lead.fields.email)
-                .await?
-        {
-            return Err(duplicate_email(&lead.fields.email, existing));
-        }
-        let inserted = insert(&mut tx, lead).await;
-        if let Err(error) = inserted {
+        // The unique index on (tenant, e-mail) is the duplicate check: one statement fewer
+        // than looking first, and free of races.
+        if let Err(error) = insert(&mut tx, lead).await {
+            drop(tx);
             return Err(self.explain_conflict(error, lead).await);
         }
         outbox::enqueue(&mut tx, event).await?;
@@ -309,23 +304,8 @@ impl LeadStore {
         self.get(tenant, row.lead_id).await
     }
 
-    async fn find_by_email(
-        &self,
-        tx: &mut Tx,
-        tenant: &str,
-        email: &str,
-    ) -> Result<Option<Uuid>, Error> {
-        let row: Option<IdRow> = tx
-            .fetch_optional(
-                Sql::new("SELECT id FROM leads WHERE tenant_id = $1 AND email = $2")
-                    .bind(tenant)
-                    .bind(email),
-            )
-            .await?;
-        Ok(row.map(|row| row.id))
-    }
-
-    /// A unique violation raced past the check: name the lead that won.
+    /// Turns a unique violation on (tenant, e-mail) into ALREADY_EXISTS naming the lead that
+    /// holds the e-mail.
     async fn explain_conflict(&self, error: sqlx::Error, lead: &Lead) -> Error {
         if !is_unique_violation(&error) {
             return error.into();
@@ -394,15 +374,8 @@ impl LeadStore {
                 return Ok(result);
             }
             Change::Updated(lead, event) => {
-                if !lead.fields.email.is_empty()
-                    && let Some(existing) = self
-                        .find_by_email(&mut tx, tenant, &lead.fields.email)
-                        .await?
-                    && existing != lead.id
-                {
-                    return Err(duplicate_email(&lead.fields.email, existing));
-                }
                 if let Err(error) = update(&mut tx, &lead).await {
+                    drop(tx);
                     return Err(self.explain_conflict(error, &lead).await);
                 }
                 outbox::enqueue(&mut tx, &event).await?;
