@@ -10,7 +10,7 @@ use std::time::Duration;
 use aida_core::auth::{ROLES, TokenIssuer};
 use aida_core::bus::EventBus;
 use aida_core::db::{Database, core_migrations};
-use aida_core::runtime::{ServiceContext, connect_bus};
+use aida_core::runtime::{ServiceContext, StartError, connect_bus};
 use aida_core::{Settings, server, telemetry};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -56,8 +56,70 @@ pub enum Command {
     },
 }
 
-/// The services `aida serve` knows.
-pub const SERVICES: [&str; 1] = [aida_leads::SERVICE];
+/// A service of the mesh, as `aida serve <name>` knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Leads,
+    Deals,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Leads, Service::Deals];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Leads => aida_leads::SERVICE,
+            Service::Deals => aida_deals::SERVICE,
+        }
+    }
+
+    /// The gRPC service name, as the banner shows it.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            Service::Leads => "LeadService",
+            Service::Deals => "DealService",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Service> {
+        Service::ALL
+            .into_iter()
+            .find(|service| service.name() == name)
+    }
+
+    pub fn address(self, settings: &Settings) -> SocketAddr {
+        match self {
+            Service::Leads => settings.listen.leads(),
+            Service::Deals => settings.listen.deals(),
+        }
+    }
+
+    pub fn migrations(self) -> aida_core::db::Migrations {
+        match self {
+            Service::Leads => aida_leads::migrations(),
+            Service::Deals => aida_deals::migrations(),
+        }
+    }
+
+    /// Starts the service's context (database migrated) and serves it until `shutdown`.
+    pub async fn run(
+        self,
+        settings: Settings,
+        bus: Arc<dyn EventBus>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError> {
+        let context = ServiceContext::start(&settings, self.name(), bus, self.migrations()).await?;
+        match self {
+            Service::Leads => aida_leads::serve(context, listener, shutdown).await,
+            Service::Deals => aida_deals::serve(context, listener, shutdown).await,
+        }
+    }
+}
+
+fn service_names() -> String {
+    Service::ALL.map(Service::name).join(", ")
+}
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -73,12 +135,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { service } => {
             telemetry::init(&settings.log);
-            if !SERVICES.contains(&service.as_str()) {
-                bail!(
-                    "unknown service '{service}'; known: {}",
-                    SERVICES.join(", ")
-                );
-            }
+            let Some(service) = Service::parse(&service) else {
+                bail!("unknown service '{service}'; known: {}", service_names());
+            };
             if settings.nats_url.is_none() {
                 tracing::warn!(
                     "no nats_url: events stay in this process (set AIDA_NATS_URL for JetStream)"
@@ -87,28 +146,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             server::cancel_on_signal(shutdown.clone());
             let bus = connect_bus(&settings).await?;
-            let listener = TcpListener::bind(settings.listen.leads())
+            let address = service.address(&settings);
+            let listener = TcpListener::bind(address)
                 .await
-                .context("bind leads")?;
-            tracing::info!(address = %listener.local_addr()?, "leads listening");
-            let context = ServiceContext::start(
-                &settings,
-                aida_leads::SERVICE,
-                bus,
-                aida_leads::migrations(),
-            )
-            .await?;
-            aida_leads::serve(context, listener, shutdown).await?;
+                .with_context(|| format!("bind {} on {address}", service.name()))?;
+            tracing::info!(address = %listener.local_addr()?, "{} listening", service.grpc_name());
+            service.run(settings, bus, listener, shutdown).await?;
             Ok(())
         }
         Command::Migrate => {
             telemetry::init(&settings.log);
-            for service in SERVICES {
-                let db = Database::connect(&settings.database_url_for(service)).await?;
+            for service in Service::ALL {
+                let db = Database::connect(&settings.database_url_for(service.name())).await?;
                 db.migrate(&mut core_migrations()).await?;
-                db.migrate(&mut aida_leads::migrations()).await?;
+                db.migrate(&mut service.migrations()).await?;
                 db.close().await;
-                println!("{service}: migrations applied");
+                println!("{}: migrations applied", service.name());
             }
             Ok(())
         }
@@ -160,9 +213,10 @@ pub fn mint_token(
 
 /// Every service of the mesh running in this process.
 pub struct Mesh {
-    pub leads_address: SocketAddr,
+    /// Where each service listens.
+    pub addresses: Vec<(Service, SocketAddr)>,
     pub bus: Arc<dyn EventBus>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), aida_core::runtime::StartError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), StartError>>>,
     shutdown: CancellationToken,
 }
 
@@ -170,28 +224,48 @@ impl Mesh {
     /// Starts every service; returns once all of them listen.
     pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let bus = connect_bus(settings).await?;
-        let leads_listener = TcpListener::bind(settings.listen.leads())
-            .await
-            .with_context(|| format!("bind leads on {}", settings.listen.leads()))?;
-        let leads_address = leads_listener.local_addr()?;
-        let leads = ServiceContext::start(
-            settings,
-            aida_leads::SERVICE,
-            bus.clone(),
-            aida_leads::migrations(),
-        )
-        .await?;
-        let tasks = vec![tokio::spawn(aida_leads::serve(
-            leads,
-            leads_listener,
-            shutdown.clone(),
-        ))];
+        let mut listeners = Vec::new();
+        for service in Service::ALL {
+            let address = service.address(settings);
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("bind {} on {address}", service.name()))?;
+            listeners.push((service, listener.local_addr()?, listener));
+        }
+        // Services call each other at the addresses just bound (ports may be 0).
+        let mut settings = settings.clone();
+        for (service, address, _) in &listeners {
+            if *service == Service::Leads {
+                settings.services.leads_url = format!("http://{address}");
+            }
+        }
+        let addresses = listeners
+            .iter()
+            .map(|(service, address, _)| (*service, *address))
+            .collect();
+        let mut tasks = Vec::new();
+        for (service, _, listener) in listeners {
+            tasks.push(tokio::spawn(service.run(
+                settings.clone(),
+                bus.clone(),
+                listener,
+                shutdown.clone(),
+            )));
+        }
         Ok(Self {
-            leads_address,
+            addresses,
             bus,
             tasks,
             shutdown,
         })
+    }
+
+    /// Where `service` listens.
+    pub fn address(&self, service: Service) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(candidate, _)| *candidate == service)
+            .map(|(_, address)| *address)
     }
 
     /// Waits until every service stopped (after the shutdown signal, or a failure, which
@@ -199,8 +273,7 @@ impl Mesh {
     pub async fn wait(self) -> anyhow::Result<()> {
         let mut first_error = None;
         for task in self.tasks {
-            let outcome = task.await;
-            let failure = match outcome {
+            let failure = match task.await {
                 Ok(Ok(())) => None,
                 Ok(Err(error)) => Some(anyhow::Error::from(error)),
                 Err(join) => Some(anyhow::anyhow!("service task failed: {join}")),
@@ -218,7 +291,8 @@ impl Mesh {
 }
 
 fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
-    use std::io::Write;
+    use std::fmt::Write as _;
+    use std::io::Write as _;
     let token = mint_token(
         settings,
         "dev",
@@ -236,17 +310,19 @@ fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
     } else {
         "in-process bus"
     };
-    let banner = format!(
-        "AIDA-CRM is up ({storage} under {data}, {bus})\n\
-         \x20 LeadService   grpc://{leads}\n\
-         \x20 health        grpc.health.v1.Health on every address; reflection enabled\n\
-         \n\
-         Development token (tenant \"dev\", role admin, valid 24 h):\n\
-         \x20 export AIDA_TOKEN={token}\n\
-         Mint others with: aida token --tenant <tenant> --role <role>\n",
-        data = settings.data_dir.display(),
-        leads = mesh.leads_address,
+    let mut banner = format!(
+        "AIDA-CRM is up ({storage} under {}, {bus})\n",
+        settings.data_dir.display()
     );
+    for (service, address) in &mesh.addresses {
+        let _ = writeln!(banner, "  {:<17} grpc://{address}", service.grpc_name());
+    }
+    banner.push_str(
+        "  health            grpc.health.v1.Health on every address; reflection enabled\n\n",
+    );
+    banner.push_str("Development token (tenant \"dev\", role admin, valid 24 h):\n");
+    let _ = writeln!(banner, "  export AIDA_TOKEN={token}");
+    banner.push_str("Mint others with: aida token --tenant <tenant> --role <role>\n");
     // A closed stdout (a pipe whose reader left) must not stop the mesh.
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(banner.as_bytes());

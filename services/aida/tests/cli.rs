@@ -13,6 +13,9 @@ fn aida(dir: &std::path::Path) -> Command {
     command
         .current_dir(dir)
         .env("AIDA_LISTEN__LEADS_PORT", "0")
+        .env("AIDA_LISTEN__DEALS_PORT", "0")
+        .env("AIDA_LISTEN__COMMS_PORT", "0")
+        .env("AIDA_LISTEN__ANALYTICS_PORT", "0")
         .env("AIDA_LOG__FILTER", "warn");
     command
 }

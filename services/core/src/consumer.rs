@@ -16,7 +16,7 @@ use chrono::Utc;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{ConsumerSpec, Delivery, EventBus, OutgoingMessage, headers};
+use crate::bus::{ConsumerSpec, Delivery, EventBus, MessageSource, OutgoingMessage, headers};
 use crate::db::{Sql, Tx};
 use crate::error::Error;
 
@@ -85,24 +85,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let consumer = options.spec.durable_name.clone();
-    let mut source = loop {
-        let attempt = async {
-            bus.ensure_streams().await?;
-            bus.subscribe(&options.spec).await
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = attempt => match result {
-                Ok(source) => break source,
-                Err(error) => {
-                    tracing::warn!(%consumer, %error, "cannot subscribe yet; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
+    let Some(mut source) = subscribe_until_ready(bus.as_ref(), &options.spec, &shutdown).await
+    else {
+        return;
     };
     loop {
         let delivery = tokio::select! {
@@ -125,6 +110,190 @@ pub async fn run(
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Handles a batch of events at once (analytics ingestion: one DuckDB transaction per
+/// batch instead of one per event).
+#[async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    async fn handle_batch(&self, events: &[EventEnvelope]) -> Result<(), HandlerError>;
+}
+
+/// How big a batch may grow and how long it may wait for more events.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    pub max_size: usize,
+    pub max_wait: Duration,
+}
+
+/// Like [`run`], but hands events over in batches. A batch that fails is retried event by
+/// event, so one poison event is dead-lettered alone and the rest go through.
+pub async fn run_batched(
+    bus: Arc<dyn EventBus>,
+    options: ConsumerOptions,
+    batch: BatchOptions,
+    handler: Arc<dyn BatchHandler>,
+    shutdown: CancellationToken,
+) {
+    let consumer = options.spec.durable_name.clone();
+    let Some(mut source) = subscribe_until_ready(bus.as_ref(), &options.spec, &shutdown).await
+    else {
+        return;
+    };
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = source.next() => next,
+        };
+        let first = match first {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::debug!(%consumer, %error, "consumer feed interrupted");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+        };
+        let mut deliveries = vec![first];
+        let deadline = tokio::time::Instant::now() + batch.max_wait;
+        while deliveries.len() < batch.max_size {
+            match tokio::time::timeout_at(deadline, source.next()).await {
+                Ok(Ok(delivery)) => deliveries.push(delivery),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+
+        let mut decoded = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match EventEnvelope::decode(delivery.payload.as_ref()) {
+                Ok(envelope) if !envelope.event_id.is_empty() => decoded.push((envelope, delivery)),
+                Ok(_) => {
+                    dead_letter(
+                        bus.as_ref(),
+                        &consumer,
+                        delivery,
+                        "envelope has no event id",
+                    )
+                    .await
+                }
+                Err(error) => {
+                    dead_letter(
+                        bus.as_ref(),
+                        &consumer,
+                        delivery,
+                        &format!("undecodable envelope: {error}"),
+                    )
+                    .await;
+                }
+            }
+        }
+        if decoded.is_empty() {
+            continue;
+        }
+        let events: Vec<EventEnvelope> = decoded
+            .iter()
+            .map(|(envelope, _)| envelope.clone())
+            .collect();
+        match handler.handle_batch(&events).await {
+            Ok(()) => {
+                for (_, delivery) in decoded {
+                    if let Err(error) = delivery.ack().await {
+                        tracing::warn!(%consumer, %error, "ack failed");
+                    }
+                }
+            }
+            Err(error) if decoded.len() == 1 => {
+                let (_, delivery) = decoded.remove(0);
+                settle_failure(
+                    bus.as_ref(),
+                    &consumer,
+                    options.max_deliver,
+                    delivery,
+                    error,
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::info!(%consumer, %error, size = decoded.len(), "batch failed; retrying event by event");
+                for (envelope, delivery) in decoded {
+                    match handler.handle_batch(std::slice::from_ref(&envelope)).await {
+                        Ok(()) => {
+                            if let Err(error) = delivery.ack().await {
+                                tracing::warn!(%consumer, %error, "ack failed");
+                            }
+                        }
+                        Err(error) => {
+                            settle_failure(
+                                bus.as_ref(),
+                                &consumer,
+                                options.max_deliver,
+                                delivery,
+                                error,
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes, retrying while the bus is unavailable; `None` once `shutdown` fires.
+async fn subscribe_until_ready(
+    bus: &dyn EventBus,
+    spec: &ConsumerSpec,
+    shutdown: &CancellationToken,
+) -> Option<Box<dyn MessageSource>> {
+    loop {
+        let attempt = async {
+            bus.ensure_streams().await?;
+            bus.subscribe(spec).await
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            result = attempt => match result {
+                Ok(source) => return Some(source),
+                Err(error) => {
+                    tracing::warn!(consumer = %spec.durable_name, %error, "cannot subscribe yet; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dead-letters a poison delivery, or one that failed `max_deliver` times; naks the rest.
+async fn settle_failure(
+    bus: &dyn EventBus,
+    consumer: &str,
+    max_deliver: u32,
+    delivery: Delivery,
+    error: HandlerError,
+) {
+    match error {
+        HandlerError::Poison(reason) => {
+            tracing::warn!(%reason, "poison event; dead-lettering");
+            dead_letter(bus, consumer, delivery, &reason).await;
+        }
+        HandlerError::Transient(reason) => {
+            if delivery.attempt >= u64::from(max_deliver) {
+                tracing::warn!(%reason, "event failed {max_deliver} times; dead-lettering");
+                dead_letter(bus, consumer, delivery, &reason).await;
+            } else {
+                let delay = retry_delay(delivery.attempt);
+                tracing::info!(%reason, ?delay, "event failed; will be redelivered");
+                if let Err(error) = delivery.nak(delay).await {
+                    tracing::warn!(%error, "nak failed; redelivery after ack wait");
                 }
             }
         }
@@ -172,22 +341,7 @@ async fn process(
                 tracing::warn!(%error, "ack failed");
             }
         }
-        Err(HandlerError::Poison(reason)) => {
-            tracing::warn!(%reason, "poison event; dead-lettering");
-            dead_letter(bus, consumer, delivery, &reason).await;
-        }
-        Err(HandlerError::Transient(reason)) => {
-            if delivery.attempt >= u64::from(max_deliver) {
-                tracing::warn!(%reason, "event failed {max_deliver} times; dead-lettering");
-                dead_letter(bus, consumer, delivery, &reason).await;
-            } else {
-                let delay = retry_delay(delivery.attempt);
-                tracing::info!(%reason, ?delay, "event failed; will be redelivered");
-                if let Err(error) = delivery.nak(delay).await {
-                    tracing::warn!(%error, "nak failed; redelivery after ack wait");
-                }
-            }
-        }
+        Err(error) => settle_failure(bus, consumer, max_deliver, delivery, error).await,
     }
 }
 

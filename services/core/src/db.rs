@@ -41,6 +41,7 @@ pub enum Arg {
     Int(i64),
     Bool(bool),
     Uuid(Uuid),
+    OptUuid(Option<Uuid>),
     Time(DateTime<Utc>),
     OptTime(Option<DateTime<Utc>>),
     Json(serde_json::Value),
@@ -80,6 +81,11 @@ impl From<bool> for Arg {
 impl From<Uuid> for Arg {
     fn from(value: Uuid) -> Self {
         Self::Uuid(value)
+    }
+}
+impl From<Option<Uuid>> for Arg {
+    fn from(value: Option<Uuid>) -> Self {
+        Self::OptUuid(value)
     }
 }
 impl From<DateTime<Utc>> for Arg {
@@ -163,6 +169,7 @@ macro_rules! bind_all {
                 Arg::Int(value) => query.bind(value),
                 Arg::Bool(value) => query.bind(value),
                 Arg::Uuid(value) => query.bind(value),
+                Arg::OptUuid(value) => query.bind(value),
                 Arg::Time(value) => query.bind(value),
                 Arg::OptTime(value) => query.bind(value),
                 Arg::Json(value) => query.bind(sqlx::types::Json(value)),

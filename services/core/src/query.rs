@@ -36,6 +36,8 @@ pub enum FieldKind {
     /// fully prefixed) to the stored name.
     Enum(fn(&str) -> Option<&'static str>),
     Timestamp,
+    /// A 64-bit integer (amounts in minor units).
+    Integer,
     Uuid,
     /// A string map stored as JSON; filtered as `field.key`.
     Map,
@@ -428,6 +430,19 @@ fn compile_comparison(
             sql.push_arg(time);
             Ok(())
         }
+        (FieldKind::Integer, None) => {
+            if op == Op::Has {
+                return Err(filter_error(format!(
+                    "':' does not apply to number '{name}'"
+                )));
+            }
+            let number: i64 = value
+                .parse()
+                .map_err(|_| filter_error(format!("'{value}' is not an integer (for '{name}')")))?;
+            sql.push(field.column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(number);
+            Ok(())
+        }
         (FieldKind::Uuid, None) => {
             let op = match op {
                 Op::Eq | Op::Has => Op::Eq,
@@ -558,6 +573,7 @@ pub enum KeyValue {
     Text(String),
     Time(DateTime<Utc>),
     Uuid(Uuid),
+    Int(i64),
 }
 
 impl KeyValue {
@@ -566,6 +582,7 @@ impl KeyValue {
             Self::Text(value) => Arg::Text(value.clone()),
             Self::Time(value) => Arg::Time(*value),
             Self::Uuid(value) => Arg::Uuid(*value),
+            Self::Int(value) => Arg::Int(*value),
         }
     }
 }

@@ -27,6 +27,69 @@ pub struct Settings {
     pub log: LogSettings,
     pub listen: ListenSettings,
     pub outbox: OutboxSettings,
+    pub services: ServicesSettings,
+    pub deals: DealsSettings,
+    pub comms: CommsSettings,
+    pub analytics: AnalyticsSettings,
+}
+
+/// Where a service reaches the others (gRPC URLs). `aida up` fills these in itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesSettings {
+    pub leads_url: String,
+}
+
+/// DealService behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DealsSettings {
+    /// Currency of deals created from qualified leads (ISO 4217).
+    pub default_currency: String,
+}
+
+/// CommsService behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommsSettings {
+    /// `smtp://user:pass@host:587?tls=required`, `smtps://host:465` or `smtp://host:25`
+    /// (no TLS). Unset: every e-mail is written as an `.eml` file to `mail_dir`.
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<SecretString>,
+    /// Where e-mails go without SMTP (default `<data_dir>/mail`).
+    pub mail_dir: Option<PathBuf>,
+    /// The From header of every e-mail.
+    pub from_address: String,
+    /// HTTP endpoint of the SMS provider (JSON POST). Unset: SMS are written as `.json`
+    /// files to `sms_dir`.
+    pub sms_url: Option<String>,
+    /// Bearer key for the SMS provider.
+    #[serde(skip_serializing)]
+    pub sms_api_key: Option<SecretString>,
+    /// Where SMS go without a provider (default `<data_dir>/sms`).
+    pub sms_dir: Option<PathBuf>,
+    /// Sender id or number of SMS.
+    pub sms_from: String,
+    /// Base URL of the public tracking links (the edge): `<base>/t/o/<token>` and so on.
+    pub public_base_url: String,
+    /// Messages a lead may receive per rolling 24 hours.
+    pub max_messages_per_lead_per_day: u32,
+    /// Opens within this many seconds of sending are counted as machine opens (prefetch).
+    pub machine_open_window_secs: u64,
+}
+
+/// AnalyticsService behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// The DuckDB file (default `<data_dir>/analytics.duckdb`).
+    pub duckdb_path: Option<PathBuf>,
+    /// How often `analytics.computed` snapshots and alert rules are evaluated.
+    pub snapshot_interval_secs: u64,
+    /// Events written to DuckDB per batch at most.
+    pub batch_max_events: usize,
+    /// How long a batch waits for more events.
+    pub batch_max_wait_ms: u64,
 }
 
 /// Event bus behaviour.
@@ -84,11 +147,26 @@ pub enum LogFormat {
 pub struct ListenSettings {
     pub host: IpAddr,
     pub leads_port: u16,
+    pub deals_port: u16,
+    pub comms_port: u16,
+    pub analytics_port: u16,
 }
 
 impl ListenSettings {
     pub fn leads(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.leads_port)
+    }
+
+    pub fn deals(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.deals_port)
+    }
+
+    pub fn comms(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.comms_port)
+    }
+
+    pub fn analytics(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.analytics_port)
     }
 }
 
@@ -113,6 +191,10 @@ struct Defaults {
     log: LogSettings,
     listen: ListenSettings,
     outbox: OutboxSettings,
+    services: ServicesSettings,
+    deals: DealsSettings,
+    comms: CommsSettings,
+    analytics: AnalyticsSettings,
 }
 
 impl Default for Defaults {
@@ -138,11 +220,38 @@ impl Default for Defaults {
             listen: ListenSettings {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 leads_port: 50051,
+                deals_port: 50052,
+                comms_port: 50053,
+                analytics_port: 50054,
             },
             outbox: OutboxSettings {
                 poll_interval_ms: 500,
                 batch_size: 256,
                 retention_hours: 24,
+            },
+            services: ServicesSettings {
+                leads_url: "http://127.0.0.1:50051".into(),
+            },
+            deals: DealsSettings {
+                default_currency: "EUR".into(),
+            },
+            comms: CommsSettings {
+                smtp_url: None,
+                mail_dir: None,
+                from_address: "AIDA CRM <no-reply@aida.localhost>".into(),
+                sms_url: None,
+                sms_api_key: None,
+                sms_dir: None,
+                sms_from: "AIDA".into(),
+                public_base_url: "http://127.0.0.1:8080".into(),
+                max_messages_per_lead_per_day: 3,
+                machine_open_window_secs: 2,
+            },
+            analytics: AnalyticsSettings {
+                duckdb_path: None,
+                snapshot_interval_secs: 60,
+                batch_max_events: 1000,
+                batch_max_wait_ms: 200,
             },
         }
     }
@@ -215,6 +324,30 @@ impl Settings {
             return Err(SettingsError::Field {
                 field: "nats_url",
                 message: "must start with nats:// or tls://".into(),
+            });
+        }
+        let currency = &self.deals.default_currency;
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(SettingsError::Field {
+                field: "deals.default_currency",
+                message: "an ISO 4217 code such as EUR".into(),
+            });
+        }
+        if let Some(url) = &self.comms.smtp_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return Err(SettingsError::Field {
+                    field: "comms.smtp_url",
+                    message: "must start with smtp:// or smtps://".into(),
+                });
+            }
+        }
+        if !(self.comms.public_base_url.starts_with("http://")
+            || self.comms.public_base_url.starts_with("https://"))
+        {
+            return Err(SettingsError::Field {
+                field: "comms.public_base_url",
+                message: "must start with http:// or https://".into(),
             });
         }
         if self.bus.max_deliver == 0 {

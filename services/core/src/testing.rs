@@ -297,3 +297,165 @@ impl TestBus {
         }
     }
 }
+
+/// Which engine pair a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL and NATS JetStream (the shared test servers).
+    Production,
+    /// SQLite files and the in-process bus.
+    Embedded,
+}
+
+/// One test's world: settings with a fresh database (PostgreSQL) or data directory
+/// (SQLite), a fresh bus namespace, and a token issuer for the settings' key. Services
+/// started from it share the database and the bus, as in a one-database deployment.
+pub struct TestEnv {
+    pub settings: crate::Settings,
+    pub bus: TestBus,
+    pub issuer: crate::auth::TokenIssuer,
+    postgres: Option<TestPostgres>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Production => Self::with_nats(&shared_nats_url()).await,
+            Backend::Embedded => Self::build(None, TestBus::memory()),
+        }
+    }
+
+    /// PostgreSQL and the NATS server at `url`.
+    pub async fn with_nats(url: &str) -> Self {
+        let postgres = TestPostgres::create().await;
+        Self::build(Some(postgres), TestBus::nats(url).await)
+    }
+
+    fn build(postgres: Option<TestPostgres>, bus: TestBus) -> Self {
+        let dir = tempfile::tempdir().expect("data dir");
+        let mut settings = crate::Settings::embedded();
+        settings.data_dir = dir.path().to_path_buf();
+        settings.database_url = postgres.as_ref().map(TestPostgres::secret_url);
+        settings.bus.namespace = bus.namespace();
+        settings.auth.signing_key = Some(SecretString::from(format!(
+            "test-key-{}",
+            crate::random_hex(16)
+        )));
+        settings.outbox.poll_interval_ms = 50;
+        settings.analytics.batch_max_wait_ms = 20;
+        let key = settings.signing_key().expect("signing key");
+        let issuer =
+            crate::auth::TokenIssuer::hs256(&key, &settings.auth.issuer, &settings.auth.audience);
+        Self {
+            settings,
+            bus,
+            issuer,
+            postgres,
+            _dir: dir,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        if self.postgres.is_some() {
+            Backend::Production
+        } else {
+            Backend::Embedded
+        }
+    }
+
+    /// A token for `tenant` with `roles`, valid ten minutes.
+    pub fn token_with(&self, tenant: &str, roles: &[&str]) -> String {
+        self.issuer
+            .mint(tenant, "tester", roles, Duration::from_secs(600))
+            .expect("mint")
+    }
+
+    /// `message` with an admin bearer token for `tenant`.
+    pub fn request<T>(&self, tenant: &str, message: T) -> tonic::Request<T> {
+        with_token(&self.token_with(tenant, &["admin"]), message)
+    }
+
+    /// The started context of `service` (database migrated, relay not yet running).
+    pub async fn context(
+        &self,
+        service: &str,
+        migrations: crate::db::Migrations,
+    ) -> crate::runtime::ServiceContext {
+        crate::runtime::ServiceContext::start(
+            &self.settings,
+            service,
+            self.bus.shared(),
+            migrations,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("start {service}: {error}"))
+    }
+}
+
+/// `message` with the bearer `token`.
+pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// A server task on a loopback port, stopped when dropped.
+pub struct RunningServer {
+    pub address: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Binds a free loopback port and runs `serve(listener, shutdown)` on it.
+    pub async fn start<F, Fut, E>(serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio_util::sync::CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = serve(listener, shutdown.clone());
+        let task = tokio::spawn(async move {
+            if let Err(error) = running.await {
+                panic!("server failed: {error}");
+            }
+        });
+        Self {
+            address,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.address))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Stops gracefully and waits (in-flight calls finish, the outbox is flushed).
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -45,12 +45,7 @@ fn message(event_type: &str, id: &str, payload: &[u8]) -> OutgoingMessage {
 }
 
 fn spec(name: &str, filter: Option<&str>, ack_wait: Duration) -> ConsumerSpec {
-    ConsumerSpec {
-        durable_name: name.into(),
-        stream: "CRM_LEADS".into(),
-        filter: filter.map(str::to_owned),
-        ack_wait,
-    }
+    ConsumerSpec::durable(name, "CRM_LEADS", filter, ack_wait)
 }
 
 async fn publish_all(bus: &dyn EventBus, messages: &[OutgoingMessage]) {
@@ -204,6 +199,20 @@ async fn a_filter_selects_the_subjects_a_consumer_sees(kind: Kind) {
         .expect("subscribe");
     let delivery = next(&mut source).await;
     assert_eq!(delivery.message_id.as_deref(), Some("b"));
+    delivery.ack().await.expect("ack");
+}
+
+async fn an_ephemeral_consumer_sees_only_messages_published_after_it_subscribed(kind: Kind) {
+    let test = bus(kind).await;
+    let bus = test.shared();
+    publish_all(bus.as_ref(), &[message("leads.captured", "old", b"old")]).await;
+    let mut source = bus
+        .subscribe(&ConsumerSpec::ephemeral("watcher", "CRM_LEADS", None))
+        .await
+        .expect("subscribe");
+    publish_all(bus.as_ref(), &[message("leads.captured", "new", b"new")]).await;
+    let delivery = next(&mut source).await;
+    assert_eq!(delivery.message_id.as_deref(), Some("new"));
     delivery.ack().await.expect("ack");
 }
 
@@ -487,6 +496,7 @@ macro_rules! conformance {
                 an_unsettled_message_is_redelivered_after_the_ack_wait,
                 a_durable_consumer_resumes_after_the_last_acked_message,
                 a_filter_selects_the_subjects_a_consumer_sees,
+                an_ephemeral_consumer_sees_only_messages_published_after_it_subscribed,
                 a_redelivered_event_has_its_effect_once,
                 a_poison_message_is_dead_lettered_and_the_consumer_keeps_going,
                 a_failing_event_is_retried_then_dead_lettered_after_max_deliver,

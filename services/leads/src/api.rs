@@ -123,7 +123,7 @@ fn status_from_proto(value: i32) -> Result<LeadStatus, Error> {
     }
 }
 
-fn status_to_proto(status: LeadStatus) -> pb::LeadStatus {
+pub(crate) fn status_to_proto(status: LeadStatus) -> pb::LeadStatus {
     match status {
         LeadStatus::New => pb::LeadStatus::New,
         LeadStatus::Qualified => pb::LeadStatus::Qualified,

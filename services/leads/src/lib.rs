@@ -4,9 +4,15 @@
 
 mod api;
 pub mod domain;
+mod handler;
 mod store;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use aida_core::auth::Authenticator;
+use aida_core::bus::ConsumerSpec;
+use aida_core::consumer::{self, ConsumerOptions};
 use aida_core::db::Migrations;
 use aida_core::runtime::{ServiceContext, StartError};
 use aida_core::server;
@@ -37,6 +43,23 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let relay_shutdown = CancellationToken::new();
     let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
+    let conversions = tokio::spawn(consumer::run(
+        context.bus.clone(),
+        ConsumerOptions {
+            spec: ConsumerSpec::durable(
+                handler::CONSUMER,
+                "CRM_DEALS",
+                Some("deals.created"),
+                Duration::from_secs(context.settings.bus.ack_wait_secs),
+            ),
+            max_deliver: context.settings.bus.max_deliver,
+        },
+        Arc::new(handler::ConversionHandler {
+            store: LeadStore::new(context.db.clone()),
+            relay: context.relay.clone(),
+        }),
+        shutdown.clone(),
+    ));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -68,6 +91,7 @@ pub async fn serve(
     let served = server::serve(router, listener, shutdown).await;
 
     // The server has drained: flush what the last calls committed, then stop the relay.
+    let _ = conversions.await;
     relay_shutdown.cancel();
     let _ = relay.await;
     served.map_err(|error| StartError::Server(error.to_string()))

@@ -349,7 +349,44 @@ impl LeadStore {
     where
         F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
     {
+        let tx = self.db.begin().await?;
+        self.modify_in(tx, tenant, id, decide).await
+    }
+
+    /// [`LeadStore::modify`] for event handlers: the event id is claimed in `consumer`'s
+    /// inbox in the same transaction, so a redelivered event changes nothing. A lead that
+    /// no longer exists is not an error: there is nothing left to change.
+    pub async fn modify_once<F>(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        tenant: &str,
+        id: Uuid,
+        decide: F,
+    ) -> Result<(), Error>
+    where
+        F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
+    {
         let mut tx = self.db.begin().await?;
+        if !aida_core::consumer::claim(&mut tx, consumer, event_id).await? {
+            return Ok(());
+        }
+        match self.modify_in(tx, tenant, id, decide).await {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn modify_in<F>(
+        &self,
+        mut tx: Tx,
+        tenant: &str,
+        id: Uuid,
+        decide: F,
+    ) -> Result<Option<Lead>, Error>
+    where
+        F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
+    {
         let lock = match tx.engine() {
             Engine::Postgres => " FOR UPDATE",
             // SQLite transactions here are IMMEDIATE: the write lock is already held.

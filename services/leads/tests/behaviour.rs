@@ -354,13 +354,14 @@ async fn missing_expired_and_wrong_audience_tokens_are_unauthenticated(backend: 
         sub: "tester".into(),
         tenant_id: "acme".into(),
         roles: vec!["admin".into()],
-        iss: app.settings.auth.issuer.clone(),
-        aud: app.settings.auth.audience.clone(),
+        iss: app.env.settings.auth.issuer.clone(),
+        aud: app.env.settings.auth.audience.clone(),
         exp: now + 600,
         iat: None,
         nbf: None,
     };
     let expired = app
+        .env
         .issuer
         .sign(&Claims {
             exp: now - 3600,
@@ -368,6 +369,7 @@ async fn missing_expired_and_wrong_audience_tokens_are_unauthenticated(backend: 
         })
         .expect("sign");
     let wrong_audience = app
+        .env
         .issuer
         .sign(&Claims {
             aud: "someone-else".into(),
@@ -375,6 +377,7 @@ async fn missing_expired_and_wrong_audience_tokens_are_unauthenticated(backend: 
         })
         .expect("sign");
     let wrong_issuer = app
+        .env
         .issuer
         .sign(&Claims {
             iss: "evil".into(),
@@ -787,7 +790,7 @@ async fn delete_removes_the_lead_frees_its_email_and_emits_an_event(backend: Bac
 
 async fn health_and_reflection_answer_without_a_token(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.address))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.server.address))
         .expect("uri")
         .connect()
         .await
@@ -816,6 +819,70 @@ async fn a_graceful_stop_publishes_what_was_committed(backend: Backend) {
     assert_eq!(app.lead_events().await.len(), 10);
 }
 
+async fn a_deal_created_for_a_qualified_lead_converts_it_once(backend: Backend) {
+    use aida_core::bus::OutgoingMessage;
+    use aida_proto::aida::deals::v1::Deal;
+    use aida_proto::aida::events::v1::{DealCreated, EventEnvelope};
+    use prost::Message;
+
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let captured = capture(&app, "acme", lead("convert@example.com")).await;
+    client
+        .qualify_lead(app.request(
+            "acme",
+            QualifyLeadRequest {
+                id: captured.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("qualify");
+    let event = EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: "deals.created".into(),
+        tenant_id: "acme".into(),
+        payload: Some(Payload::DealCreated(DealCreated {
+            deal: Some(Deal {
+                id: uuid::Uuid::now_v7().to_string(),
+                lead_id: captured.id.clone(),
+                ..Deal::default()
+            }),
+        })),
+        ..EventEnvelope::default()
+    };
+    let payload = bytes::Bytes::from(event.encode_to_vec());
+    let bus = app.env.bus.shared();
+    bus.ensure_streams().await.expect("streams");
+    let copies: Vec<OutgoingMessage> = ["one", "two"]
+        .into_iter()
+        .map(|id| OutgoingMessage {
+            event_type: "deals.created".into(),
+            message_id: id.into(),
+            payload: payload.clone(),
+            headers: vec![],
+        })
+        .collect();
+    for result in bus.publish(&copies).await {
+        result.expect("publish");
+    }
+    let events = app.wait_for_lead_events(3).await;
+    assert_eq!(events[2].0, "leads.converted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.lead_events().await.len(), 3, "converted once");
+    let lead = client
+        .get_lead(app.request(
+            "acme",
+            GetLeadRequest {
+                id: captured.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(lead.status, LeadStatus::Converted as i32);
+}
+
 macro_rules! suite {
     ($backend:ident, $module:ident) => {
         mod $module {
@@ -833,7 +900,8 @@ macro_rules! suite {
                 list_filters_orders_and_pages_through_every_lead_once,
                 delete_removes_the_lead_frees_its_email_and_emits_an_event,
                 health_and_reflection_answer_without_a_token,
-                a_graceful_stop_publishes_what_was_committed
+                a_graceful_stop_publishes_what_was_committed,
+                a_deal_created_for_a_qualified_lead_converts_it_once
             );
         }
     };

@@ -178,7 +178,11 @@ impl EventBus for MemoryBus {
                 .streams
                 .get_mut(&stream_name)
                 .ok_or_else(|| BusError::Other(format!("no stream {stream_name}")))?;
-            let first_sequence = stream.first_sequence;
+            let first_sequence = if spec.ephemeral {
+                stream.next_sequence()
+            } else {
+                stream.first_sequence
+            };
             stream
                 .consumers
                 .entry(spec.durable_name.clone())
@@ -196,6 +200,7 @@ impl EventBus for MemoryBus {
             bus: self.clone(),
             stream: stream_name,
             consumer: spec.durable_name.clone(),
+            ephemeral: spec.ephemeral,
         }))
     }
 
@@ -208,6 +213,19 @@ struct MemorySource {
     bus: MemoryBus,
     stream: String,
     consumer: String,
+    ephemeral: bool,
+}
+
+impl Drop for MemorySource {
+    fn drop(&mut self) {
+        if !self.ephemeral {
+            return;
+        }
+        let mut state = self.bus.lock();
+        if let Some(stream) = state.streams.get_mut(&self.stream) {
+            stream.consumers.remove(&self.consumer);
+        }
+    }
 }
 
 impl MemorySource {

@@ -131,6 +131,33 @@ pub struct ConsumerSpec {
     pub filter: Option<String>,
     /// Redelivery after this long without an ack.
     pub ack_wait: Duration,
+    /// An ephemeral consumer sees only messages published after it subscribed and vanishes
+    /// when its feed is dropped (fan-out to live watchers); a durable one resumes.
+    pub ephemeral: bool,
+}
+
+impl ConsumerSpec {
+    /// A durable consumer of `stream` (base name) with an optional subject filter.
+    pub fn durable(name: &str, stream: &str, filter: Option<&str>, ack_wait: Duration) -> Self {
+        Self {
+            durable_name: name.to_owned(),
+            stream: stream.to_owned(),
+            filter: filter.map(str::to_owned),
+            ack_wait,
+            ephemeral: false,
+        }
+    }
+
+    /// An ephemeral consumer of new messages on `stream`.
+    pub fn ephemeral(label: &str, stream: &str, filter: Option<&str>) -> Self {
+        Self {
+            durable_name: format!("{label}-{}", crate::random_hex(6)),
+            stream: stream.to_owned(),
+            filter: filter.map(str::to_owned),
+            ack_wait: Duration::from_secs(30),
+            ephemeral: true,
+        }
+    }
 }
 
 /// One delivery of a message to a consumer. Settle it with exactly one of

@@ -108,24 +108,39 @@ impl EventBus for NatsBus {
             .get_stream(&stream_name)
             .await
             .map_err(|error| unavailable(format!("stream {stream_name}: {error}")))?;
-        let config = consumer::pull::Config {
-            durable_name: Some(spec.durable_name.clone()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: spec.ack_wait,
-            // The consumer runner bounds redelivery itself and dead-letters the message, so
-            // the server never silently drops one after a fixed number of attempts.
-            max_deliver: -1,
-            filter_subject: spec
-                .filter
-                .as_deref()
-                .map(|filter| self.topology.subject(filter))
-                .unwrap_or_default(),
-            ..Default::default()
-        };
-        let consumer = stream
-            .get_or_create_consumer(&spec.durable_name, config)
-            .await
-            .map_err(|error| unavailable(format!("consumer {}: {error}", spec.durable_name)))?;
+        let filter_subject = spec
+            .filter
+            .as_deref()
+            .map(|filter| self.topology.subject(filter))
+            .unwrap_or_default();
+        let consumer = if spec.ephemeral {
+            let config = consumer::pull::Config {
+                name: Some(spec.durable_name.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                deliver_policy: consumer::DeliverPolicy::New,
+                // The server removes it once nobody pulls from it.
+                inactive_threshold: Duration::from_secs(60),
+                filter_subject,
+                ..Default::default()
+            };
+            stream.create_consumer(config).await
+        } else {
+            let config = consumer::pull::Config {
+                durable_name: Some(spec.durable_name.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                // The consumer runner bounds redelivery itself and dead-letters the message,
+                // so the server never silently drops one after a fixed number of attempts.
+                max_deliver: -1,
+                filter_subject,
+                ..Default::default()
+            };
+            stream
+                .get_or_create_consumer(&spec.durable_name, config)
+                .await
+        }
+        .map_err(|error| unavailable(format!("consumer {}: {error}", spec.durable_name)))?;
         Ok(Box::new(NatsSource {
             consumer,
             messages: None,
