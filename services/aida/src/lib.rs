@@ -61,15 +61,17 @@ pub enum Command {
 pub enum Service {
     Leads,
     Deals,
+    Comms,
 }
 
 impl Service {
-    pub const ALL: [Service; 2] = [Service::Leads, Service::Deals];
+    pub const ALL: [Service; 3] = [Service::Leads, Service::Deals, Service::Comms];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::Leads => aida_leads::SERVICE,
             Service::Deals => aida_deals::SERVICE,
+            Service::Comms => aida_comms::SERVICE,
         }
     }
 
@@ -78,6 +80,7 @@ impl Service {
         match self {
             Service::Leads => "LeadService",
             Service::Deals => "DealService",
+            Service::Comms => "CommsService",
         }
     }
 
@@ -91,6 +94,7 @@ impl Service {
         match self {
             Service::Leads => settings.listen.leads(),
             Service::Deals => settings.listen.deals(),
+            Service::Comms => settings.listen.comms(),
         }
     }
 
@@ -98,6 +102,7 @@ impl Service {
         match self {
             Service::Leads => aida_leads::migrations(),
             Service::Deals => aida_deals::migrations(),
+            Service::Comms => aida_comms::migrations(),
         }
     }
 
@@ -113,6 +118,7 @@ impl Service {
         match self {
             Service::Leads => aida_leads::serve(context, listener, shutdown).await,
             Service::Deals => aida_deals::serve(context, listener, shutdown).await,
+            Service::Comms => aida_comms::serve(context, listener, shutdown).await,
         }
     }
 }

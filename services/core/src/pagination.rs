@@ -16,20 +16,29 @@ type HmacSha256 = Hmac<Sha256>;
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_LEN: usize = 4096;
 
-/// Signs and verifies page tokens.
+/// Signs and verifies tokens for one purpose: page tokens, or the tracking links of
+/// CommsService. Keys differ per purpose, so a token of one kind is never valid as another.
 #[derive(Clone)]
 pub struct PageTokens {
     key: [u8; 32],
+    field: &'static str,
 }
 
 impl PageTokens {
-    /// Derives the token key from the service's secret, so every replica agrees.
+    /// Page tokens, keyed from the service's secret so that every replica agrees.
     pub fn new(secret: &SecretString) -> Self {
+        Self::for_purpose(secret, "page tokens", "page_token")
+    }
+
+    /// Tokens for `purpose`; a token that does not verify is INVALID_ARGUMENT on `field`.
+    pub fn for_purpose(secret: &SecretString, purpose: &str, field: &'static str) -> Self {
         let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
             .expect("HMAC accepts keys of any length");
-        mac.update(b"aida page tokens v1");
+        mac.update(b"aida ");
+        mac.update(purpose.as_bytes());
+        mac.update(b" v1");
         let key = mac.finalize().into_bytes().into();
-        Self { key }
+        Self { key, field }
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; 32] {
@@ -50,7 +59,8 @@ impl PageTokens {
     }
 
     pub fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, Error> {
-        let invalid = || Error::invalid("page_token", "not a page token issued by this list");
+        let field = self.field;
+        let invalid = || Error::invalid(field, "not a valid token");
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid());
         }

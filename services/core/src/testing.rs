@@ -459,3 +459,84 @@ impl Drop for RunningServer {
         self.shutdown.cancel();
     }
 }
+
+/// The Python that runs the test SMTP server (`TEST_PYTHON`, default the venv that the
+/// test command prepares with aiosmtpd).
+fn test_python() -> PathBuf {
+    if let Ok(path) = std::env::var("TEST_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/aida/venv/bin/python")
+}
+
+/// A real SMTP server (aiosmtpd) on a free loopback port, writing each message it accepts
+/// to a directory as `.eml`.
+pub struct SmtpSink {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("smtp dir");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/smtp_sink.py");
+        let python = test_python();
+        let child = Command::new(&python)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("start the SMTP sink with {} (run scripts/test once, or set TEST_PYTHON to a Python with aiosmtpd): {error}", python.display())
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the SMTP sink did not start (is aiosmtpd installed for {}?)",
+                python.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, dir, child }
+    }
+
+    /// `smtp://127.0.0.1:<port>`: plain SMTP, as lettre reads it.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `.eml` files in `dir`, oldest name first, as text.
+pub fn eml_files(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect()
+}

@@ -1,0 +1,1056 @@
+//! The gRPC adapters of CommsService and TrackingService.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aida_core::Error;
+use aida_core::auth::AuthContext;
+use aida_core::events::{envelope, now_micros, timestamp};
+use aida_core::outbox::Relay;
+use aida_core::pagination::PageTokens;
+use aida_core::query::{self, KeyValue};
+use aida_core::settings::CommsSettings;
+use aida_proto::aida::comms::v1 as pb;
+use aida_proto::aida::comms::v1::comms_service_server::CommsService;
+use aida_proto::aida::comms::v1::tracking_service_server::TrackingService;
+use aida_proto::aida::events::v1::event_envelope::Payload;
+use aida_proto::aida::events::v1::{
+    MessageClicked, MessageOpened, MessageReplied, MessageSent, RecipientUnsubscribed,
+};
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{GetLeadRequest, Lead as PbLead, LeadStatus as PbLeadStatus};
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel as GrpcChannel;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{
+    self, Channel, LinkKind, Message, MessageStatus, Suppression, Template, TrackingClaim,
+    escape_html, find_urls, is_machine_open, normalize_address, render,
+};
+use crate::providers::{EmailSender, SmsSender};
+use crate::store::{self, After, CommsStore};
+
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 1000;
+const TEMPLATE_WRITABLE: [&str; 4] = ["name", "channel", "subject", "body"];
+
+/// What CommsService and TrackingService share.
+pub struct Comms {
+    pub store: CommsStore,
+    pub relay: Relay,
+    pub page_tokens: PageTokens,
+    pub tracking_tokens: PageTokens,
+    pub settings: CommsSettings,
+    pub email: Arc<dyn EmailSender>,
+    pub sms: Arc<dyn SmsSender>,
+    pub leads: LeadServiceClient<GrpcChannel>,
+}
+
+/// CommsService.
+pub struct CommsApi(pub Arc<Comms>);
+
+/// TrackingService: the public side, authenticated by the signed link tokens.
+pub struct TrackingApi(pub Arc<Comms>);
+
+fn channel_from_proto(value: i32, field: &str, required: bool) -> Result<Option<Channel>, Error> {
+    match pb::Channel::try_from(value) {
+        Ok(pb::Channel::Email) => Ok(Some(Channel::Email)),
+        Ok(pb::Channel::Sms) => Ok(Some(Channel::Sms)),
+        Ok(pb::Channel::Unspecified) if !required => Ok(None),
+        Ok(pb::Channel::Unspecified) => Err(Error::invalid(
+            field,
+            "a channel is required (EMAIL or SMS)",
+        )),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not a Channel value"),
+        )),
+    }
+}
+
+fn channel_to_proto(channel: Channel) -> pb::Channel {
+    match channel {
+        Channel::Email => pb::Channel::Email,
+        Channel::Sms => pb::Channel::Sms,
+    }
+}
+
+fn status_to_proto(status: MessageStatus) -> pb::MessageStatus {
+    match status {
+        MessageStatus::Sending => pb::MessageStatus::Sending,
+        MessageStatus::Sent => pb::MessageStatus::Sent,
+        MessageStatus::Failed => pb::MessageStatus::Failed,
+    }
+}
+
+fn template_to_proto(template: &Template) -> pb::Template {
+    pb::Template {
+        id: template.id.to_string(),
+        name: template.name.clone(),
+        channel: channel_to_proto(template.channel) as i32,
+        subject: template.subject.clone(),
+        body: template.body.clone(),
+        create_time: Some(timestamp(template.create_time)),
+        update_time: Some(timestamp(template.update_time)),
+        etag: template.etag(),
+    }
+}
+
+fn count(value: i64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn message_to_proto(message: &Message) -> pb::Message {
+    pb::Message {
+        id: message.id.to_string(),
+        lead_id: message.lead_id.to_string(),
+        channel: channel_to_proto(message.channel) as i32,
+        to: message.to.clone(),
+        subject: message.subject.clone(),
+        body: message.body.clone(),
+        template_id: message.template_id.clone(),
+        status: status_to_proto(message.status) as i32,
+        failure_reason: message.failure_reason.clone(),
+        open_count: count(message.open_count),
+        machine_open_count: count(message.machine_open_count),
+        click_count: count(message.click_count),
+        replied: message.replied,
+        send_time: message.send_time.map(timestamp),
+        first_open_time: message.first_open_time.map(timestamp),
+        reply_time: message.reply_time.map(timestamp),
+        create_time: Some(timestamp(message.create_time)),
+    }
+}
+
+fn suppression_to_proto(suppression: &Suppression) -> pb::Suppression {
+    pb::Suppression {
+        address: suppression.address.clone(),
+        reason: suppression.reason.clone(),
+        create_time: Some(timestamp(suppression.create_time)),
+    }
+}
+
+fn parse_id(field: &str, value: &str, what: &str) -> Result<Uuid, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "an id is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("not a {what} id")))
+}
+
+/// The `List-Unsubscribe` header (RFC 2369).
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+    fn parse(value: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(value.to_owned()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// The `List-Unsubscribe-Post` header (RFC 8058 one-click).
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
+    }
+}
+
+fn system_context(tenant: &str, subject: &str) -> AuthContext {
+    AuthContext {
+        tenant_id: tenant.to_owned(),
+        subject: subject.to_owned(),
+        roles: vec!["service".into()],
+        request_id: Uuid::now_v7().to_string(),
+        traceparent: None,
+        token: String::new(),
+    }
+}
+
+impl Comms {
+    fn link(&self, claim: &TrackingClaim, path: &str) -> Result<String, Error> {
+        let token = self.tracking_tokens.encode(claim)?;
+        Ok(format!(
+            "{}/t/{path}/{token}",
+            self.settings.public_base_url.trim_end_matches('/')
+        ))
+    }
+
+    /// The lead, read from LeadService with the caller's own token.
+    async fn lead(&self, context: &AuthContext, lead_id: Uuid) -> Result<PbLead, Error> {
+        let mut request = Request::new(GetLeadRequest {
+            id: lead_id.to_string(),
+        });
+        let metadata = request.metadata_mut();
+        if let Ok(value) = format!("Bearer {}", context.token).parse() {
+            metadata.insert("authorization", value);
+        }
+        if let Ok(value) = context.request_id.parse() {
+            metadata.insert("x-request-id", value);
+        }
+        match self.leads.clone().get_lead(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(match status.code() {
+                tonic::Code::NotFound => Error::not_found("lead", lead_id.to_string()),
+                tonic::Code::Unauthenticated => Error::Unauthenticated(status.message().to_owned()),
+                tonic::Code::PermissionDenied => {
+                    Error::PermissionDenied(status.message().to_owned())
+                }
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    Error::Unavailable(format!("LeadService: {}", status.message()))
+                }
+                _ => Error::internal(format!("LeadService: {status}")),
+            }),
+        }
+    }
+
+    /// The e-mail as sent: a plain and an HTML part with tracked links, an open pixel and
+    /// an unsubscribe link, plus the RFC 8058 one-click headers.
+    fn compose_email(
+        &self,
+        message: &Message,
+        recipient_name: &str,
+    ) -> Result<lettre::Message, Error> {
+        let claim = |kind, link| TrackingClaim {
+            tenant_id: message.tenant_id.clone(),
+            message_id: message.id,
+            kind,
+            link,
+        };
+        let unsubscribe = self.link(&claim(LinkKind::Unsubscribe, None), "u")?;
+        let pixel = self.link(&claim(LinkKind::Open, None), "o")?;
+        let mut plain = String::new();
+        let mut html =
+            String::from("<!doctype html><html><body><div style=\"white-space:pre-wrap\">");
+        let mut cursor = 0;
+        for (index, (start, end)) in find_urls(&message.body).into_iter().enumerate() {
+            let tracked = self.link(&claim(LinkKind::Click, Some(index)), "c")?;
+            plain.push_str(&message.body[cursor..start]);
+            plain.push_str(&tracked);
+            html.push_str(&escape_html(&message.body[cursor..start]));
+            html.push_str(&format!(
+                "<a href=\"{}\">{}</a>",
+                escape_html(&tracked),
+                escape_html(&message.body[start..end])
+            ));
+            cursor = end;
+        }
+        plain.push_str(&message.body[cursor..]);
+        plain.push_str(&format!("\n\n--\nUnsubscribe: {unsubscribe}\n"));
+        html.push_str(&escape_html(&message.body[cursor..]));
+        html.push_str(&format!(
+            "</div><p style=\"font-size:12px;color:#777\"><a href=\"{}\">Unsubscribe</a></p><img src=\"{}\" width=\"1\" height=\"1\" alt=\"\"></body></html>",
+            escape_html(&unsubscribe),
+            escape_html(&pixel)
+        ));
+        let from: Mailbox = self
+            .settings
+            .from_address
+            .parse()
+            .map_err(|error| Error::internal(format!("comms.from_address: {error}")))?;
+        let address = message.to.parse().map_err(|_| Error::FailedPrecondition {
+            reason: "BAD_ADDRESS",
+            message: format!("'{}' cannot receive e-mail", message.to),
+        })?;
+        let name = Some(recipient_name.to_owned()).filter(|name| !name.is_empty());
+        lettre::Message::builder()
+            .from(from)
+            .to(Mailbox::new(name, address))
+            .subject(message.subject.clone())
+            .message_id(Some(format!("<{}@aida>", message.id)))
+            .header(ListUnsubscribe(format!("<{unsubscribe}>")))
+            .header(ListUnsubscribePost)
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(plain),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(html),
+                    ),
+            )
+            .map_err(|error| Error::internal(format!("compose e-mail: {error}")))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MessagePosition {
+    f: String,
+    k: Vec<KeyValue>,
+    i: Uuid,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NamePosition {
+    n: String,
+    i: Uuid,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AddressPosition {
+    a: String,
+}
+
+#[tonic::async_trait]
+impl CommsService for CommsApi {
+    async fn create_template(
+        &self,
+        request: Request<pb::CreateTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let input = request
+            .into_inner()
+            .template
+            .ok_or_else(|| Error::invalid("template", "a template is required"))?;
+        let channel =
+            channel_from_proto(input.channel, "template.channel", true)?.unwrap_or(Channel::Email);
+        let (name, subject, body) =
+            domain::validate_template(&input.name, channel, &input.subject, &input.body)?;
+        let now = now_micros();
+        let template = Template {
+            id: Uuid::now_v7(),
+            tenant_id: context.tenant_id.clone(),
+            name,
+            channel,
+            subject,
+            body,
+            version: 1,
+            create_time: now,
+            update_time: now,
+        };
+        self.0.store.insert_template(&template).await?;
+        Ok(Response::new(template_to_proto(&template)))
+    }
+
+    async fn get_template(
+        &self,
+        request: Request<pb::GetTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
+        let context = AuthContext::of(&request)?;
+        let id = parse_id("id", &request.get_ref().id, "template")?;
+        Ok(Response::new(template_to_proto(
+            &self.0.store.template(&context.tenant_id, id).await?,
+        )))
+    }
+
+    async fn list_templates(
+        &self,
+        request: Request<pb::ListTemplatesRequest>,
+    ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let list = request.get_ref();
+        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let after = if list.page_token.is_empty() {
+            None
+        } else {
+            let position: NamePosition = self.0.page_tokens.decode(&list.page_token)?;
+            Some((position.n, position.i))
+        };
+        let mut templates = self
+            .0
+            .store
+            .templates(&context.tenant_id, size + 1, after)
+            .await?;
+        let next_page_token = if templates.len() > size as usize {
+            templates.truncate(size as usize);
+            let last = templates
+                .last()
+                .ok_or_else(|| Error::internal("empty page"))?;
+            self.0.page_tokens.encode(&NamePosition {
+                n: last.name.clone(),
+                i: last.id,
+            })?
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTemplatesResponse {
+            templates: templates.iter().map(template_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_template(
+        &self,
+        request: Request<pb::UpdateTemplateRequest>,
+    ) -> Result<Response<pb::Template>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let input = request
+            .template
+            .ok_or_else(|| Error::invalid("template", "a template is required"))?;
+        let id = parse_id("template.id", &input.id, "template")?;
+        let requested: Vec<String> = match &request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => {
+                let mut populated = Vec::new();
+                for (name, set) in [
+                    ("name", !input.name.is_empty()),
+                    ("channel", input.channel != 0),
+                    ("subject", !input.subject.is_empty()),
+                    ("body", !input.body.is_empty()),
+                ] {
+                    if set {
+                        populated.push(name.to_owned());
+                    }
+                }
+                populated
+            }
+        };
+        for path in &requested {
+            if !TEMPLATE_WRITABLE.contains(&path.as_str()) {
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!(
+                        "'{path}' cannot be updated; writable fields: {}",
+                        TEMPLATE_WRITABLE.join(", ")
+                    ),
+                )
+                .into());
+            }
+        }
+        let channel = channel_from_proto(
+            input.channel,
+            "template.channel",
+            requested.iter().any(|path| path == "channel"),
+        )?;
+        let updated = self
+            .0
+            .store
+            .modify_template(&context.tenant_id, id, |current| {
+                if !input.etag.is_empty() && input.etag != current.etag() {
+                    return Err(Error::Aborted {
+                        reason: "ETAG_MISMATCH",
+                        message: format!("template {id} was changed since it was read"),
+                    });
+                }
+                let mut next = current.clone();
+                for path in &requested {
+                    match path.as_str() {
+                        "name" => next.name = input.name.clone(),
+                        "subject" => next.subject = input.subject.clone(),
+                        "body" => next.body = input.body.clone(),
+                        "channel" => next.channel = channel.unwrap_or(current.channel),
+                        _ => {}
+                    }
+                }
+                let (name, subject, body) =
+                    domain::validate_template(&next.name, next.channel, &next.subject, &next.body)?;
+                next.name = name;
+                next.subject = subject;
+                next.body = body;
+                if next != current {
+                    next.version += 1;
+                    next.update_time = now_micros();
+                }
+                Ok(Some(next))
+            })
+            .await?
+            .ok_or_else(|| Error::internal("update returned no template"))?;
+        Ok(Response::new(template_to_proto(&updated)))
+    }
+
+    async fn delete_template(
+        &self,
+        request: Request<pb::DeleteTemplateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let context = AuthContext::of(&request)?;
+        let id = parse_id("id", &request.get_ref().id, "template")?;
+        self.0
+            .store
+            .modify_template(&context.tenant_id, id, |_| Ok(None))
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let comms = &self.0;
+        let lead_id = parse_id("lead_id", &request.lead_id, "lead")?;
+        if request.request_id.chars().count() > 128 {
+            return Err(Error::invalid("request_id", "at most 128 characters").into());
+        }
+        if !request.request_id.is_empty()
+            && let Some(existing) = comms
+                .store
+                .message_by_request(&context.tenant_id, &request.request_id)
+                .await?
+        {
+            return Ok(Response::new(message_to_proto(&existing)));
+        }
+        let requested_channel = channel_from_proto(request.channel, "channel", false)?;
+        let template = if request.template_id.is_empty() {
+            None
+        } else {
+            let id = parse_id("template_id", &request.template_id, "template")?;
+            Some(comms.store.template(&context.tenant_id, id).await.map_err(
+                |error| match error {
+                    Error::NotFound { .. } => Error::invalid("template_id", "no such template"),
+                    other => other,
+                },
+            )?)
+        };
+        let channel = match (&template, requested_channel) {
+            (Some(template), Some(channel)) if template.channel != channel => {
+                return Err(Error::invalid(
+                    "channel",
+                    format!("the template is for {}", template.channel.as_str()),
+                )
+                .into());
+            }
+            (Some(template), _) => template.channel,
+            (None, Some(channel)) => channel,
+            (None, None) => {
+                return Err(
+                    Error::invalid("channel", "a channel is required without a template").into(),
+                );
+            }
+        };
+        if template.is_none() {
+            let (_, _, _) =
+                domain::validate_template("message", channel, &request.subject, &request.body)
+                    .map_err(|error| match error {
+                        Error::InvalidArgument(violations) => Error::InvalidArgument(
+                            violations
+                                .into_iter()
+                                .map(|violation| {
+                                    aida_core::FieldViolation::new(
+                                        violation.field.replace("template.", ""),
+                                        violation.description,
+                                    )
+                                })
+                                .collect(),
+                        ),
+                        other => other,
+                    })?;
+        }
+        for (key, value) in &request.variables {
+            if key.is_empty() || key.len() > 64 || value.chars().count() > 2000 {
+                return Err(Error::invalid(
+                    format!("variables[{key}]"),
+                    "keys up to 64 and values up to 2000 characters",
+                )
+                .into());
+            }
+        }
+
+        let lead = comms.lead(&context, lead_id).await?;
+        if lead.status == PbLeadStatus::Rejected as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "LEAD_REJECTED",
+                message: format!("lead {lead_id} was rejected; it is not contacted"),
+            }
+            .into());
+        }
+        let to = match channel {
+            Channel::Email => lead.email.clone(),
+            Channel::Sms => lead.phone.clone(),
+        };
+        if to.is_empty() {
+            return Err(Error::FailedPrecondition {
+                reason: "NO_ADDRESS",
+                message: format!(
+                    "lead {lead_id} has no {}",
+                    if channel == Channel::Email {
+                        "e-mail address"
+                    } else {
+                        "phone number"
+                    }
+                ),
+            }
+            .into());
+        }
+        if comms
+            .store
+            .is_suppressed(&context.tenant_id, &normalize_address(&to))
+            .await?
+        {
+            return Err(Error::FailedPrecondition {
+                reason: "SUPPRESSED",
+                message: format!("{to} is on the suppression list"),
+            }
+            .into());
+        }
+        let now = now_micros();
+        let recent = comms
+            .store
+            .recent_messages(
+                &context.tenant_id,
+                lead_id,
+                now - chrono::Duration::hours(24),
+            )
+            .await?;
+        if recent >= i64::from(comms.settings.max_messages_per_lead_per_day) {
+            return Err(Error::FailedPrecondition {
+                reason: "FREQUENCY_CAP",
+                message: format!(
+                    "lead {lead_id} already received {recent} messages in 24 hours (cap {})",
+                    comms.settings.max_messages_per_lead_per_day
+                ),
+            }
+            .into());
+        }
+
+        let mut variables: BTreeMap<String, String> = BTreeMap::from([
+            ("first_name".to_owned(), lead.first_name.clone()),
+            ("last_name".to_owned(), lead.last_name.clone()),
+            ("company".to_owned(), lead.company.clone()),
+            ("title".to_owned(), lead.title.clone()),
+            ("email".to_owned(), lead.email.clone()),
+        ]);
+        variables.extend(request.variables.clone());
+        let (subject, body) = match &template {
+            Some(template) => (
+                render(&template.subject, &variables, "subject")?,
+                render(&template.body, &variables, "body")?,
+            ),
+            None => (request.subject.trim().to_owned(), request.body.clone()),
+        };
+        let links: Vec<String> = if channel == Channel::Email {
+            find_urls(&body)
+                .into_iter()
+                .map(|(start, end)| body[start..end].to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let message = Message {
+            id: Uuid::now_v7(),
+            tenant_id: context.tenant_id.clone(),
+            lead_id,
+            channel,
+            to: to.clone(),
+            subject,
+            body,
+            template_id: template
+                .as_ref()
+                .map(|template| template.id.to_string())
+                .unwrap_or_default(),
+            links,
+            status: MessageStatus::Sending,
+            failure_reason: String::new(),
+            open_count: 0,
+            machine_open_count: 0,
+            click_count: 0,
+            replied: false,
+            send_time: None,
+            first_open_time: None,
+            reply_time: None,
+            request_id: request.request_id.clone(),
+            create_time: now,
+        };
+        if let Some(first) = comms.store.insert_sending(&message).await? {
+            return Ok(Response::new(message_to_proto(&first)));
+        }
+
+        let delivered = match channel {
+            Channel::Email => {
+                let name = format!("{} {}", lead.first_name, lead.last_name)
+                    .trim()
+                    .to_owned();
+                let email = comms.compose_email(&message, &name)?;
+                comms.email.send(email).await
+            }
+            Channel::Sms => {
+                comms
+                    .sms
+                    .send(&message.id.to_string(), &message.to, &message.body)
+                    .await
+            }
+        };
+        let finished = comms
+            .store
+            .modify_message(&context.tenant_id, message.id, |current| {
+                let mut next = current.clone();
+                let event = match &delivered {
+                    Ok(()) => {
+                        let sent_at = now_micros();
+                        next.status = MessageStatus::Sent;
+                        next.send_time = Some(sent_at);
+                        Some(envelope(
+                            &context,
+                            "comms.sent",
+                            format!("messages/{}", next.id),
+                            sent_at,
+                            Payload::MessageSent(MessageSent {
+                                message_id: next.id.to_string(),
+                                lead_id: next.lead_id.to_string(),
+                                channel: channel_to_proto(next.channel) as i32,
+                                template_id: next.template_id.clone(),
+                            }),
+                        ))
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = %next.id, %error, "delivery failed");
+                        next.status = MessageStatus::Failed;
+                        next.failure_reason = error.to_string();
+                        None
+                    }
+                };
+                Ok(Some((next, event)))
+            })
+            .await?;
+        comms.relay.wake();
+        Ok(Response::new(message_to_proto(&finished)))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let context = AuthContext::of(&request)?;
+        let id = parse_id("id", &request.get_ref().id, "message")?;
+        Ok(Response::new(message_to_proto(
+            &self.0.store.message(&context.tenant_id, id).await?,
+        )))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let list = request.get_ref();
+        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let order = query::parse_order_by("", store::MESSAGE_FIELDS, "create_time desc")?;
+        let filter_key = format!(
+            "{:x}",
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+                list.filter.trim()
+            ))
+        );
+        let after = if list.page_token.is_empty() {
+            None
+        } else {
+            let position: MessagePosition = self.0.page_tokens.decode(&list.page_token)?;
+            if position.f != filter_key {
+                return Err(Error::invalid(
+                    "page_token",
+                    "the filter changed since this token was issued",
+                )
+                .into());
+            }
+            Some(After {
+                values: position.k,
+                id: position.i,
+            })
+        };
+        let (messages, has_more) = self
+            .0
+            .store
+            .messages(
+                &context.tenant_id,
+                &list.filter,
+                &order,
+                size,
+                after.as_ref(),
+            )
+            .await?;
+        let next_page_token = match messages.last() {
+            Some(last) if has_more => self.0.page_tokens.encode(&MessagePosition {
+                f: filter_key,
+                k: vec![KeyValue::Time(last.create_time)],
+                i: last.id,
+            })?,
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.iter().map(message_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn record_reply(
+        &self,
+        request: Request<pb::RecordReplyRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let request = request.into_inner();
+        let id = parse_id("id", &request.id, "message")?;
+        if request.body.chars().count() > domain::MAX_BODY_CHARS {
+            return Err(Error::invalid(
+                "body",
+                format!("at most {} characters", domain::MAX_BODY_CHARS),
+            )
+            .into());
+        }
+        let message = self
+            .0
+            .store
+            .modify_message(&context.tenant_id, id, |current| {
+                if current.status != MessageStatus::Sent {
+                    return Err(Error::FailedPrecondition {
+                        reason: "NOT_SENT",
+                        message: format!("message {id} was not sent"),
+                    });
+                }
+                if current.replied {
+                    return Ok(None);
+                }
+                let now = now_micros();
+                let mut next = current.clone();
+                next.replied = true;
+                next.reply_time = Some(now);
+                let event = envelope(
+                    &context,
+                    "comms.replied",
+                    format!("messages/{id}"),
+                    now,
+                    Payload::MessageReplied(MessageReplied {
+                        message_id: id.to_string(),
+                        lead_id: current.lead_id.to_string(),
+                    }),
+                );
+                Ok(Some((next, Some(event))))
+            })
+            .await?;
+        self.0.relay.wake();
+        Ok(Response::new(message_to_proto(&message)))
+    }
+
+    async fn add_suppression(
+        &self,
+        request: Request<pb::AddSuppressionRequest>,
+    ) -> Result<Response<pb::Suppression>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let input = request
+            .into_inner()
+            .suppression
+            .ok_or_else(|| Error::invalid("suppression", "a suppression is required"))?;
+        let address = normalize_address(&input.address);
+        if address.is_empty()
+            || address.chars().count() > 254
+            || address.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "suppression.address",
+                "an e-mail address or phone number of at most 254 characters",
+            )
+            .into());
+        }
+        let reason = input.reason.trim();
+        if reason.chars().count() > 200 {
+            return Err(Error::invalid("suppression.reason", "at most 200 characters").into());
+        }
+        let suppression = Suppression {
+            address,
+            reason: if reason.is_empty() {
+                "manual".into()
+            } else {
+                reason.to_owned()
+            },
+            create_time: now_micros(),
+        };
+        let stored = self
+            .0
+            .store
+            .add_suppression(&context.tenant_id, &suppression)
+            .await?;
+        Ok(Response::new(suppression_to_proto(&stored)))
+    }
+
+    async fn list_suppressions(
+        &self,
+        request: Request<pb::ListSuppressionsRequest>,
+    ) -> Result<Response<pb::ListSuppressionsResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let list = request.get_ref();
+        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let after = if list.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                self.0
+                    .page_tokens
+                    .decode::<AddressPosition>(&list.page_token)?
+                    .a,
+            )
+        };
+        let mut suppressions = self
+            .0
+            .store
+            .suppressions(&context.tenant_id, size + 1, after)
+            .await?;
+        let next_page_token = if suppressions.len() > size as usize {
+            suppressions.truncate(size as usize);
+            let last = suppressions
+                .last()
+                .ok_or_else(|| Error::internal("empty page"))?;
+            self.0.page_tokens.encode(&AddressPosition {
+                a: last.address.clone(),
+            })?
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSuppressionsResponse {
+            suppressions: suppressions.iter().map(suppression_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_suppression(
+        &self,
+        request: Request<pb::DeleteSuppressionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let context = AuthContext::of(&request)?;
+        let address = normalize_address(&request.get_ref().address);
+        if address.is_empty() {
+            return Err(Error::invalid("address", "an address is required").into());
+        }
+        self.0
+            .store
+            .delete_suppression(&context.tenant_id, &address)
+            .await?;
+        Ok(Response::new(()))
+    }
+}
+
+impl TrackingApi {
+    /// The verified claim of a link token, of the expected kind.
+    fn claim(&self, token: &str, kind: LinkKind) -> Result<TrackingClaim, Error> {
+        if token.is_empty() {
+            return Err(Error::invalid("token", "a token is required"));
+        }
+        let claim: TrackingClaim = self.0.tracking_tokens.decode(token)?;
+        if claim.kind != kind {
+            return Err(Error::invalid("token", "this link is of another kind"));
+        }
+        Ok(claim)
+    }
+}
+
+#[tonic::async_trait]
+impl TrackingService for TrackingApi {
+    async fn track_open(
+        &self,
+        request: Request<pb::TrackOpenRequest>,
+    ) -> Result<Response<pb::TrackOpenResponse>, Status> {
+        let request = request.into_inner();
+        let claim = self.claim(&request.token, LinkKind::Open)?;
+        let window = chrono::Duration::seconds(
+            i64::try_from(self.0.settings.machine_open_window_secs).unwrap_or(0),
+        );
+        let context = system_context(&claim.tenant_id, "public:tracking");
+        let mut machine = false;
+        self.0
+            .store
+            .modify_message(&claim.tenant_id, claim.message_id, |current| {
+                let now = now_micros();
+                machine = is_machine_open(&request.user_agent, current.send_time, now, window);
+                let mut next = current.clone();
+                let first = !machine && current.first_open_time.is_none();
+                if machine {
+                    next.machine_open_count += 1;
+                } else {
+                    next.open_count += 1;
+                    next.first_open_time.get_or_insert(now);
+                }
+                let event = envelope(
+                    &context,
+                    "comms.opened",
+                    format!("messages/{}", current.id),
+                    now,
+                    Payload::MessageOpened(MessageOpened {
+                        message_id: current.id.to_string(),
+                        lead_id: current.lead_id.to_string(),
+                        machine,
+                        first,
+                    }),
+                );
+                Ok(Some((next, Some(event))))
+            })
+            .await?;
+        self.0.relay.wake();
+        Ok(Response::new(pb::TrackOpenResponse { machine }))
+    }
+
+    async fn track_click(
+        &self,
+        request: Request<pb::TrackClickRequest>,
+    ) -> Result<Response<pb::TrackClickResponse>, Status> {
+        let request = request.into_inner();
+        let claim = self.claim(&request.token, LinkKind::Click)?;
+        let context = system_context(&claim.tenant_id, "public:tracking");
+        let mut target = String::new();
+        self.0
+            .store
+            .modify_message(&claim.tenant_id, claim.message_id, |current| {
+                target = claim
+                    .link
+                    .and_then(|index| current.links.get(index))
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("token", "the link is not in the message"))?;
+                let now = now_micros();
+                let mut next = current.clone();
+                next.click_count += 1;
+                let event = envelope(
+                    &context,
+                    "comms.clicked",
+                    format!("messages/{}", current.id),
+                    now,
+                    Payload::MessageClicked(MessageClicked {
+                        message_id: current.id.to_string(),
+                        lead_id: current.lead_id.to_string(),
+                        url: target.clone(),
+                        first: current.click_count == 0,
+                    }),
+                );
+                Ok(Some((next, Some(event))))
+            })
+            .await?;
+        self.0.relay.wake();
+        Ok(Response::new(pb::TrackClickResponse { target_url: target }))
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
+        let claim = self.claim(&request.get_ref().token, LinkKind::Unsubscribe)?;
+        let message = self
+            .0
+            .store
+            .message(&claim.tenant_id, claim.message_id)
+            .await?;
+        let context = system_context(&claim.tenant_id, "public:unsubscribe");
+        let event = envelope(
+            &context,
+            "comms.unsubscribed",
+            format!("messages/{}", message.id),
+            now_micros(),
+            Payload::RecipientUnsubscribed(RecipientUnsubscribed {
+                message_id: message.id.to_string(),
+                lead_id: message.lead_id.to_string(),
+                channel: channel_to_proto(message.channel) as i32,
+            }),
+        );
+        self.0.store.unsubscribe(&message, &event).await?;
+        self.0.relay.wake();
+        Ok(Response::new(pb::UnsubscribeResponse {
+            address: message.to,
+        }))
+    }
+}

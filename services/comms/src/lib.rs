@@ -1,0 +1,139 @@
+//! CommsService: templates, e-mail and SMS to leads, tracking of opens (human and machine),
+//! clicks and replies, one-click unsubscribe, a suppression list and a per-lead frequency
+//! cap. TrackingService is its public side, authenticated by signed link tokens. Events:
+//! `comms.sent`, `comms.opened`, `comms.clicked`, `comms.replied`, `comms.unsubscribed`.
+
+mod api;
+pub mod domain;
+pub mod providers;
+mod store;
+
+use std::sync::Arc;
+
+use aida_core::auth::Authenticator;
+use aida_core::db::Migrations;
+use aida_core::pagination::PageTokens;
+use aida_core::runtime::{ServiceContext, StartError};
+use aida_core::server;
+use aida_proto::aida::comms::v1::comms_service_server::CommsServiceServer;
+use aida_proto::aida::comms::v1::tracking_service_server::TrackingServiceServer;
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use api::{Comms, CommsApi, TrackingApi};
+pub use store::CommsStore;
+
+use providers::{
+    EmailSender, FileEmailSender, FileSmsSender, HttpSmsSender, SmsSender, SmtpSender,
+};
+
+pub const SERVICE: &str = "comms";
+
+/// This crate's migrations (templates, messages, suppressions).
+pub fn migrations() -> Migrations {
+    Migrations {
+        postgres: sqlx::migrate!("./migrations/postgres"),
+        sqlite: sqlx::migrate!("./migrations/sqlite"),
+    }
+}
+
+/// The e-mail and SMS senders.
+type Senders = (Arc<dyn EmailSender>, Arc<dyn SmsSender>);
+
+/// The senders the settings ask for: SMTP and an HTTP SMS provider, or directories.
+fn senders(
+    context: &ServiceContext,
+) -> Result<Senders, StartError> {
+    let settings = &context.settings.comms;
+    let email: Arc<dyn EmailSender> = match &settings.smtp_url {
+        Some(url) => Arc::new(SmtpSender::new(url).map_err(StartError::Server)?),
+        None => {
+            let dir = settings
+                .mail_dir
+                .clone()
+                .unwrap_or_else(|| context.settings.data_dir.join("mail"));
+            Arc::new(FileEmailSender::new(dir)?)
+        }
+    };
+    let sms: Arc<dyn SmsSender> = match &settings.sms_url {
+        Some(url) => Arc::new(
+            HttpSmsSender::new(
+                url.clone(),
+                settings.sms_api_key.clone(),
+                settings.sms_from.clone(),
+            )
+            .map_err(StartError::Server)?,
+        ),
+        None => {
+            let dir = settings
+                .sms_dir
+                .clone()
+                .unwrap_or_else(|| context.settings.data_dir.join("sms"));
+            Arc::new(FileSmsSender::new(dir, settings.sms_from.clone())?)
+        }
+    };
+    Ok((email, sms))
+}
+
+/// Serves CommsService and TrackingService on `listener` until `shutdown`.
+pub async fn serve(
+    context: ServiceContext,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let (email, sms) = senders(&context)?;
+    let leads_channel =
+        tonic::transport::Channel::from_shared(context.settings.services.leads_url.clone())
+            .map_err(|error| StartError::Server(format!("services.leads_url: {error}")))?
+            .connect_lazy();
+    let comms = Arc::new(Comms {
+        store: CommsStore::new(context.db.clone()),
+        relay: context.relay.clone(),
+        page_tokens: context.page_tokens.clone(),
+        tracking_tokens: PageTokens::for_purpose(
+            &context.settings.signing_key()?,
+            "tracking links",
+            "token",
+        ),
+        settings: context.settings.comms.clone(),
+        email,
+        sms,
+        leads: LeadServiceClient::new(leads_channel),
+    });
+
+    let relay_shutdown = CancellationToken::new();
+    let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CommsServiceServer<CommsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<TrackingServiceServer<TrackingApi>>()
+        .await;
+    let reporter = health_reporter.clone();
+    let draining = shutdown.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        reporter
+            .set_not_serving::<CommsServiceServer<CommsApi>>()
+            .await;
+        reporter
+            .set_not_serving::<TrackingServiceServer<TrackingApi>>()
+            .await;
+    });
+    let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
+    let router = server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(CommsServiceServer::with_interceptor(
+            CommsApi(comms.clone()),
+            Authenticator::new(context.verifier.clone()),
+        ))
+        // Tracking links are opened by mail clients: the signed token is the credential.
+        .add_service(TrackingServiceServer::new(TrackingApi(comms)));
+    let served = server::serve(router, listener, shutdown).await;
+    relay_shutdown.cancel();
+    let _ = relay.await;
+    served.map_err(|error| StartError::Server(error.to_string()))
+}

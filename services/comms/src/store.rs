@@ -1,0 +1,575 @@
+//! The comms repository: templates, messages with their tracking counters, suppressions.
+//! Each change commits with its outbox event.
+
+use aida_core::db::{Count, Database, Engine, Sql, Tx};
+use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
+use aida_core::{Error, outbox};
+use aida_proto::aida::events::v1::EventEnvelope;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::domain::{Channel, Message, MessageStatus, Suppression, Template};
+
+const TEMPLATE_COLUMNS: &str =
+    "tenant_id, id, name, channel, subject, body, version, create_time, update_time";
+const MESSAGE_COLUMNS: &str = "tenant_id, id, lead_id, channel, to_address, subject, body, template_id, links, status, \
+     failure_reason, open_count, machine_open_count, click_count, replied, send_time, first_open_time, reply_time, \
+     request_id, create_time";
+
+fn channel_filter(value: &str) -> Option<&'static str> {
+    Channel::parse(value).map(Channel::as_str)
+}
+
+fn status_filter(value: &str) -> Option<&'static str> {
+    MessageStatus::parse(value).map(MessageStatus::as_str)
+}
+
+/// The fields `filter` of ListMessages accepts.
+pub const MESSAGE_FIELDS: &[Field] = &[
+    Field {
+        name: "lead_id",
+        column: "lead_id",
+        kind: FieldKind::Uuid,
+        sortable: false,
+    },
+    Field {
+        name: "channel",
+        column: "channel",
+        kind: FieldKind::Enum(channel_filter),
+        sortable: false,
+    },
+    Field {
+        name: "status",
+        column: "status",
+        kind: FieldKind::Enum(status_filter),
+        sortable: false,
+    },
+    Field {
+        name: "template_id",
+        column: "template_id",
+        kind: FieldKind::Text,
+        sortable: false,
+    },
+    Field {
+        name: "create_time",
+        column: "create_time",
+        kind: FieldKind::Timestamp,
+        sortable: true,
+    },
+];
+
+#[derive(sqlx::FromRow)]
+struct TemplateRow {
+    tenant_id: String,
+    id: Uuid,
+    name: String,
+    channel: String,
+    subject: String,
+    body: String,
+    version: i64,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl TryFrom<TemplateRow> for Template {
+    type Error = Error;
+    fn try_from(row: TemplateRow) -> Result<Self, Error> {
+        Ok(Template {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            name: row.name,
+            channel: Channel::parse(&row.channel)
+                .ok_or_else(|| Error::internal(format!("stored channel {}", row.channel)))?,
+            subject: row.subject,
+            body: row.body,
+            version: row.version,
+            create_time: row.create_time,
+            update_time: row.update_time,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    tenant_id: String,
+    id: Uuid,
+    lead_id: Uuid,
+    channel: String,
+    to_address: String,
+    subject: String,
+    body: String,
+    template_id: String,
+    links: Json<Vec<String>>,
+    status: String,
+    failure_reason: String,
+    open_count: i64,
+    machine_open_count: i64,
+    click_count: i64,
+    replied: bool,
+    send_time: Option<DateTime<Utc>>,
+    first_open_time: Option<DateTime<Utc>>,
+    reply_time: Option<DateTime<Utc>>,
+    request_id: String,
+    create_time: DateTime<Utc>,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = Error;
+    fn try_from(row: MessageRow) -> Result<Self, Error> {
+        Ok(Message {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            lead_id: row.lead_id,
+            channel: Channel::parse(&row.channel)
+                .ok_or_else(|| Error::internal(format!("stored channel {}", row.channel)))?,
+            to: row.to_address,
+            subject: row.subject,
+            body: row.body,
+            template_id: row.template_id,
+            links: row.links.0,
+            status: MessageStatus::parse(&row.status)
+                .ok_or_else(|| Error::internal(format!("stored status {}", row.status)))?,
+            failure_reason: row.failure_reason,
+            open_count: row.open_count,
+            machine_open_count: row.machine_open_count,
+            click_count: row.click_count,
+            replied: row.replied,
+            send_time: row.send_time,
+            first_open_time: row.first_open_time,
+            reply_time: row.reply_time,
+            request_id: row.request_id,
+            create_time: row.create_time,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SuppressionRow {
+    address: String,
+    reason: String,
+    create_time: DateTime<Utc>,
+}
+
+impl From<SuppressionRow> for Suppression {
+    fn from(row: SuppressionRow) -> Self {
+        Suppression {
+            address: row.address,
+            reason: row.reason,
+            create_time: row.create_time,
+        }
+    }
+}
+
+fn lock_clause(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => " FOR UPDATE",
+        Engine::Sqlite => "",
+    }
+}
+
+/// Where a list page ended.
+pub struct After {
+    pub values: Vec<KeyValue>,
+    pub id: Uuid,
+}
+
+#[derive(Clone)]
+pub struct CommsStore {
+    db: Database,
+}
+
+impl CommsStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    // ----- templates -----
+
+    pub async fn insert_template(&self, template: &Template) -> Result<(), Error> {
+        self.db
+            .execute(
+                Sql::new(format!("INSERT INTO templates ({TEMPLATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                    .bind(template.tenant_id.as_str())
+                    .bind(template.id)
+                    .bind(template.name.as_str())
+                    .bind(template.channel.as_str())
+                    .bind(template.subject.as_str())
+                    .bind(template.body.as_str())
+                    .bind(template.version)
+                    .bind(template.create_time)
+                    .bind(template.update_time),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, tenant: &str, id: Uuid) -> Result<Template, Error> {
+        let row: Option<TemplateRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        row.ok_or_else(|| Error::not_found("template", id.to_string()))?
+            .try_into()
+    }
+
+    /// Templates by name, after (`name`, id) of the previous page.
+    pub async fn templates(
+        &self,
+        tenant: &str,
+        limit: u32,
+        after: Option<(String, Uuid)>,
+    ) -> Result<Vec<Template>, Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1"
+        ))
+        .bind(tenant);
+        if let Some((name, id)) = after {
+            sql.push(" AND (name > ");
+            sql.push_arg(name.clone());
+            sql.push(" OR (name = ");
+            sql.push_arg(name);
+            sql.push(" AND id > ");
+            sql.push_arg(id);
+            sql.push("))");
+        }
+        sql.push(" ORDER BY name, id LIMIT ");
+        sql.push_arg(i64::from(limit));
+        let rows: Vec<TemplateRow> = self.db.fetch_all(sql).await?;
+        rows.into_iter().map(Template::try_from).collect()
+    }
+
+    /// Reads a template under a write lock and writes what `decide` returns (`None`: delete).
+    pub async fn modify_template<F>(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        decide: F,
+    ) -> Result<Option<Template>, Error>
+    where
+        F: FnOnce(Template) -> Result<Option<Template>, Error>,
+    {
+        let mut tx = self.db.begin().await?;
+        let row: Option<TemplateRow> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND id = $2{}",
+                    lock_clause(tx.engine())
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        let current: Template = row
+            .ok_or_else(|| Error::not_found("template", id.to_string()))?
+            .try_into()?;
+        let decided = decide(current)?;
+        match &decided {
+            Some(template) => {
+                tx.execute(
+                    Sql::new("UPDATE templates SET name = $3, channel = $4, subject = $5, body = $6, version = $7, update_time = $8 WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant)
+                        .bind(id)
+                        .bind(template.name.as_str())
+                        .bind(template.channel.as_str())
+                        .bind(template.subject.as_str())
+                        .bind(template.body.as_str())
+                        .bind(template.version)
+                        .bind(template.update_time),
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    Sql::new("DELETE FROM templates WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant)
+                        .bind(id),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    // ----- suppressions -----
+
+    pub async fn is_suppressed(&self, tenant: &str, address: &str) -> Result<bool, Error> {
+        let count: Count = self
+            .db
+            .fetch_one(Sql::new("SELECT COUNT(*) AS count FROM suppressions WHERE tenant_id = $1 AND address = $2").bind(tenant).bind(address))
+            .await?;
+        Ok(count.count > 0)
+    }
+
+    /// Adds a suppression; an existing one is kept (and returned).
+    pub async fn add_suppression(
+        &self,
+        tenant: &str,
+        suppression: &Suppression,
+    ) -> Result<Suppression, Error> {
+        let mut tx = self.db.begin().await?;
+        let added = insert_suppression(&mut tx, tenant, suppression).await?;
+        tx.commit().await?;
+        if added {
+            return Ok(suppression.clone());
+        }
+        let row: SuppressionRow = self
+            .db
+            .fetch_one(
+                Sql::new("SELECT address, reason, create_time FROM suppressions WHERE tenant_id = $1 AND address = $2")
+                    .bind(tenant)
+                    .bind(suppression.address.as_str()),
+            )
+            .await?;
+        Ok(row.into())
+    }
+
+    pub async fn suppressions(
+        &self,
+        tenant: &str,
+        limit: u32,
+        after: Option<String>,
+    ) -> Result<Vec<Suppression>, Error> {
+        let mut sql =
+            Sql::new("SELECT address, reason, create_time FROM suppressions WHERE tenant_id = $1")
+                .bind(tenant);
+        if let Some(after) = after {
+            sql.push(" AND address > ");
+            sql.push_arg(after);
+        }
+        sql.push(" ORDER BY address LIMIT ");
+        sql.push_arg(i64::from(limit));
+        let rows: Vec<SuppressionRow> = self.db.fetch_all(sql).await?;
+        Ok(rows.into_iter().map(Suppression::from).collect())
+    }
+
+    pub async fn delete_suppression(&self, tenant: &str, address: &str) -> Result<(), Error> {
+        let deleted = self
+            .db
+            .execute(
+                Sql::new("DELETE FROM suppressions WHERE tenant_id = $1 AND address = $2")
+                    .bind(tenant)
+                    .bind(address),
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(Error::not_found("suppression", address));
+        }
+        Ok(())
+    }
+
+    /// Suppresses the recipient of `message` and records the unsubscribe event, once.
+    pub async fn unsubscribe(&self, message: &Message, event: &EventEnvelope) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        let suppression = Suppression {
+            address: crate::domain::normalize_address(&message.to),
+            reason: "unsubscribed".into(),
+            create_time: aida_core::events::now_micros(),
+        };
+        if insert_suppression(&mut tx, &message.tenant_id, &suppression).await? {
+            outbox::enqueue(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- messages -----
+
+    pub async fn message_by_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<Option<Message>, Error> {
+        let row: Option<MessageRow> = self
+            .db
+            .fetch_optional(Sql::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND request_id = $2")).bind(tenant).bind(request_id))
+            .await?;
+        row.map(Message::try_from).transpose()
+    }
+
+    /// Messages to `lead` created since `since` that were not refused by the provider.
+    pub async fn recent_messages(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<i64, Error> {
+        let count: Count = self
+            .db
+            .fetch_one(
+                Sql::new("SELECT COUNT(*) AS count FROM messages WHERE tenant_id = $1 AND lead_id = $2 AND create_time >= $3 AND status <> $4")
+                    .bind(tenant)
+                    .bind(lead)
+                    .bind(since)
+                    .bind(MessageStatus::Failed.as_str()),
+            )
+            .await?;
+        Ok(count.count)
+    }
+
+    /// Records a message about to be handed to the provider. A concurrent call with the
+    /// same request id loses: it gets the first call's message back.
+    pub async fn insert_sending(&self, message: &Message) -> Result<Option<Message>, Error> {
+        let inserted = self
+            .db
+            .execute(
+                Sql::new(format!(
+                    "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+                ))
+                .bind(message.tenant_id.as_str())
+                .bind(message.id)
+                .bind(message.lead_id)
+                .bind(message.channel.as_str())
+                .bind(message.to.as_str())
+                .bind(message.subject.as_str())
+                .bind(message.body.as_str())
+                .bind(message.template_id.as_str())
+                .bind(serde_json::json!(message.links))
+                .bind(message.status.as_str())
+                .bind(message.failure_reason.as_str())
+                .bind(message.open_count)
+                .bind(message.machine_open_count)
+                .bind(message.click_count)
+                .bind(message.replied)
+                .bind(message.send_time)
+                .bind(message.first_open_time)
+                .bind(message.reply_time)
+                .bind(message.request_id.as_str())
+                .bind(message.create_time),
+            )
+            .await;
+        match inserted {
+            Ok(_) => Ok(None),
+            Err(error)
+                if aida_core::db::is_unique_violation(&error) && !message.request_id.is_empty() =>
+            {
+                self.message_by_request(&message.tenant_id, &message.request_id)
+                    .await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    pub async fn message(&self, tenant: &str, id: Uuid) -> Result<Message, Error> {
+        let row: Option<MessageRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        row.ok_or_else(|| Error::not_found("message", id.to_string()))?
+            .try_into()
+    }
+
+    /// Reads a message under a write lock, lets `decide` change it, and commits the change
+    /// with its event (if any).
+    pub async fn modify_message<F>(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        decide: F,
+    ) -> Result<Message, Error>
+    where
+        F: FnOnce(&Message) -> Result<Option<(Message, Option<EventEnvelope>)>, Error>,
+    {
+        let mut tx = self.db.begin().await?;
+        let row: Option<MessageRow> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2{}",
+                    lock_clause(tx.engine())
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        let current: Message = row
+            .ok_or_else(|| Error::not_found("message", id.to_string()))?
+            .try_into()?;
+        let Some((next, event)) = decide(&current)? else {
+            return Ok(current);
+        };
+        tx.execute(
+            Sql::new(
+                "UPDATE messages SET status = $3, failure_reason = $4, open_count = $5, machine_open_count = $6, \
+                 click_count = $7, replied = $8, send_time = $9, first_open_time = $10, reply_time = $11 \
+                 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(next.status.as_str())
+            .bind(next.failure_reason.as_str())
+            .bind(next.open_count)
+            .bind(next.machine_open_count)
+            .bind(next.click_count)
+            .bind(next.replied)
+            .bind(next.send_time)
+            .bind(next.first_open_time)
+            .bind(next.reply_time),
+        )
+        .await?;
+        if let Some(event) = &event {
+            outbox::enqueue(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// A page of messages, newest first.
+    pub async fn messages(
+        &self,
+        tenant: &str,
+        filter: &str,
+        order: &[OrderTerm],
+        limit: u32,
+        after: Option<&After>,
+    ) -> Result<(Vec<Message>, bool), Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1"
+        ))
+        .bind(tenant);
+        query::push_filter(&mut sql, self.db.engine(), filter, MESSAGE_FIELDS)?;
+        if let Some(after) = after {
+            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
+        }
+        query::push_order_by(&mut sql, order, "id");
+        sql.push(" LIMIT ");
+        sql.push_arg(i64::from(limit) + 1);
+        let rows: Vec<MessageRow> = self.db.fetch_all(sql).await?;
+        let has_more = rows.len() > limit as usize;
+        let messages = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(Message::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((messages, has_more))
+    }
+}
+
+async fn insert_suppression(
+    tx: &mut Tx,
+    tenant: &str,
+    suppression: &Suppression,
+) -> Result<bool, sqlx::Error> {
+    let inserted = tx
+        .execute(
+            Sql::new("INSERT INTO suppressions (tenant_id, address, reason, create_time) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, address) DO NOTHING")
+                .bind(tenant)
+                .bind(suppression.address.as_str())
+                .bind(suppression.reason.as_str())
+                .bind(suppression.create_time),
+        )
+        .await?;
+    Ok(inserted == 1)
+}
