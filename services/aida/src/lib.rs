@@ -62,16 +62,23 @@ pub enum Service {
     Leads,
     Deals,
     Comms,
+    Analytics,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Leads, Service::Deals, Service::Comms];
+    pub const ALL: [Service; 4] = [
+        Service::Leads,
+        Service::Deals,
+        Service::Comms,
+        Service::Analytics,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Service::Leads => aida_leads::SERVICE,
             Service::Deals => aida_deals::SERVICE,
             Service::Comms => aida_comms::SERVICE,
+            Service::Analytics => aida_analytics::SERVICE,
         }
     }
 
@@ -81,6 +88,7 @@ impl Service {
             Service::Leads => "LeadService",
             Service::Deals => "DealService",
             Service::Comms => "CommsService",
+            Service::Analytics => "AnalyticsService",
         }
     }
 
@@ -95,6 +103,7 @@ impl Service {
             Service::Leads => settings.listen.leads(),
             Service::Deals => settings.listen.deals(),
             Service::Comms => settings.listen.comms(),
+            Service::Analytics => settings.listen.analytics(),
         }
     }
 
@@ -103,6 +112,7 @@ impl Service {
             Service::Leads => aida_leads::migrations(),
             Service::Deals => aida_deals::migrations(),
             Service::Comms => aida_comms::migrations(),
+            Service::Analytics => aida_analytics::migrations(),
         }
     }
 
@@ -119,6 +129,7 @@ impl Service {
             Service::Leads => aida_leads::serve(context, listener, shutdown).await,
             Service::Deals => aida_deals::serve(context, listener, shutdown).await,
             Service::Comms => aida_comms::serve(context, listener, shutdown).await,
+            Service::Analytics => aida_analytics::serve(context, listener, shutdown).await,
         }
     }
 }

@@ -42,9 +42,7 @@ pub fn migrations() -> Migrations {
 type Senders = (Arc<dyn EmailSender>, Arc<dyn SmsSender>);
 
 /// The senders the settings ask for: SMTP and an HTTP SMS provider, or directories.
-fn senders(
-    context: &ServiceContext,
-) -> Result<Senders, StartError> {
+fn senders(context: &ServiceContext) -> Result<Senders, StartError> {
     let settings = &context.settings.comms;
     let email: Arc<dyn EmailSender> = match &settings.smtp_url {
         Some(url) => Arc::new(SmtpSender::new(url).map_err(StartError::Server)?),

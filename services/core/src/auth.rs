@@ -43,6 +43,28 @@ pub struct AuthContext {
 }
 
 impl AuthContext {
+    /// The context of work the mesh does by itself (event handlers, tracking links,
+    /// periodic jobs) for `tenant`, acting as `subject`.
+    pub fn system(
+        tenant: &str,
+        subject: &str,
+        request_id: &str,
+        traceparent: Option<String>,
+    ) -> Self {
+        Self {
+            tenant_id: tenant.to_owned(),
+            subject: subject.to_owned(),
+            roles: vec!["service".to_owned()],
+            request_id: if request_id.is_empty() {
+                uuid::Uuid::now_v7().to_string()
+            } else {
+                request_id.to_owned()
+            },
+            traceparent,
+            token: String::new(),
+        }
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|held| held == role)
     }

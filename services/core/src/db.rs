@@ -39,6 +39,7 @@ pub enum Arg {
     Text(String),
     OptText(Option<String>),
     Int(i64),
+    Float(f64),
     Bool(bool),
     Uuid(Uuid),
     OptUuid(Option<Uuid>),
@@ -71,6 +72,11 @@ impl From<Option<String>> for Arg {
 impl From<i64> for Arg {
     fn from(value: i64) -> Self {
         Self::Int(value)
+    }
+}
+impl From<f64> for Arg {
+    fn from(value: f64) -> Self {
+        Self::Float(value)
     }
 }
 impl From<bool> for Arg {
@@ -167,6 +173,7 @@ macro_rules! bind_all {
                 Arg::Text(value) => query.bind(value),
                 Arg::OptText(value) => query.bind(value),
                 Arg::Int(value) => query.bind(value),
+                Arg::Float(value) => query.bind(value),
                 Arg::Bool(value) => query.bind(value),
                 Arg::Uuid(value) => query.bind(value),
                 Arg::OptUuid(value) => query.bind(value),

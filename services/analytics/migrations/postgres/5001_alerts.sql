@@ -1,0 +1,27 @@
+-- Alert rules per tenant, and the alerts they raised (one per breach).
+CREATE TABLE alert_rules (
+    tenant_id    TEXT NOT NULL,
+    id           UUID NOT NULL,
+    kind         TEXT NOT NULL,
+    threshold    DOUBLE PRECISION NOT NULL,
+    window_days  BIGINT NOT NULL,
+    window_hours BIGINT NOT NULL,
+    create_time  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+
+CREATE TABLE alerts (
+    tenant_id    TEXT NOT NULL,
+    id           UUID NOT NULL,
+    rule_id      UUID NOT NULL,
+    kind         TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    value        DOUBLE PRECISION NOT NULL,
+    threshold    DOUBLE PRECISION NOT NULL,
+    raise_time   TIMESTAMPTZ NOT NULL,
+    resolve_time TIMESTAMPTZ,
+    PRIMARY KEY (tenant_id, id)
+);
+-- At most one open alert per rule: a breach raises once.
+CREATE UNIQUE INDEX alerts_one_open_per_rule ON alerts (tenant_id, rule_id) WHERE resolve_time IS NULL;
+CREATE INDEX alerts_by_raise_time ON alerts (tenant_id, raise_time, id);

@@ -1,0 +1,508 @@
+//! Alert rules and their alerts (in the service's SQL database, beside its outbox), and the
+//! periodic job that publishes `analytics.computed` snapshots and raises or resolves alerts
+//! (`analytics.alerted`), once per breach.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aida_core::auth::AuthContext;
+use aida_core::db::{Database, Sql};
+use aida_core::events::{envelope, now_micros, timestamp};
+use aida_core::outbox::{self, Relay};
+use aida_core::{Error, db::is_unique_violation};
+use aida_proto::aida::analytics::v1 as pb;
+use aida_proto::aida::common::v1::Money;
+use aida_proto::aida::events::v1::event_envelope::Payload;
+use aida_proto::aida::events::v1::{AnalyticsAlerted, AnalyticsComputed};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::warehouse::{Grouping, Range, Warehouse};
+
+/// What a rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    WinRateBelow,
+    NoNewLeads,
+    UnsubscribeRateAbove,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::WinRateBelow => "WIN_RATE_BELOW",
+            AlertKind::NoNewLeads => "NO_NEW_LEADS",
+            AlertKind::UnsubscribeRateAbove => "UNSUBSCRIBE_RATE_ABOVE",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AlertKind> {
+        match text {
+            "WIN_RATE_BELOW" => Some(AlertKind::WinRateBelow),
+            "NO_NEW_LEADS" => Some(AlertKind::NoNewLeads),
+            "UNSUBSCRIBE_RATE_ABOVE" => Some(AlertKind::UnsubscribeRateAbove),
+            _ => None,
+        }
+    }
+
+    pub fn to_proto(self) -> pb::AlertKind {
+        match self {
+            AlertKind::WinRateBelow => pb::AlertKind::WinRateBelow,
+            AlertKind::NoNewLeads => pb::AlertKind::NoNewLeads,
+            AlertKind::UnsubscribeRateAbove => pb::AlertKind::UnsubscribeRateAbove,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub kind: AlertKind,
+    pub threshold: f64,
+    pub window_days: i64,
+    pub window_hours: i64,
+    pub create_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub rule_id: Uuid,
+    pub kind: AlertKind,
+    pub message: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub raise_time: DateTime<Utc>,
+    pub resolve_time: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RuleRow {
+    tenant_id: String,
+    id: Uuid,
+    kind: String,
+    threshold: f64,
+    window_days: i64,
+    window_hours: i64,
+    create_time: DateTime<Utc>,
+}
+
+impl TryFrom<RuleRow> for Rule {
+    type Error = Error;
+    fn try_from(row: RuleRow) -> Result<Self, Error> {
+        Ok(Rule {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            kind: AlertKind::parse(&row.kind)
+                .ok_or_else(|| Error::internal(format!("stored alert kind {}", row.kind)))?,
+            threshold: row.threshold,
+            window_days: row.window_days,
+            window_hours: row.window_hours,
+            create_time: row.create_time,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AlertRow {
+    tenant_id: String,
+    id: Uuid,
+    rule_id: Uuid,
+    kind: String,
+    message: String,
+    value: f64,
+    threshold: f64,
+    raise_time: DateTime<Utc>,
+    resolve_time: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<AlertRow> for Alert {
+    type Error = Error;
+    fn try_from(row: AlertRow) -> Result<Self, Error> {
+        Ok(Alert {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            rule_id: row.rule_id,
+            kind: AlertKind::parse(&row.kind)
+                .ok_or_else(|| Error::internal(format!("stored alert kind {}", row.kind)))?,
+            message: row.message,
+            value: row.value,
+            threshold: row.threshold,
+            raise_time: row.raise_time,
+            resolve_time: row.resolve_time,
+        })
+    }
+}
+
+const RULE_COLUMNS: &str = "tenant_id, id, kind, threshold, window_days, window_hours, create_time";
+const ALERT_COLUMNS: &str =
+    "tenant_id, id, rule_id, kind, message, value, threshold, raise_time, resolve_time";
+
+pub fn alert_to_proto(alert: &Alert) -> pb::Alert {
+    pb::Alert {
+        id: alert.id.to_string(),
+        rule_id: alert.rule_id.to_string(),
+        kind: alert.kind.to_proto() as i32,
+        message: alert.message.clone(),
+        value: alert.value,
+        threshold: alert.threshold,
+        raise_time: Some(timestamp(alert.raise_time)),
+        resolve_time: alert.resolve_time.map(timestamp),
+    }
+}
+
+pub fn rule_to_proto(rule: &Rule) -> pb::AlertRule {
+    pb::AlertRule {
+        id: rule.id.to_string(),
+        kind: rule.kind.to_proto() as i32,
+        threshold: rule.threshold,
+        window_days: i32::try_from(rule.window_days).unwrap_or(i32::MAX),
+        window_hours: i32::try_from(rule.window_hours).unwrap_or(i32::MAX),
+        create_time: Some(timestamp(rule.create_time)),
+    }
+}
+
+#[derive(Clone)]
+pub struct AlertStore {
+    db: Database,
+}
+
+impl AlertStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn insert_rule(&self, rule: &Rule) -> Result<(), Error> {
+        self.db
+            .execute(
+                Sql::new(format!(
+                    "INSERT INTO alert_rules ({RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
+                .bind(rule.tenant_id.as_str())
+                .bind(rule.id)
+                .bind(rule.kind.as_str())
+                .bind(rule.threshold)
+                .bind(rule.window_days)
+                .bind(rule.window_hours)
+                .bind(rule.create_time),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The rules of `tenant`, or of every tenant.
+    pub async fn rules(&self, tenant: Option<&str>) -> Result<Vec<Rule>, Error> {
+        let sql = match tenant {
+            Some(tenant) => Sql::new(format!("SELECT {RULE_COLUMNS} FROM alert_rules WHERE tenant_id = $1 ORDER BY create_time, id")).bind(tenant),
+            None => Sql::new(format!("SELECT {RULE_COLUMNS} FROM alert_rules ORDER BY tenant_id, create_time, id")),
+        };
+        let rows: Vec<RuleRow> = self.db.fetch_all(sql).await?;
+        rows.into_iter().map(Rule::try_from).collect()
+    }
+
+    pub async fn delete_rule(&self, tenant: &str, id: Uuid) -> Result<(), Error> {
+        let deleted = self
+            .db
+            .execute(
+                Sql::new("DELETE FROM alert_rules WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant)
+                    .bind(id),
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(Error::not_found("alert rule", id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn open_alert(&self, tenant: &str, rule: Uuid) -> Result<Option<Alert>, Error> {
+        let row: Option<AlertRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1 AND rule_id = $2 AND resolve_time IS NULL"))
+                    .bind(tenant)
+                    .bind(rule),
+            )
+            .await?;
+        row.map(Alert::try_from).transpose()
+    }
+
+    /// Records a new alert with its event; false if one is already open for the rule.
+    async fn raise(
+        &self,
+        alert: &Alert,
+        event: &aida_proto::aida::events::v1::EventEnvelope,
+    ) -> Result<bool, Error> {
+        let mut tx = self.db.begin().await?;
+        let inserted = tx
+            .execute(
+                Sql::new(format!("INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+                    .bind(alert.tenant_id.as_str())
+                    .bind(alert.id)
+                    .bind(alert.rule_id)
+                    .bind(alert.kind.as_str())
+                    .bind(alert.message.as_str())
+                    .bind(alert.value)
+                    .bind(alert.threshold)
+                    .bind(alert.raise_time)
+                    .bind(alert.resolve_time),
+            )
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+        outbox::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn resolve(
+        &self,
+        alert: &Alert,
+        event: &aida_proto::aida::events::v1::EventEnvelope,
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        tx.execute(
+            Sql::new("UPDATE alerts SET resolve_time = $3 WHERE tenant_id = $1 AND id = $2 AND resolve_time IS NULL")
+                .bind(alert.tenant_id.as_str())
+                .bind(alert.id)
+                .bind(alert.resolve_time),
+        )
+        .await?;
+        outbox::enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Alerts of `tenant`, newest first, after (raise time, id) of the previous page.
+    pub async fn alerts(
+        &self,
+        tenant: &str,
+        limit: u32,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<Alert>, Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1"
+        ))
+        .bind(tenant);
+        if let Some((time, id)) = after {
+            sql.push(" AND (raise_time < ");
+            sql.push_arg(time);
+            sql.push(" OR (raise_time = ");
+            sql.push_arg(time);
+            sql.push(" AND id > ");
+            sql.push_arg(id);
+            sql.push("))");
+        }
+        sql.push(" ORDER BY raise_time DESC, id ASC LIMIT ");
+        sql.push_arg(i64::from(limit));
+        let rows: Vec<AlertRow> = self.db.fetch_all(sql).await?;
+        rows.into_iter().map(Alert::try_from).collect()
+    }
+}
+
+/// Publishes snapshots and evaluates alert rules every `interval`.
+pub struct Monitor {
+    pub warehouse: Warehouse,
+    pub alerts: AlertStore,
+    pub db: Database,
+    pub relay: Relay,
+    pub interval: Duration,
+}
+
+/// (observed value, breached) of `rule` now.
+async fn evaluate(
+    warehouse: &Warehouse,
+    rule: &Rule,
+    now: DateTime<Utc>,
+) -> Result<(f64, bool), Error> {
+    let now_micros = now.timestamp_micros();
+    let window = Range {
+        start: now_micros - rule.window_days * 86_400_000_000,
+        end: i64::MAX,
+    };
+    match rule.kind {
+        AlertKind::WinRateBelow => {
+            let rows = warehouse
+                .win_rate(&rule.tenant_id, window, Grouping::None)
+                .await?;
+            let (won, lost) = rows
+                .iter()
+                .fold((0, 0), |(won, lost), row| (won + row.won, lost + row.lost));
+            if won + lost == 0 {
+                return Ok((0.0, false));
+            }
+            let rate = won as f64 / (won + lost) as f64;
+            Ok((rate, rate < rule.threshold))
+        }
+        AlertKind::UnsubscribeRateAbove => {
+            let rows = warehouse
+                .engagement(&rule.tenant_id, window, Grouping::None)
+                .await?;
+            let (sent, unsubscribed) = rows.iter().fold((0, 0), |(sent, unsubscribed), row| {
+                (sent + row.delivered, unsubscribed + row.unsubscribed)
+            });
+            if sent == 0 {
+                return Ok((0.0, false));
+            }
+            let rate = unsubscribed as f64 / sent as f64;
+            Ok((rate, rate > rule.threshold))
+        }
+        AlertKind::NoNewLeads => {
+            let since = warehouse
+                .last_capture(&rule.tenant_id)
+                .await?
+                .unwrap_or(rule.create_time.timestamp_micros());
+            let since = since.max(rule.create_time.timestamp_micros());
+            let hours = (now_micros - since) as f64 / 3_600_000_000.0;
+            Ok((hours, hours >= rule.window_hours as f64))
+        }
+    }
+}
+
+fn describe(rule: &Rule, value: f64) -> String {
+    match rule.kind {
+        AlertKind::WinRateBelow => format!(
+            "win rate over the last {} days is {:.1}%, below {:.1}%",
+            rule.window_days,
+            value * 100.0,
+            rule.threshold * 100.0
+        ),
+        AlertKind::UnsubscribeRateAbove => format!(
+            "unsubscribe rate over the last {} days is {:.1}%, above {:.1}%",
+            rule.window_days,
+            value * 100.0,
+            rule.threshold * 100.0
+        ),
+        AlertKind::NoNewLeads => format!(
+            "no new lead for {value:.1} hours (limit {} hours)",
+            rule.window_hours
+        ),
+    }
+}
+
+impl Monitor {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut published: HashMap<String, i64> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+            if let Err(error) = self.round(&mut published).await {
+                tracing::warn!(%error, "analytics snapshot or alert evaluation failed");
+            }
+        }
+    }
+
+    /// One snapshot-and-alerts round.
+    pub async fn round(&self, published: &mut HashMap<String, i64>) -> Result<(), Error> {
+        let mut woke = false;
+        for (tenant, events) in self.warehouse.tenants().await? {
+            if published.get(&tenant) == Some(&events) {
+                continue;
+            }
+            self.publish_snapshot(&tenant).await?;
+            published.insert(tenant, events);
+            woke = true;
+        }
+        let now = Utc::now();
+        for rule in self.alerts.rules(None).await? {
+            let (value, breached) = evaluate(&self.warehouse, &rule, now).await?;
+            let open = self.alerts.open_alert(&rule.tenant_id, rule.id).await?;
+            let context = AuthContext::system(&rule.tenant_id, "service:analytics", "", None);
+            match (breached, open) {
+                (true, None) => {
+                    let alert = Alert {
+                        id: Uuid::now_v7(),
+                        tenant_id: rule.tenant_id.clone(),
+                        rule_id: rule.id,
+                        kind: rule.kind,
+                        message: describe(&rule, value),
+                        value,
+                        threshold: if rule.kind == AlertKind::NoNewLeads {
+                            rule.window_hours as f64
+                        } else {
+                            rule.threshold
+                        },
+                        raise_time: now_micros(),
+                        resolve_time: None,
+                    };
+                    let event = envelope(
+                        &context,
+                        "analytics.alerted",
+                        format!("alerts/{}", alert.id),
+                        alert.raise_time,
+                        Payload::AnalyticsAlerted(AnalyticsAlerted {
+                            alert: Some(alert_to_proto(&alert)),
+                        }),
+                    );
+                    woke |= self.alerts.raise(&alert, &event).await?;
+                }
+                (false, Some(mut alert)) => {
+                    alert.resolve_time = Some(now_micros());
+                    let event = envelope(
+                        &context,
+                        "analytics.alerted",
+                        format!("alerts/{}", alert.id),
+                        now_micros(),
+                        Payload::AnalyticsAlerted(AnalyticsAlerted {
+                            alert: Some(alert_to_proto(&alert)),
+                        }),
+                    );
+                    self.alerts.resolve(&alert, &event).await?;
+                    woke = true;
+                }
+                _ => {}
+            }
+        }
+        if woke {
+            self.relay.wake();
+        }
+        Ok(())
+    }
+
+    async fn publish_snapshot(&self, tenant: &str) -> Result<(), Error> {
+        let snapshot = self.warehouse.snapshot(tenant).await?;
+        let closed = snapshot.deals_won + snapshot.deals_lost;
+        let computed = AnalyticsComputed {
+            leads_captured: snapshot.leads_captured,
+            leads_qualified: snapshot.leads_qualified,
+            deals_open: snapshot.deals_open,
+            deals_won: snapshot.deals_won,
+            deals_lost: snapshot.deals_lost,
+            win_rate: if closed == 0 {
+                0.0
+            } else {
+                snapshot.deals_won as f64 / closed as f64
+            },
+            weighted_forecast: snapshot
+                .forecast
+                .into_iter()
+                .map(|(currency_code, amount_minor)| Money {
+                    currency_code,
+                    amount_minor,
+                })
+                .collect(),
+            messages_sent: snapshot.messages_sent,
+        };
+        let context = AuthContext::system(tenant, "service:analytics", "", None);
+        let now = now_micros();
+        let event = envelope(
+            &context,
+            "analytics.computed",
+            format!("tenants/{tenant}/snapshot"),
+            now,
+            Payload::AnalyticsComputed(computed),
+        );
+        let mut tx = self.db.begin().await?;
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,429 @@
+//! AnalyticsService's behaviour, with events put on the bus directly: exact counts under
+//! redelivery, dead letters for poison, alerts once per breach, snapshots, bad input.
+//! On PostgreSQL + JetStream and on SQLite + the in-process bus, with a real DuckDB file.
+
+use std::time::Duration;
+
+use aida_core::bus::{DEAD_LETTER_STREAM, OutgoingMessage};
+use aida_core::testing::{Backend, RunningServer, TestEnv, eventually};
+use aida_proto::aida::analytics::v1::analytics_service_client::AnalyticsServiceClient;
+use aida_proto::aida::analytics::v1::{
+    AlertKind, AlertRule, CreateAlertRuleRequest, DeleteAlertRuleRequest, GetFunnelRequest,
+    GetWinRateRequest, GroupBy, ListAlertsRequest,
+};
+use aida_proto::aida::common::v1::Money;
+use aida_proto::aida::deals::v1::Deal;
+use aida_proto::aida::events::v1::event_envelope::Payload;
+use aida_proto::aida::events::v1::{DealCreated, DealLost, DealWon, EventEnvelope, LeadCaptured};
+use aida_proto::aida::leads::v1::{Lead, LeadSource};
+use prost::Message;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct App {
+    env: TestEnv,
+    server: RunningServer,
+}
+
+impl App {
+    async fn spawn(backend: Backend) -> Self {
+        let mut env = TestEnv::new(backend).await;
+        env.settings.analytics.snapshot_interval_secs = 1;
+        env.bus.shared().ensure_streams().await.expect("streams");
+        let context = env
+            .context(aida_analytics::SERVICE, aida_analytics::migrations())
+            .await;
+        let server = RunningServer::start(|listener, shutdown| {
+            aida_analytics::serve(context, listener, shutdown)
+        })
+        .await;
+        Self { env, server }
+    }
+
+    async fn client(&self) -> AnalyticsServiceClient<Channel> {
+        AnalyticsServiceClient::new(self.server.channel().await)
+    }
+
+    async fn publish(&self, events: &[(String, EventEnvelope)]) {
+        let messages: Vec<OutgoingMessage> = events
+            .iter()
+            .map(|(message_id, event)| OutgoingMessage {
+                event_type: event.event_type.clone(),
+                message_id: message_id.clone(),
+                payload: bytes::Bytes::from(event.encode_to_vec()),
+                headers: vec![],
+            })
+            .collect();
+        for result in self.env.bus.shared().publish(&messages).await {
+            result.expect("publish");
+        }
+    }
+
+    async fn funnel(&self, tenant: &str) -> aida_proto::aida::analytics::v1::FunnelGroup {
+        self.client()
+            .await
+            .get_funnel(self.env.request(tenant, GetFunnelRequest::default()))
+            .await
+            .expect("funnel")
+            .into_inner()
+            .total
+            .expect("total")
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    aida_core::events::timestamp(chrono::Utc::now())
+}
+
+fn captured(tenant: &str, lead_id: &str, source: LeadSource) -> EventEnvelope {
+    EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: "leads.captured".into(),
+        tenant_id: tenant.into(),
+        occurred_at: Some(now()),
+        payload: Some(Payload::LeadCaptured(LeadCaptured {
+            lead: Some(Lead {
+                id: lead_id.into(),
+                email: "secret@example.com".into(),
+                source: source as i32,
+                ..Lead::default()
+            }),
+        })),
+        ..EventEnvelope::default()
+    }
+}
+
+fn deal_event(tenant: &str, deal_id: &str, kind: &str) -> EventEnvelope {
+    let deal = Some(Deal {
+        id: deal_id.into(),
+        pipeline_id: "p1".into(),
+        stage: match kind {
+            "deals.won" => "Closed Won",
+            "deals.lost" => "Closed Lost",
+            _ => "Prospecting",
+        }
+        .into(),
+        amount: Some(Money {
+            currency_code: "EUR".into(),
+            amount_minor: 1000,
+        }),
+        ..Deal::default()
+    });
+    let payload = match kind {
+        "deals.created" => Payload::DealCreated(DealCreated { deal }),
+        "deals.won" => Payload::DealWon(DealWon {
+            deal,
+            from_stage: "Prospecting".into(),
+        }),
+        _ => Payload::DealLost(DealLost {
+            deal,
+            from_stage: "Prospecting".into(),
+            reason: "price".into(),
+        }),
+    };
+    EventEnvelope {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: kind.into(),
+        tenant_id: tenant.into(),
+        occurred_at: Some(now()),
+        payload: Some(payload),
+        ..EventEnvelope::default()
+    }
+}
+
+async fn a_redelivered_event_is_counted_once(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let event = captured("acme", "lead-1", LeadSource::WebForm);
+    let other = captured("acme", "lead-2", LeadSource::Referral);
+    app.publish(&[
+        ("copy-a".into(), event.clone()),
+        ("copy-b".into(), event.clone()),
+        ("other".into(), other),
+    ])
+    .await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.funnel("acme").await.captured == 2
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let funnel = app.funnel("acme").await;
+    assert_eq!(funnel.captured, 2, "the copy did not count");
+    let by_source = app
+        .client()
+        .await
+        .get_funnel(app.env.request(
+            "acme",
+            GetFunnelRequest {
+                group_by: GroupBy::Source as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("grouped")
+        .into_inner();
+    let keys: Vec<(&str, i64)> = by_source
+        .groups
+        .iter()
+        .map(|group| (group.key.as_str(), group.captured))
+        .collect();
+    assert_eq!(keys, [("REFERRAL", 1), ("WEB_FORM", 1)]);
+    assert_eq!(app.funnel("globex").await.captured, 0, "tenants are apart");
+}
+
+async fn a_poison_message_is_dead_lettered_and_ingestion_goes_on(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let no_payload = EventEnvelope {
+        event_id: "broken".into(),
+        event_type: "leads.captured".into(),
+        tenant_id: "acme".into(),
+        occurred_at: Some(now()),
+        ..EventEnvelope::default()
+    };
+    let garbage = OutgoingMessage {
+        event_type: "leads.captured".into(),
+        message_id: "garbage".into(),
+        payload: bytes::Bytes::from_static(b"\x08\x96\x01 definitely not an envelope \xff"),
+        headers: vec![],
+    };
+    for result in app.env.bus.shared().publish(&[garbage]).await {
+        result.expect("publish");
+    }
+    app.publish(&[
+        ("no-payload".into(), no_payload),
+        ("good".into(), captured("acme", "lead-1", LeadSource::Event)),
+    ])
+    .await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.funnel("acme").await.captured == 1
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.env.bus.stored(DEAD_LETTER_STREAM).await.len() == 2
+        })
+        .await,
+        "both poison messages dead-lettered"
+    );
+    let dead = app.env.bus.stored(DEAD_LETTER_STREAM).await;
+    assert!(
+        dead.iter()
+            .all(|message| message.event_type == "dlq.analytics-leads")
+    );
+}
+
+async fn an_alert_is_raised_once_per_breach_and_resolved(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let mut client = app.client().await;
+    client
+        .create_alert_rule(app.env.request(
+            "acme",
+            CreateAlertRuleRequest {
+                alert_rule: Some(AlertRule {
+                    kind: AlertKind::WinRateBelow as i32,
+                    threshold: 0.5,
+                    window_days: 30,
+                    ..AlertRule::default()
+                }),
+            },
+        ))
+        .await
+        .expect("rule");
+    let mut events = Vec::new();
+    for (index, outcome) in ["deals.won", "deals.lost", "deals.lost", "deals.lost"]
+        .into_iter()
+        .enumerate()
+    {
+        let deal = format!("deal-{index}");
+        events.push((
+            format!("c{index}"),
+            deal_event("acme", &deal, "deals.created"),
+        ));
+        events.push((format!("o{index}"), deal_event("acme", &deal, outcome)));
+    }
+    app.publish(&events).await;
+    let alerts = || async {
+        app.client()
+            .await
+            .list_alerts(app.env.request("acme", ListAlertsRequest::default()))
+            .await
+            .expect("alerts")
+            .into_inner()
+            .alerts
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            alerts().await.len() == 1
+        })
+        .await,
+        "raised"
+    );
+    // Several evaluation rounds later, still one alert for the one breach.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let raised = alerts().await;
+    assert_eq!(raised.len(), 1);
+    assert!((raised[0].value - 0.25).abs() < 1e-9);
+    assert!(raised[0].resolve_time.is_none());
+
+    let mut wins = Vec::new();
+    for index in 10..13 {
+        let deal = format!("deal-{index}");
+        wins.push((
+            format!("c{index}"),
+            deal_event("acme", &deal, "deals.created"),
+        ));
+        wins.push((format!("w{index}"), deal_event("acme", &deal, "deals.won")));
+    }
+    app.publish(&wins).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            alerts()
+                .await
+                .first()
+                .is_some_and(|alert| alert.resolve_time.is_some())
+        })
+        .await,
+        "resolved when the win rate recovered (4 of 7)"
+    );
+    let published = app.env.bus.stored("CRM_ANALYTICS").await;
+    let alerted = published
+        .iter()
+        .filter(|message| message.event_type == "analytics.alerted")
+        .count();
+    assert_eq!(alerted, 2, "raised once, resolved once");
+    assert!(
+        published
+            .iter()
+            .any(|message| message.event_type == "analytics.computed"),
+        "snapshots published"
+    );
+    let win_rate = client
+        .get_win_rate(app.env.request("acme", GetWinRateRequest::default()))
+        .await
+        .expect("win rate")
+        .into_inner()
+        .total
+        .expect("total");
+    assert_eq!((win_rate.won, win_rate.lost), (4, 3));
+}
+
+async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let mut client = app.client().await;
+    let violated = |status: &tonic::Status| -> Vec<String> {
+        use tonic_types::StatusExt;
+        status
+            .get_details_bad_request()
+            .map(|bad_request| {
+                bad_request
+                    .field_violations
+                    .into_iter()
+                    .map(|violation| violation.field)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let unknown_group = client
+        .get_funnel(app.env.request(
+            "acme",
+            GetFunnelRequest {
+                group_by: 99,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("group");
+    assert_eq!(violated(&unknown_group), ["group_by"]);
+    let backwards = client
+        .get_funnel(app.env.request(
+            "acme",
+            GetFunnelRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 2_000_000_000,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_000_000_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("range");
+    assert_eq!(violated(&backwards), ["end_time"]);
+    for (rule, field) in [
+        (AlertRule::default(), "alert_rule.kind"),
+        (
+            AlertRule {
+                kind: AlertKind::WinRateBelow as i32,
+                threshold: 2.0,
+                window_days: 30,
+                ..AlertRule::default()
+            },
+            "alert_rule.threshold",
+        ),
+        (
+            AlertRule {
+                kind: AlertKind::NoNewLeads as i32,
+                window_hours: 0,
+                ..AlertRule::default()
+            },
+            "alert_rule.window_hours",
+        ),
+    ] {
+        let status = client
+            .create_alert_rule(app.env.request(
+                "acme",
+                CreateAlertRuleRequest {
+                    alert_rule: Some(rule),
+                },
+            ))
+            .await
+            .expect_err(field);
+        assert_eq!(violated(&status), [field]);
+    }
+    let missing = client
+        .delete_alert_rule(app.env.request(
+            "acme",
+            DeleteAlertRuleRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await
+        .expect_err("missing rule");
+    assert_eq!(missing.code(), Code::NotFound);
+    let unauthenticated = client
+        .get_funnel(tonic::Request::new(GetFunnelRequest::default()))
+        .await
+        .expect_err("no token");
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+}
+
+macro_rules! suite {
+    ($backend:ident, $module:ident) => {
+        mod $module {
+            use super::*;
+            suite!(@tests $backend,
+                a_redelivered_event_is_counted_once,
+                a_poison_message_is_dead_lettered_and_ingestion_goes_on,
+                an_alert_is_raised_once_per_breach_and_resolved,
+                bad_input_is_invalid_argument_naming_the_field
+            );
+        }
+    };
+    (@tests $backend:ident, $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(Backend::$backend).await;
+            }
+        )+
+    };
+}
+
+suite!(Production, on_postgres_and_jetstream);
+suite!(Embedded, on_sqlite_and_in_process_bus);
