@@ -113,7 +113,7 @@ fn days(deal: &Deal) -> f64 {
 
 fn median(sorted: &[f64]) -> f64 {
     let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[middle - 1] + sorted[middle]) / 2.0
     } else {
         sorted[middle]
@@ -329,7 +329,7 @@ async fn the_whole_sales_loop_gives_exact_analytics(backend: Backend) {
             .unwrap_or_else(|| panic!("no e-mail to {address}"))
             .clone()
     };
-    for index in 0..30 {
+    for (index, message_id) in message_ids.iter().enumerate().take(30) {
         let email = email_of(index);
         tracking
             .track_open(TrackOpenRequest {
@@ -350,7 +350,7 @@ async fn the_whole_sales_loop_gives_exact_analytics(backend: Backend) {
         if index < 5 {
             comms
                 .record_reply(world.request(RecordReplyRequest {
-                    id: message_ids[index].clone(),
+                    id: message_id.clone(),
                     body: "Yes please".into(),
                 }))
                 .await
