@@ -582,6 +582,22 @@ impl Warehouse {
         .await
     }
 
+    /// Ingestion lag of `tenant`'s events (from the event's commit to its analytics row):
+    /// (events, p50 µs, p99 µs).
+    pub async fn ingestion_lag(&self, tenant: &str) -> Result<(i64, f64, f64), Error> {
+        let rows = self
+            .query(
+                "SELECT count(*), coalesce(quantile_cont(ingested_at - occurred_at, 0.5), 0),
+                        coalesce(quantile_cont(ingested_at - occurred_at, 0.99), 0)
+                 FROM events WHERE tenant_id = $1"
+                    .to_owned(),
+                vec![Value::Text(tenant.to_owned())],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .await?;
+        Ok(rows.into_iter().next().unwrap_or((0, 0.0, 0.0)))
+    }
+
     /// Microseconds of the newest `leads.captured` of `tenant`.
     pub async fn last_capture(&self, tenant: &str) -> Result<Option<i64>, Error> {
         let rows = self
