@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use aida_core::auth::Authenticator;
 use aida_core::bus::ConsumerSpec;
 use aida_core::consumer::{self, BatchOptions, ConsumerOptions};
 use aida_core::db::Migrations;
@@ -116,13 +115,10 @@ pub async fn serve(
         page_tokens: context.page_tokens.clone(),
     };
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder()
+    let router = server::builder(context.verifier.clone())
         .add_service(health)
         .add_service(reflection)
-        .add_service(AnalyticsServiceServer::with_interceptor(
-            api,
-            Authenticator::new(context.verifier.clone()),
-        ));
+        .add_service(AnalyticsServiceServer::new(api));
     let served = server::serve(router, listener, shutdown).await;
     for task in tasks {
         let _ = task.await;

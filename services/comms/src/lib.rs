@@ -10,7 +10,6 @@ mod store;
 
 use std::sync::Arc;
 
-use aida_core::auth::Authenticator;
 use aida_core::db::Migrations;
 use aida_core::pagination::PageTokens;
 use aida_core::runtime::{ServiceContext, StartError};
@@ -121,13 +120,10 @@ pub async fn serve(
             .await;
     });
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder()
+    let router = server::builder(context.verifier.clone())
         .add_service(health)
         .add_service(reflection)
-        .add_service(CommsServiceServer::with_interceptor(
-            CommsApi(comms.clone()),
-            Authenticator::new(context.verifier.clone()),
-        ))
+        .add_service(CommsServiceServer::new(CommsApi(comms.clone())))
         // Tracking links are opened by mail clients: the signed token is the credential.
         .add_service(TrackingServiceServer::new(TrackingApi(comms)));
     let served = server::serve(router, listener, shutdown).await;

@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::error::Error;
@@ -43,6 +42,12 @@ pub struct AuthContext {
 }
 
 impl AuthContext {
+    /// The same context with `roles` instead (tests and role downgrades).
+    pub fn with_roles(mut self, roles: &[&str]) -> Self {
+        self.roles = roles.iter().map(|role| (*role).to_owned()).collect();
+        self
+    }
+
     /// The context of work the mesh does by itself (event handlers, tracking links,
     /// periodic jobs) for `tenant`, acting as `subject`.
     pub fn system(
@@ -208,47 +213,122 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The tonic interceptor: verifies the bearer token and stores the [`AuthContext`].
+/// gRPC paths that need no token: health checks and reflection.
+fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// Authenticates and authorizes one gRPC call from its path and headers: the
+/// [`AuthContext`] of an allowed caller, `None` for a public method, or the refusal.
+pub fn authorize(
+    verifier: &TokenVerifier,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Result<Option<AuthContext>, Error> {
+    if is_infrastructure(path) {
+        return Ok(None);
+    }
+    let rule = crate::rbac::rule(path);
+    if rule == crate::rbac::Rule::Public {
+        return Ok(None);
+    }
+    let token = bearer_token(headers)?;
+    let (tenant_id, subject, roles) = verifier.verify(&token)?;
+    if !crate::rbac::allowed(path, &roles) {
+        return Err(Error::PermissionDenied(format!(
+            "roles [{}] may not call {}",
+            roles.join(", "),
+            path.trim_start_matches('/')
+        )));
+    }
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let request_id = header("x-request-id")
+        .filter(|value| !value.is_empty() && value.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    Ok(Some(AuthContext {
+        tenant_id,
+        subject,
+        roles,
+        request_id,
+        traceparent: header("traceparent").map(str::to_owned),
+        token,
+    }))
+}
+
+/// The tower layer every gRPC server of the mesh runs: verifies the bearer token, checks
+/// the RBAC table for the called method (deny by default) and stores the [`AuthContext`]
+/// in the request. Health, reflection and public methods pass without a token.
 #[derive(Clone)]
-pub struct Authenticator {
+pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
 }
 
-impl Authenticator {
+impl AuthLayer {
     pub fn new(verifier: Arc<TokenVerifier>) -> Self {
         Self { verifier }
     }
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let token = bearer_token(request.metadata())?;
-        let (tenant_id, subject, roles) = self.verifier.verify(&token)?;
-        let metadata = request.metadata();
-        let request_id = metadata
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| !value.is_empty() && value.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let traceparent = metadata
-            .get("traceparent")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        request.extensions_mut().insert(AuthContext {
-            tenant_id,
-            subject,
-            roles,
-            request_id,
-            traceparent,
-            token,
-        });
-        Ok(request)
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            verifier: self.verifier.clone(),
+        }
     }
 }
 
-fn bearer_token(metadata: &MetadataMap) -> Result<String, Status> {
-    let value = metadata
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    verifier: Arc<TokenVerifier>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match authorize(&self.verifier, request.uri().path(), request.headers()) {
+            Ok(Some(context)) => {
+                request.extensions_mut().insert(context);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let response = Status::from(error).into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+        }
+        // The ready service answers this call; a clone takes its place for the next one.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { ready.call(request).await })
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
+    let value = headers
         .get("authorization")
         .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
     let value = value

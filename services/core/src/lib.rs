@@ -10,6 +10,7 @@ pub mod events;
 pub mod outbox;
 pub mod pagination;
 pub mod query;
+pub mod rbac;
 pub mod runtime;
 pub mod server;
 pub mod settings;

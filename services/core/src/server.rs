@@ -3,14 +3,24 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tower::layer::util::{Identity, Stack};
+
+use crate::auth::{AuthLayer, TokenVerifier};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 
-/// A server builder with the mesh's transport settings.
-pub fn builder() -> Server {
+/// The router every service builds: its services behind the [`AuthLayer`].
+pub type MeshRouter = Router<Stack<AuthLayer, Identity>>;
+
+/// A server builder with the mesh's transport settings; every call is authenticated and
+/// checked against the RBAC table (health, reflection and public methods pass without a
+/// token).
+pub fn builder(verifier: Arc<TokenVerifier>) -> Server<Stack<AuthLayer, Identity>> {
     Server::builder()
         // A span per call, named by the method, so every log line carries it.
         .trace_fn(|request| {
@@ -25,6 +35,7 @@ pub fn builder() -> Server {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        .layer(AuthLayer::new(verifier))
 }
 
 /// The gRPC reflection service over every contract of the mesh.
@@ -45,7 +56,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Serves `router` on `listener` until `shutdown`; in-flight calls then get
 /// [`SHUTDOWN_GRACE`] to finish, so a stuck peer cannot keep the process alive.
 pub async fn serve(
-    router: Router,
+    router: MeshRouter,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {

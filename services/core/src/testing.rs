@@ -371,6 +371,21 @@ impl TestEnv {
             .expect("mint")
     }
 
+    /// `message` with a bearer token of `subject` in `tenant` holding `roles`.
+    pub fn request_as<T>(
+        &self,
+        tenant: &str,
+        subject: &str,
+        roles: &[&str],
+        message: T,
+    ) -> tonic::Request<T> {
+        let token = self
+            .issuer
+            .mint(tenant, subject, roles, Duration::from_secs(600))
+            .expect("mint");
+        with_token(&token, message)
+    }
+
     /// `message` with an admin bearer token for `tenant`.
     pub fn request<T>(&self, tenant: &str, message: T) -> tonic::Request<T> {
         with_token(&self.token_with(tenant, &["admin"]), message)

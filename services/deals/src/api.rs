@@ -9,6 +9,7 @@ use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
 use aida_core::query::{self, KeyValue};
+use aida_core::rbac::Access;
 use aida_proto::aida::common::v1::Money as PbMoney;
 use aida_proto::aida::deals::v1 as pb;
 use aida_proto::aida::deals::v1::deal_service_server::DealService;
@@ -186,6 +187,16 @@ pub fn deal_to_proto(deal: &Deal, rotting_days: i32) -> pb::Deal {
     }
 }
 
+/// The deal as `access` may touch it: another owner's deal does not exist for a caller
+/// limited to its own.
+fn reachable(deal: Deal, access: &Access) -> Result<Deal, Error> {
+    if access.may_touch(&deal.owner_id) {
+        Ok(deal)
+    } else {
+        Err(Error::not_found("deal", deal.id.to_string()))
+    }
+}
+
 fn subject_of(id: Uuid) -> String {
     format!("deals/{id}")
 }
@@ -318,7 +329,17 @@ impl DealService for DealApi {
         let input = request
             .deal
             .ok_or_else(|| Error::invalid("deal", "a deal is required"))?;
-        let (new, pipeline_id) = new_deal_from_proto(&input)?;
+        let (mut new, pipeline_id) = new_deal_from_proto(&input)?;
+        if let Some(subject) = &Access::of(&context).owner_only {
+            if new.owner_id.is_empty() {
+                new.owner_id = subject.clone();
+            } else if &new.owner_id != subject {
+                return Err(Error::PermissionDenied(
+                    "a sales rep creates deals for themselves".into(),
+                )
+                .into());
+            }
+        }
         if request.request_id.chars().count() > 128 {
             return Err(Error::invalid("request_id", "at most 128 characters").into());
         }
@@ -363,7 +384,10 @@ impl DealService for DealApi {
     ) -> Result<Response<pb::Deal>, Status> {
         let context = AuthContext::of(&request)?;
         let id = domain::parse_id("id", &request.get_ref().id, "deal")?;
-        let deal = self.store.deal(&context.tenant_id, id).await?;
+        let deal = reachable(
+            self.store.deal(&context.tenant_id, id).await?,
+            &Access::of(context),
+        )?;
         let pipeline = self
             .store
             .pipeline(&context.tenant_id, deal.pipeline_id)
@@ -376,6 +400,7 @@ impl DealService for DealApi {
         request: Request<pb::ListDealsRequest>,
     ) -> Result<Response<pb::ListDealsResponse>, Status> {
         let context = AuthContext::of(&request)?;
+        let access = Access::of(context);
         let list = request.get_ref();
         let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
@@ -400,6 +425,7 @@ impl DealService for DealApi {
             .store
             .list(
                 &context.tenant_id,
+                access.owner_only.as_deref(),
                 &list.filter,
                 &order,
                 page_size,
@@ -437,6 +463,7 @@ impl DealService for DealApi {
         request: Request<pb::UpdateDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let input = request
             .deal
@@ -504,6 +531,7 @@ impl DealService for DealApi {
         let (deal, pipeline) = self
             .store
             .modify_deal(&context.tenant_id, id, |current, pipeline| {
+                let current = &reachable(current.clone(), &access)?;
                 current.check_etag(&input.etag)?;
                 let mut updated = current.clone();
                 for path in &paths {
@@ -575,6 +603,7 @@ impl DealService for DealApi {
         request: Request<pb::ProgressDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id, "deal")?;
         let target = request.stage.trim().to_owned();
@@ -584,6 +613,7 @@ impl DealService for DealApi {
         let (deal, pipeline) = self
             .store
             .modify_deal(&context.tenant_id, id, |current, pipeline| {
+                let current = &reachable(current.clone(), &access)?;
                 current.check_etag(&request.etag)?;
                 let now = now_micros();
                 let mut moved = current.progress(pipeline, &target, now)?;
@@ -646,6 +676,7 @@ impl DealService for DealApi {
         request: Request<pb::WatchDealsRequest>,
     ) -> Result<Response<Self::WatchDealsStream>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let pipeline = if request.get_ref().pipeline_id.is_empty() {
             None
         } else {
@@ -653,7 +684,11 @@ impl DealService for DealApi {
             self.store.pipeline(&context.tenant_id, id).await?;
             Some(id.to_string())
         };
-        Ok(Response::new(self.hub.watch(context.tenant_id, pipeline)))
+        Ok(Response::new(self.hub.watch(
+            context.tenant_id,
+            pipeline,
+            access.owner_only,
+        )))
     }
 
     async fn create_pipeline(
@@ -832,9 +867,11 @@ impl DealApi {
         won: bool,
         reason: String,
     ) -> Result<Response<pb::Deal>, Status> {
+        let access = Access::of(context);
         let (deal, pipeline) = self
             .store
             .modify_deal(&context.tenant_id, id, |current, pipeline| {
+                let current = &reachable(current.clone(), &access)?;
                 current.check_etag(etag)?;
                 let now = now_micros();
                 let mut closed = current.close(pipeline, won, &reason, now)?;

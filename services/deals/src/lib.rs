@@ -12,7 +12,6 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aida_core::auth::Authenticator;
 use aida_core::bus::ConsumerSpec;
 use aida_core::consumer::{self, ConsumerOptions};
 use aida_core::db::Migrations;
@@ -90,13 +89,10 @@ pub async fn serve(
         hub,
     );
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder()
+    let router = server::builder(context.verifier.clone())
         .add_service(health)
         .add_service(reflection)
-        .add_service(DealServiceServer::with_interceptor(
-            api,
-            Authenticator::new(context.verifier.clone()),
-        ));
+        .add_service(DealServiceServer::new(api));
     let served = server::serve(router, listener, shutdown).await;
 
     let _ = consumer.await;

@@ -598,6 +598,7 @@ impl DealStore {
     pub async fn list(
         &self,
         tenant: &str,
+        owner: Option<&str>,
         filter: &str,
         order: &[OrderTerm],
         page_size: u32,
@@ -606,11 +607,19 @@ impl DealStore {
         let engine = self.db.engine();
         let mut count_sql =
             Sql::new("SELECT COUNT(*) AS count FROM deals WHERE tenant_id = $1").bind(tenant);
+        if let Some(owner) = owner {
+            count_sql.push(" AND owner_id = ");
+            count_sql.push_arg(owner);
+        }
         query::push_filter(&mut count_sql, engine, filter, LIST_FIELDS)?;
         let mut sql = Sql::new(format!(
             "SELECT {DEAL_COLUMNS} FROM deals WHERE tenant_id = $1"
         ))
         .bind(tenant);
+        if let Some(owner) = owner {
+            sql.push(" AND owner_id = ");
+            sql.push_arg(owner);
+        }
         query::push_filter(&mut sql, engine, filter, LIST_FIELDS)?;
         if let Some(after) = after {
             query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;

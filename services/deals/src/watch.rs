@@ -78,6 +78,7 @@ impl WatchHub {
         &self,
         tenant: String,
         pipeline: Option<String>,
+        owner: Option<String>,
     ) -> Pin<Box<dyn Stream<Item = Result<DealChange, Status>> + Send>> {
         let receiver = self.sender.subscribe();
         Box::pin(futures::stream::unfold(
@@ -85,6 +86,7 @@ impl WatchHub {
             move |(mut receiver, finished)| {
                 let tenant = tenant.clone();
                 let pipeline = pipeline.clone();
+                let owner = owner.clone();
                 async move {
                     if finished {
                         return None;
@@ -92,9 +94,12 @@ impl WatchHub {
                     loop {
                         match receiver.recv().await {
                             Ok(event) => {
-                                if let Some(change) =
-                                    to_change(&event, &tenant, pipeline.as_deref())
-                                {
+                                if let Some(change) = to_change(
+                                    &event,
+                                    &tenant,
+                                    pipeline.as_deref(),
+                                    owner.as_deref(),
+                                ) {
                                     return Some((Ok(change), (receiver, false)));
                                 }
                             }
@@ -113,7 +118,12 @@ impl WatchHub {
     }
 }
 
-fn to_change(event: &EventEnvelope, tenant: &str, pipeline: Option<&str>) -> Option<DealChange> {
+fn to_change(
+    event: &EventEnvelope,
+    tenant: &str,
+    pipeline: Option<&str>,
+    owner: Option<&str>,
+) -> Option<DealChange> {
     if event.tenant_id != tenant {
         return None;
     }
@@ -125,7 +135,9 @@ fn to_change(event: &EventEnvelope, tenant: &str, pipeline: Option<&str>) -> Opt
         Payload::DealLost(payload) => payload.deal.clone(),
         _ => None,
     }?;
-    if pipeline.is_some_and(|pipeline| pipeline != deal.pipeline_id) {
+    if pipeline.is_some_and(|pipeline| pipeline != deal.pipeline_id)
+        || owner.is_some_and(|owner| owner != deal.owner_id)
+    {
         return None;
     }
     Some(DealChange {

@@ -9,6 +9,7 @@ use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
 use aida_core::query::{self, KeyValue};
+use aida_core::rbac::Access;
 use aida_proto::aida::events::v1::{
     LeadCaptured, LeadDeleted, LeadQualified, LeadRejected, LeadUpdated, event_envelope::Payload,
 };
@@ -144,6 +145,26 @@ fn fields_from_proto(lead: &pb::Lead) -> Result<LeadFields, Error> {
         owner_id: lead.owner_id.clone(),
         attributes: lead.attributes.clone(),
     })
+}
+
+/// What `access` may read of a lead: contact data blanked for callers who may not see it.
+fn visible(lead: &Lead, access: &Access) -> pb::Lead {
+    let mut proto = to_proto(lead);
+    if access.redact_contact {
+        proto.email.clear();
+        proto.phone.clear();
+    }
+    proto
+}
+
+/// The lead as `access` may touch it: another owner's lead does not exist for a caller
+/// limited to its own (NOT_FOUND, like another tenant's).
+fn reachable(lead: Lead, access: &Access) -> Result<Lead, Error> {
+    if access.may_touch(&lead.fields.owner_id) {
+        Ok(lead)
+    } else {
+        Err(Error::not_found("lead", lead.id.to_string()))
+    }
 }
 
 /// The proto form of a stored lead.
@@ -294,7 +315,18 @@ impl LeadService for LeadApi {
             .lead
             .ok_or_else(|| Error::invalid("lead", "a lead is required"))?;
         let request_id = domain::clean_request_id(&request.request_id)?;
-        let fields = domain::normalize(fields_from_proto(&input)?, "lead")?;
+        let access = Access::of(&context);
+        let mut fields = domain::normalize(fields_from_proto(&input)?, "lead")?;
+        if let Some(subject) = &access.owner_only {
+            if fields.owner_id.is_empty() {
+                fields.owner_id = subject.clone();
+            } else if &fields.owner_id != subject {
+                return Err(Error::PermissionDenied(
+                    "a sales rep captures leads for themselves".into(),
+                )
+                .into());
+            }
+        }
         let now = now_micros();
         let lead = Lead {
             id: Uuid::now_v7(),
@@ -327,7 +359,7 @@ impl LeadService for LeadApi {
         if created {
             self.relay.wake();
         }
-        Ok(Response::new(to_proto(&stored)))
+        Ok(Response::new(visible(&stored, &access)))
     }
 
     async fn get_lead(
@@ -336,8 +368,9 @@ impl LeadService for LeadApi {
     ) -> Result<Response<pb::Lead>, Status> {
         let context = AuthContext::of(&request)?;
         let id = domain::parse_id("id", &request.get_ref().id)?;
-        let lead = self.store.get(&context.tenant_id, id).await?;
-        Ok(Response::new(to_proto(&lead)))
+        let access = Access::of(context);
+        let lead = reachable(self.store.get(&context.tenant_id, id).await?, &access)?;
+        Ok(Response::new(visible(&lead, &access)))
     }
 
     async fn list_leads(
@@ -345,6 +378,7 @@ impl LeadService for LeadApi {
         request: Request<pb::ListLeadsRequest>,
     ) -> Result<Response<pb::ListLeadsResponse>, Status> {
         let context = AuthContext::of(&request)?;
+        let access = Access::of(context);
         let list = request.get_ref();
         let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
@@ -370,6 +404,7 @@ impl LeadService for LeadApi {
             .store
             .list(
                 &context.tenant_id,
+                access.owner_only.as_deref(),
                 &list.filter,
                 &order,
                 page_size,
@@ -389,7 +424,11 @@ impl LeadService for LeadApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListLeadsResponse {
-            leads: page.leads.iter().map(to_proto).collect(),
+            leads: page
+                .leads
+                .iter()
+                .map(|lead| visible(lead, &access))
+                .collect(),
             next_page_token,
             total_size: i32::try_from(page.total).unwrap_or(i32::MAX),
         }))
@@ -400,6 +439,7 @@ impl LeadService for LeadApi {
         request: Request<pb::UpdateLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let input = request
             .lead
@@ -414,9 +454,15 @@ impl LeadService for LeadApi {
         let updated = self
             .store
             .modify(&context.tenant_id, id, |current| {
+                let current = reachable(current, &access)?;
                 current.check_etag(&input.etag)?;
                 let fields =
                     domain::normalize(apply_paths(&current.fields, &input, &paths)?, "lead")?;
+                if !access.may_touch(&fields.owner_id) {
+                    return Err(Error::PermissionDenied(
+                        "a sales rep cannot hand a lead to someone else".into(),
+                    ));
+                }
                 let status = match wanted_status {
                     Some(wanted) => current.change_status(wanted)?,
                     None => current.status,
@@ -459,7 +505,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("update returned no lead"))?;
-        Ok(Response::new(to_proto(&lead)))
+        Ok(Response::new(visible(&lead, &access)))
     }
 
     async fn qualify_lead(
@@ -467,12 +513,14 @@ impl LeadService for LeadApi {
         request: Request<pb::QualifyLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let note = domain::clean_reason("note", &request.note, false)?;
         let updated = self
             .store
             .modify(&context.tenant_id, id, |current| {
+                let current = reachable(current, &access)?;
                 current.check_etag(&request.etag)?;
                 let status = current.qualify()?;
                 let now = now_micros();
@@ -501,7 +549,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("qualify returned no lead"))?;
-        Ok(Response::new(to_proto(&lead)))
+        Ok(Response::new(visible(&lead, &access)))
     }
 
     async fn reject_lead(
@@ -509,12 +557,14 @@ impl LeadService for LeadApi {
         request: Request<pb::RejectLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let reason = domain::clean_reason("reason", &request.reason, true)?;
         let updated = self
             .store
             .modify(&context.tenant_id, id, |current| {
+                let current = reachable(current, &access)?;
                 current.check_etag(&request.etag)?;
                 let status = current.reject()?;
                 let now = now_micros();
@@ -544,7 +594,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("reject returned no lead"))?;
-        Ok(Response::new(to_proto(&lead)))
+        Ok(Response::new(visible(&lead, &access)))
     }
 
     async fn delete_lead(
@@ -552,10 +602,12 @@ impl LeadService for LeadApi {
         request: Request<pb::DeleteLeadRequest>,
     ) -> Result<Response<()>, Status> {
         let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         self.store
             .modify(&context.tenant_id, id, |current| {
+                let current = reachable(current, &access)?;
                 current.check_etag(&request.etag)?;
                 let event = envelope(
                     &context,

@@ -10,7 +10,6 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aida_core::auth::Authenticator;
 use aida_core::bus::ConsumerSpec;
 use aida_core::consumer::{self, ConsumerOptions};
 use aida_core::db::Migrations;
@@ -80,14 +79,11 @@ pub async fn serve(
         context.page_tokens.clone(),
     );
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder()
+    let router = server::builder(context.verifier.clone())
         .add_service(health)
         .add_service(reflection)
         // Every LeadService call is authenticated; health and reflection are public.
-        .add_service(LeadServiceServer::with_interceptor(
-            api,
-            Authenticator::new(context.verifier.clone()),
-        ));
+        .add_service(LeadServiceServer::new(api));
     let served = server::serve(router, listener, shutdown).await;
 
     // The server has drained: flush what the last calls committed, then stop the relay.

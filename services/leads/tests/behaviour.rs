@@ -883,6 +883,169 @@ async fn a_deal_created_for_a_qualified_lead_converts_it_once(backend: Backend) 
     assert_eq!(lead.status, LeadStatus::Converted as i32);
 }
 
+async fn roles_and_ownership_limit_what_a_caller_sees_and_changes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.client().await;
+    let env = &app.env;
+
+    // A sales rep's capture is theirs; capturing for someone else is refused.
+    let mine = client
+        .capture_lead(env.request_as(
+            "acme",
+            "rep-1",
+            &["sales_rep"],
+            CaptureLeadRequest {
+                lead: Some(lead("mine@example.com")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("capture as rep")
+        .into_inner();
+    assert_eq!(mine.owner_id, "rep-1");
+    let for_other = client
+        .capture_lead(env.request_as(
+            "acme",
+            "rep-1",
+            &["sales_rep"],
+            CaptureLeadRequest {
+                lead: Some(Lead {
+                    owner_id: "rep-2".into(),
+                    ..lead("x@example.com")
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("for another rep");
+    assert_eq!(for_other.code(), Code::PermissionDenied);
+    let theirs = capture(
+        &app,
+        "acme",
+        Lead {
+            owner_id: "rep-2".into(),
+            ..lead("theirs@example.com")
+        },
+    )
+    .await;
+
+    // Another rep's lead does not exist for rep-1.
+    let listed = client
+        .list_leads(env.request_as("acme", "rep-1", &["sales_rep"], ListLeadsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed
+            .leads
+            .iter()
+            .map(|lead| lead.id.as_str())
+            .collect::<Vec<_>>(),
+        [mine.id.as_str()]
+    );
+    assert_eq!(listed.total_size, 1);
+    for status in [
+        client
+            .get_lead(env.request_as(
+                "acme",
+                "rep-1",
+                &["sales_rep"],
+                GetLeadRequest {
+                    id: theirs.id.clone(),
+                },
+            ))
+            .await
+            .expect_err("get"),
+        client
+            .qualify_lead(env.request_as(
+                "acme",
+                "rep-1",
+                &["sales_rep"],
+                QualifyLeadRequest {
+                    id: theirs.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("qualify"),
+    ] {
+        assert_eq!(status.code(), Code::NotFound);
+    }
+
+    // A viewer reads leads without e-mail or phone, and cannot change them.
+    let seen = client
+        .get_lead(env.request_as(
+            "acme",
+            "v",
+            &["viewer"],
+            GetLeadRequest {
+                id: theirs.id.clone(),
+            },
+        ))
+        .await
+        .expect("viewer reads")
+        .into_inner();
+    assert_eq!(
+        (
+            seen.email.as_str(),
+            seen.phone.as_str(),
+            seen.company.as_str()
+        ),
+        ("", "", theirs.company.as_str())
+    );
+    let refused = client
+        .capture_lead(env.request_as(
+            "acme",
+            "v",
+            &["viewer"],
+            CaptureLeadRequest {
+                lead: Some(lead("v@example.com")),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("viewer captures");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let delete = client
+        .delete_lead(env.request_as(
+            "acme",
+            "rep-1",
+            &["sales_rep"],
+            DeleteLeadRequest {
+                id: mine.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect_err("reps do not delete");
+    assert_eq!(delete.code(), Code::PermissionDenied);
+    let no_roles = client
+        .get_lead(env.request_as(
+            "acme",
+            "nobody",
+            &[],
+            GetLeadRequest {
+                id: mine.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("no role");
+    assert_eq!(no_roles.code(), Code::PermissionDenied);
+    let analyst = client
+        .get_lead(env.request_as(
+            "acme",
+            "a",
+            &["analyst"],
+            GetLeadRequest {
+                id: theirs.id.clone(),
+            },
+        ))
+        .await
+        .expect("analyst reads")
+        .into_inner();
+    assert_eq!(analyst.email, "theirs@example.com");
+}
+
 macro_rules! suite {
     ($backend:ident, $module:ident) => {
         mod $module {
@@ -901,7 +1064,8 @@ macro_rules! suite {
                 delete_removes_the_lead_frees_its_email_and_emits_an_event,
                 health_and_reflection_answer_without_a_token,
                 a_graceful_stop_publishes_what_was_committed,
-                a_deal_created_for_a_qualified_lead_converts_it_once
+                a_deal_created_for_a_qualified_lead_converts_it_once,
+                roles_and_ownership_limit_what_a_caller_sees_and_changes
             );
         }
     };
