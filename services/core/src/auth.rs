@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::str::FromStr;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -110,44 +112,234 @@ struct VerifiedClaims {
 
 /// Verifies bearer tokens.
 pub struct TokenVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    hs256: DecodingKey,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// Algorithms accepted from a JWKS (the key decides which one a token must use).
+const JWKS_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+
+/// Why a token was refused, before it becomes UNAUTHENTICATED.
+enum Refusal {
+    /// Signed by a key the cached JWKS does not hold (yet).
+    UnknownKey(String),
+    Invalid(String),
 }
 
 impl TokenVerifier {
     /// HS256 with a shared secret.
     pub fn hs256(secret: &SecretString, issuer: &str, audience: &str, leeway: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = leeway.as_secs();
         Self {
-            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-            validation,
+            hs256: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway: leeway.as_secs(),
+            jwks: None,
         }
     }
 
-    /// Verifies `token` and returns its tenant, subject and roles.
-    pub fn verify(&self, token: &str) -> Result<(String, String, Vec<String>), Error> {
+    /// Also accepts RS256/ES256 tokens signed by a key of `jwks`.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[self.issuer.as_str()]);
+        validation.set_audience(&[self.audience.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        validation
+    }
+
+    fn check(&self, token: &str) -> Result<(String, String, Vec<String>), Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(Error::Unauthenticated("token too large".into()));
+            return Err(Refusal::Invalid("token too large".into()));
         }
-        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)
-            .map_err(|error| Error::Unauthenticated(format!("invalid token: {error}")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
+        let data = if header.alg == Algorithm::HS256 {
+            jsonwebtoken::decode::<VerifiedClaims>(
+                token,
+                &self.hs256,
+                &self.validation(Algorithm::HS256),
+            )
+        } else {
+            let jwks = self
+                .jwks
+                .as_ref()
+                .filter(|_| JWKS_ALGORITHMS.contains(&header.alg))
+                .ok_or_else(|| {
+                    Refusal::Invalid(format!(
+                        "invalid token: algorithm {:?} is not accepted",
+                        header.alg
+                    ))
+                })?;
+            let kid = header
+                .kid
+                .ok_or_else(|| Refusal::Invalid("invalid token: no kid".into()))?;
+            let (key, algorithm) = jwks.key(&kid).ok_or(Refusal::UnknownKey(kid))?;
+            // The algorithm is the key's, whatever the token claims: no confusion attacks.
+            if algorithm != header.alg {
+                return Err(Refusal::Invalid(
+                    "invalid token: algorithm does not match the key".into(),
+                ));
+            }
+            jsonwebtoken::decode::<VerifiedClaims>(token, &key, &self.validation(algorithm))
+        }
+        .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
         let claims = data.claims;
         if !valid_tenant(&claims.tenant_id) {
-            return Err(Error::Unauthenticated(
+            return Err(Refusal::Invalid(
                 "invalid token: bad tenant_id claim".into(),
             ));
         }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(Error::Unauthenticated(
-                "invalid token: bad sub claim".into(),
-            ));
+            return Err(Refusal::Invalid("invalid token: bad sub claim".into()));
         }
         Ok((claims.tenant_id, claims.sub, claims.roles))
+    }
+
+    /// Verifies `token` with the keys at hand and returns its tenant, subject and roles. A
+    /// token signed by an unknown JWKS key is refused, and a refresh of the key set is
+    /// started for the next call.
+    pub fn verify(&self, token: &str) -> Result<(String, String, Vec<String>), Error> {
+        match self.check(token) {
+            Ok(verified) => Ok(verified),
+            Err(Refusal::UnknownKey(kid)) => {
+                if let (Some(jwks), Ok(runtime)) =
+                    (self.jwks.clone(), tokio::runtime::Handle::try_current())
+                {
+                    runtime.spawn(async move { jwks.refresh_if_due().await });
+                }
+                Err(Error::Unauthenticated(format!(
+                    "invalid token: unknown key id {kid}"
+                )))
+            }
+            Err(Refusal::Invalid(message)) => Err(Error::Unauthenticated(message)),
+        }
+    }
+
+    /// Like [`TokenVerifier::verify`], but an unknown key id first refreshes the JWKS (at
+    /// most once per refresh interval) and tries again.
+    pub async fn verify_fresh(&self, token: &str) -> Result<(String, String, Vec<String>), Error> {
+        match self.check(token) {
+            Ok(verified) => Ok(verified),
+            Err(Refusal::UnknownKey(kid)) => {
+                if let Some(jwks) = &self.jwks
+                    && jwks.refresh_if_due().await
+                {
+                    return self.verify(token);
+                }
+                Err(Error::Unauthenticated(format!(
+                    "invalid token: unknown key id {kid}"
+                )))
+            }
+            Err(Refusal::Invalid(message)) => Err(Error::Unauthenticated(message)),
+        }
+    }
+}
+
+/// The public keys of an identity provider, fetched from its JWKS URL and cached.
+pub struct Jwks {
+    url: String,
+    client: reqwest::Client,
+    keys: std::sync::RwLock<std::collections::HashMap<String, (DecodingKey, Algorithm)>>,
+    last_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
+    min_interval: Duration,
+}
+
+impl Jwks {
+    pub fn new(url: &str, min_interval: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: std::sync::RwLock::default(),
+            last_refresh: tokio::sync::Mutex::new(None),
+            min_interval,
+        }
+    }
+
+    fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        keys.get(kid).cloned()
+    }
+
+    /// Fetches the key set now.
+    pub async fn refresh(&self) -> Result<usize, Error> {
+        let set: jsonwebtoken::jwk::JwkSet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|error| Error::Unavailable(format!("jwks {}: {error}", self.url)))?
+            .json()
+            .await
+            .map_err(|error| Error::Unavailable(format!("jwks {}: {error}", self.url)))?;
+        let mut keys = std::collections::HashMap::new();
+        for jwk in &set.keys {
+            let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk))
+            else {
+                continue;
+            };
+            let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                (Some(algorithm), _) => Algorithm::from_str(&format!("{algorithm:?}")).ok(),
+                (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(curve)) => {
+                    match curve.curve {
+                        jsonwebtoken::jwk::EllipticCurve::P256 => Some(Algorithm::ES256),
+                        jsonwebtoken::jwk::EllipticCurve::P384 => Some(Algorithm::ES384),
+                        _ => None,
+                    }
+                }
+                (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+                _ => None,
+            };
+            if let Some(algorithm) =
+                algorithm.filter(|algorithm| JWKS_ALGORITHMS.contains(algorithm))
+            {
+                keys.insert(kid, (key, algorithm));
+            }
+        }
+        let count = keys.len();
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        Ok(count)
+    }
+
+    /// Refreshes unless the last refresh is younger than the minimum interval; true if it
+    /// fetched a new set.
+    pub async fn refresh_if_due(&self) -> bool {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.min_interval) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        match self.refresh().await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "jwks refresh failed");
+                false
+            }
+        }
     }
 }
 

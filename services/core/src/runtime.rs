@@ -36,6 +36,31 @@ pub async fn connect_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusEr
     })
 }
 
+/// The token verifier the settings ask for: HS256 with the signing key, and the JWKS of
+/// the identity provider when one is configured (fetched now, refreshed when an unknown
+/// key id appears).
+pub async fn verifier(settings: &Settings, signing_key: &secrecy::SecretString) -> TokenVerifier {
+    let verifier = TokenVerifier::hs256(
+        signing_key,
+        &settings.auth.issuer,
+        &settings.auth.audience,
+        Duration::from_secs(settings.auth.leeway_secs),
+    );
+    match &settings.auth.jwks_url {
+        Some(url) => {
+            let jwks = Arc::new(crate::auth::Jwks::new(
+                url,
+                Duration::from_secs(settings.auth.jwks_refresh_secs),
+            ));
+            if !jwks.refresh_if_due().await {
+                tracing::warn!(%url, "jwks not reachable at start; tokens it signs wait for a refresh");
+            }
+            verifier.with_jwks(jwks)
+        }
+        None => verifier,
+    }
+}
+
 /// Everything a running service holds.
 #[derive(Clone)]
 pub struct ServiceContext {
@@ -67,12 +92,7 @@ impl ServiceContext {
         db.migrate(&mut core_migrations()).await?;
         db.migrate(&mut migrations).await?;
         let signing_key = settings.signing_key()?;
-        let verifier = Arc::new(TokenVerifier::hs256(
-            &signing_key,
-            &settings.auth.issuer,
-            &settings.auth.audience,
-            Duration::from_secs(settings.auth.leeway_secs),
-        ));
+        let verifier = Arc::new(verifier(settings, &signing_key).await);
         let relay = Relay::new(db.clone(), bus.clone(), settings.outbox.clone());
         Ok(Self {
             settings: settings.clone(),

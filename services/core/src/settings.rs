@@ -31,6 +31,39 @@ pub struct Settings {
     pub deals: DealsSettings,
     pub comms: CommsSettings,
     pub analytics: AnalyticsSettings,
+    pub edge: EdgeSettings,
+}
+
+/// The edge gateway: REST/JSON, grpc-web and gRPC in; gRPC to the services out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// Listen port (HTTP/1.1 and HTTP/2).
+    pub port: u16,
+    /// Request bodies larger than this are 413.
+    pub max_body_bytes: usize,
+    /// Deadline of a call to a service when the client sets none (`grpc-timeout`).
+    pub request_timeout_ms: u64,
+    /// Sustained requests per second per tenant and principal.
+    pub rate_limit_per_second: u32,
+    /// Requests a principal may burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// How long a cached GET response (analytics reports) stays fresh.
+    pub cache_ttl_secs: u64,
+    /// Origins allowed by CORS (`*` for any).
+    pub cors_origins: Vec<String>,
+    /// Replicas of each service, as gRPC URLs; calls are balanced over the healthy ones.
+    pub upstreams: Upstreams,
+}
+
+/// gRPC URLs of the replicas of each service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    pub leads: Vec<String>,
+    pub deals: Vec<String>,
+    pub comms: Vec<String>,
+    pub analytics: Vec<String>,
 }
 
 /// Where a service reaches the others (gRPC URLs). `aida up` fills these in itself.
@@ -122,6 +155,11 @@ pub struct AuthSettings {
     pub signing_key: Option<SecretString>,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// JWKS URL of the identity provider (Supabase: `<project>/auth/v1/.well-known/jwks.json`):
+    /// RS256 and ES256 tokens are verified with its keys, cached, and refreshed when an
+    /// unknown `kid` appears (at most once per `jwks_refresh_secs`).
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
 }
 
 /// Log output.
@@ -195,6 +233,7 @@ struct Defaults {
     deals: DealsSettings,
     comms: CommsSettings,
     analytics: AnalyticsSettings,
+    edge: EdgeSettings,
 }
 
 impl Default for Defaults {
@@ -212,6 +251,8 @@ impl Default for Defaults {
                 audience: "aida-crm".into(),
                 signing_key: None,
                 leeway_secs: 30,
+                jwks_url: None,
+                jwks_refresh_secs: 60,
             },
             log: LogSettings {
                 format: LogFormat::Text,
@@ -252,6 +293,21 @@ impl Default for Defaults {
                 snapshot_interval_secs: 60,
                 batch_max_events: 1000,
                 batch_max_wait_ms: 200,
+            },
+            edge: EdgeSettings {
+                port: 8080,
+                max_body_bytes: 1024 * 1024,
+                request_timeout_ms: 30_000,
+                rate_limit_per_second: 50,
+                rate_limit_burst: 100,
+                cache_ttl_secs: 30,
+                cors_origins: vec!["*".into()],
+                upstreams: Upstreams {
+                    leads: vec!["http://127.0.0.1:50051".into()],
+                    deals: vec!["http://127.0.0.1:50052".into()],
+                    comms: vec!["http://127.0.0.1:50053".into()],
+                    analytics: vec!["http://127.0.0.1:50054".into()],
+                },
             },
         }
     }
