@@ -1,5 +1,835 @@
-//! The edge gateway: the one door for clients that do not speak gRPC.
+//! The edge gateway: the one door for clients that do not speak gRPC, and a gRPC door too.
+//!
+//! - REST/JSON, transcoded by the `google.api.http` annotations of the descriptor set
+//!   (`routes`, `transcode`), with server streaming as NDJSON or Server-Sent Events;
+//! - OpenAPI 3.1 at `/openapi.json` (`openapi`);
+//! - grpc-web (binary and text) and native gRPC, proxied to the services;
+//! - the public tracking links of CommsService (`/t/o`, `/t/c`, `/t/u`).
+//!
+//! Every call is authenticated here (HS256, or RS256/ES256 from a JWKS) and checked against
+//! the RBAC table, then forwarded with the token: the services verify it again. Calls are
+//! rate limited per tenant and principal; analytics reports are cached per tenant and role
+//! until the next `analytics.computed`.
 
+pub mod openapi;
 pub mod routes;
 pub mod template;
 pub mod transcode;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aida_core::auth::{AuthContext, TokenVerifier, authorize_fresh};
+use aida_core::bus::{ConsumerSpec, EventBus};
+use aida_core::error::http_status;
+use aida_core::runtime::{StartError, verifier};
+use aida_core::settings::EdgeSettings;
+use aida_core::{Error, Settings};
+use aida_proto::aida::comms::v1::tracking_service_client::TrackingServiceClient;
+use aida_proto::aida::comms::v1::{TrackClickRequest, TrackOpenRequest, UnsubscribeRequest};
+use aida_proto::aida::events::v1::EventEnvelope;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::{BufMut, Bytes};
+use futures::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use prost::Message;
+use prost_reflect::DescriptorPool;
+use sha2::Digest;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::routes::{Route, RouteTable};
+use crate::upstream::Upstreams;
+
+/// Passes already-encoded messages through tonic unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEncoder;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        destination: &mut EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        destination.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, source: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(source.copy_to_bytes(source.remaining())))
+    }
+}
+
+/// A cached response body and its entity tag.
+struct Cached {
+    etag: String,
+    body: Bytes,
+}
+
+/// Everything the edge holds.
+pub struct Edge {
+    pool: DescriptorPool,
+    routes: RouteTable,
+    upstreams: Upstreams,
+    verifier: Arc<TokenVerifier>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    cache: moka::future::Cache<String, Arc<Cached>>,
+    openapi: Bytes,
+    settings: EdgeSettings,
+}
+
+/// 1×1 transparent GIF: the open pixel.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+fn nonzero(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The HTTP response of an error: the status for its gRPC code and a `google.rpc.Status`
+/// JSON body with its details.
+fn error_response(pool: &DescriptorPool, status: &tonic::Status) -> Response {
+    let code = StatusCode::from_u16(http_status(status.code()))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (code, json_body(&transcode::status_json(pool, status))).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status.code() == tonic::Code::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(wait) = status
+        .metadata()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| HeaderValue::from_str(value).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, wait);
+    }
+    response
+}
+
+fn json_body(value: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn etag_of(body: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest
+        .iter()
+        .take(12)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// Parses a `grpc-timeout` header (`100m`, `5S`, …).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (number, unit) = value.split_at(value.len().checked_sub(1)?);
+    let number: u64 = number.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(number * 3600),
+        "M" => Duration::from_secs(number * 60),
+        "S" => Duration::from_secs(number),
+        "m" => Duration::from_millis(number),
+        "u" => Duration::from_micros(number),
+        "n" => Duration::from_nanos(number),
+        _ => return None,
+    })
+}
+
+impl Edge {
+    /// Refuses a caller over its rate: RESOURCE_EXHAUSTED with `retry-after` seconds.
+    fn throttle(
+        &self,
+        context: Option<&AuthContext>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), tonic::Status> {
+        let key = match context {
+            Some(context) => format!("{}|{}", context.tenant_id, context.subject),
+            None => format!(
+                "public|{}",
+                peer.map(|peer| peer.ip().to_string()).unwrap_or_default()
+            ),
+        };
+        match self.limiter.check_key(&key) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut status: tonic::Status =
+                    Error::ResourceExhausted(format!("rate limit reached; retry in {seconds} s"))
+                        .into();
+                if let Ok(value) = seconds.max(1).to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// A tonic request carrying the caller's token, request id, trace context and deadline.
+    fn upstream_request<T>(&self, message: T, headers: &HeaderMap) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        for name in ["authorization", "x-request-id", "traceparent", "tracestate"] {
+            if let Some(value) = header_text(headers, name).and_then(|value| value.parse().ok()) {
+                metadata.insert(name, value);
+            }
+        }
+        let default = Duration::from_millis(self.settings.request_timeout_ms);
+        let timeout = header_text(headers, "grpc-timeout")
+            .and_then(grpc_timeout)
+            .map_or(default, |asked| asked.min(default));
+        request.set_timeout(timeout);
+        request
+    }
+
+    async fn unary(
+        &self,
+        route: &Route,
+        message: Bytes,
+        headers: &HeaderMap,
+    ) -> Result<Bytes, tonic::Status> {
+        let channel = self.upstreams.channel(route.service()).ok_or_else(|| {
+            tonic::Status::from(Error::internal(format!(
+                "no upstream for {}",
+                route.service()
+            )))
+        })?;
+        let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
+            .map_err(|error| tonic::Status::internal(error.to_string()))?;
+        // Reads are idempotent: a replica that is going away gets a second chance elsewhere.
+        let attempts = if route.http_method == Method::GET {
+            3
+        } else {
+            1
+        };
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready()
+                .await
+                .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+            match grpc
+                .unary(
+                    self.upstream_request(message.clone(), headers),
+                    path.clone(),
+                    RawCodec,
+                )
+                .await
+            {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no replica answered")))
+    }
+
+    async fn rest(&self, request: Request, peer: Option<SocketAddr>) -> Response {
+        let (parts, body) = request.into_parts();
+        let Some((route, bindings)) = self.routes.find(&parts.method, parts.uri.path()) else {
+            let status = if self.routes.path_exists(parts.uri.path()) {
+                tonic::Status::new(
+                    tonic::Code::Unimplemented,
+                    format!("{} is not allowed on {}", parts.method, parts.uri.path()),
+                )
+            } else {
+                tonic::Status::not_found(format!(
+                    "no route for {} {}",
+                    parts.method,
+                    parts.uri.path()
+                ))
+            };
+            let mut response = error_response(&self.pool, &status);
+            if status.code() == tonic::Code::Unimplemented {
+                *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            }
+            return response;
+        };
+        let context = match authorize_fresh(&self.verifier, &route.grpc_path, &parts.headers).await
+        {
+            Ok(context) => context,
+            Err(error) => return error_response(&self.pool, &error.into()),
+        };
+        if let Err(status) = self.throttle(context.as_ref(), peer) {
+            return error_response(&self.pool, &status);
+        }
+        let body = match axum::body::to_bytes(body, self.settings.max_body_bytes).await {
+            Ok(body) => body,
+            Err(_) => {
+                let status: tonic::Status = Error::invalid(
+                    "body",
+                    format!("larger than {} bytes", self.settings.max_body_bytes),
+                )
+                .into();
+                let mut response = error_response(&self.pool, &status);
+                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return response;
+            }
+        };
+        let message = match transcode::request_message(route, &bindings, parts.uri.query(), &body) {
+            Ok(message) => message,
+            Err(error) => return error_response(&self.pool, &error.into()),
+        };
+        if route.server_streaming() {
+            return self.stream(route, message, &parts.headers).await;
+        }
+
+        let cache_key = (parts.method == Method::GET
+            && route.service() == "aida.analytics.v1.AnalyticsService")
+            .then_some(context.as_ref())
+            .flatten()
+            .map(|context| {
+                let mut roles = context.roles.clone();
+                roles.sort();
+                format!("{}|{}|{}", context.tenant_id, roles.join(","), parts.uri)
+            });
+        if let Some(key) = &cache_key
+            && let Some(cached) = self.cache.get(key).await
+        {
+            return self.json_response(
+                &parts.headers,
+                cached.etag.clone(),
+                cached.body.clone(),
+                "hit",
+            );
+        }
+        let reply = match self.unary(route, message, &parts.headers).await {
+            Ok(reply) => reply,
+            Err(status) => return error_response(&self.pool, &status),
+        };
+        let json = match transcode::response_json(route, &reply) {
+            Ok(json) => json,
+            Err(error) => return error_response(&self.pool, &error.into()),
+        };
+        let body = json_body(&json);
+        let etag = etag_of(&body);
+        if let Some(key) = cache_key {
+            self.cache
+                .insert(
+                    key,
+                    Arc::new(Cached {
+                        etag: etag.clone(),
+                        body: body.clone(),
+                    }),
+                )
+                .await;
+        }
+        self.json_response(&parts.headers, etag, body, "miss")
+    }
+
+    /// A JSON body with its ETag, or 304 when the client already has it.
+    fn json_response(
+        &self,
+        headers: &HeaderMap,
+        etag: String,
+        body: Bytes,
+        cache: &'static str,
+    ) -> Response {
+        let not_modified = header_text(headers, "if-none-match").is_some_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+        let mut response = if not_modified {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            (StatusCode::OK, body).into_response()
+        };
+        let response_headers = response.headers_mut();
+        if !not_modified {
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response_headers.insert(header::ETAG, value);
+        }
+        response_headers.insert("x-cache", HeaderValue::from_static(cache));
+        response
+    }
+
+    /// Server streaming as NDJSON (one message per line) or Server-Sent Events, by `Accept`.
+    async fn stream(&self, route: &Route, message: Bytes, headers: &HeaderMap) -> Response {
+        let Some(channel) = self.upstreams.channel(route.service()) else {
+            return error_response(&self.pool, &Error::internal("no upstream").into());
+        };
+        let Ok(path) = http::uri::PathAndQuery::try_from(route.grpc_path.as_str()) else {
+            return error_response(&self.pool, &Error::internal("bad path").into());
+        };
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if let Err(error) = grpc.ready().await {
+            return error_response(&self.pool, &tonic::Status::unavailable(error.to_string()));
+        }
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = self.upstream_request((), headers).into_parts().0;
+        let streaming = match grpc.server_streaming(request, path, RawCodec).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return error_response(&self.pool, &status),
+        };
+        let sse = header_text(headers, "accept")
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+        let pool = self.pool.clone();
+        let output = route.method.output();
+        let events = streaming.map(move |item| -> Result<Bytes, Infallible> {
+            let (kind, json) = match item {
+                Ok(bytes) => {
+                    match prost_reflect::DynamicMessage::decode(output.clone(), bytes.as_ref()) {
+                        Ok(message) => (
+                            "message",
+                            transcode::message_json(&message).unwrap_or_default(),
+                        ),
+                        Err(error) => (
+                            "error",
+                            transcode::status_json(
+                                &pool,
+                                &tonic::Status::internal(error.to_string()),
+                            ),
+                        ),
+                    }
+                }
+                Err(status) => ("error", transcode::status_json(&pool, &status)),
+            };
+            let text = if sse {
+                format!("event: {kind}\ndata: {json}\n\n")
+            } else if kind == "error" {
+                format!("{}\n", serde_json::json!({ "error": json }))
+            } else {
+                format!("{json}\n")
+            };
+            Ok(Bytes::from(text))
+        });
+        let mut response = Response::new(Body::from_stream(events));
+        let content_type = if sse {
+            "text/event-stream"
+        } else {
+            "application/x-ndjson"
+        };
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+
+    /// gRPC and grpc-web: authenticate, authorize and throttle here, then forward the call
+    /// (streams and trailers included) to a replica of its service.
+    async fn proxy(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let path = request.uri().path().to_owned();
+        let service = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let Some(channel) = self.upstreams.channel(&service) else {
+            return tonic::Status::new(
+                tonic::Code::Unimplemented,
+                format!("unknown service {service}"),
+            )
+            .into_http();
+        };
+        let context = match authorize_fresh(&self.verifier, &path, request.headers()).await {
+            Ok(context) => context,
+            Err(error) => return tonic::Status::from(error).into_http(),
+        };
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        if let Err(status) = self.throttle(context.as_ref(), peer) {
+            return status.into_http();
+        }
+        match channel.oneshot(request).await {
+            Ok(response) => response,
+            Err(error) => tonic::Status::unavailable(format!("{service}: {error}")).into_http(),
+        }
+    }
+
+    fn tracking(&self) -> Option<TrackingServiceClient<tonic::transport::Channel>> {
+        self.upstreams
+            .channel("aida.comms.v1.TrackingService")
+            .map(TrackingServiceClient::new)
+    }
+}
+
+/// The tower face of [`Edge::proxy`], for the grpc-web layer.
+#[derive(Clone)]
+struct GrpcProxy(Arc<Edge>);
+
+impl Service<http::Request<tonic::body::Body>> for GrpcProxy {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let edge = self.0.clone();
+        Box::pin(async move { Ok(edge.proxy(request).await) })
+    }
+}
+
+async fn dispatch(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let grpc = header_text(request.headers(), "content-type")
+        .is_some_and(|content_type| content_type.starts_with("application/grpc"));
+    if grpc {
+        // grpc-web is translated to gRPC by tonic-web; gRPC passes through as it is.
+        let service = tonic_web::GrpcWebLayer::new().layer(GrpcProxy(edge));
+        return match service.oneshot(request).await {
+            Ok(response) => response.map(Body::new),
+            Err(never) => match never {},
+        };
+    }
+    edge.rest(request, peer).await
+}
+
+async fn openapi(State(edge): State<Arc<Edge>>) -> Response {
+    let mut response = (StatusCode::OK, edge.openapi.clone()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn health() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"SERVING"}"#,
+    )
+        .into_response()
+}
+
+async fn track_open(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(status) = edge.throttle(None, Some(peer)) {
+        return error_response(&edge.pool, &status);
+    }
+    let Some(mut client) = edge.tracking() else {
+        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    };
+    let user_agent = header_text(&headers, "user-agent")
+        .unwrap_or_default()
+        .to_owned();
+    match client
+        .track_open(TrackOpenRequest { token, user_agent })
+        .await
+    {
+        Ok(_) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "image/gif"),
+                (header::CACHE_CONTROL, "no-store, max-age=0"),
+            ],
+            PIXEL,
+        )
+            .into_response(),
+        Err(status) => error_response(&edge.pool, &status),
+    }
+}
+
+async fn track_click(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(status) = edge.throttle(None, Some(peer)) {
+        return error_response(&edge.pool, &status);
+    }
+    let Some(mut client) = edge.tracking() else {
+        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    };
+    let user_agent = header_text(&headers, "user-agent")
+        .unwrap_or_default()
+        .to_owned();
+    match client
+        .track_click(TrackClickRequest { token, user_agent })
+        .await
+    {
+        Ok(response) => match HeaderValue::from_str(&response.into_inner().target_url) {
+            Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+            Err(_) => error_response(&edge.pool, &Error::internal("bad redirect target").into()),
+        },
+        Err(status) => error_response(&edge.pool, &status),
+    }
+}
+
+/// RFC 8058 one-click unsubscribe: a POST unsubscribes.
+async fn unsubscribe(
+    State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    if let Err(status) = edge.throttle(None, Some(peer)) {
+        return error_response(&edge.pool, &status);
+    }
+    let Some(mut client) = edge.tracking() else {
+        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    };
+    match client.unsubscribe(UnsubscribeRequest { token }).await {
+        Ok(response) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!(
+                "{} will receive no more messages.\n",
+                response.into_inner().address
+            ),
+        )
+            .into_response(),
+        Err(status) => error_response(&edge.pool, &status),
+    }
+}
+
+/// A GET on the unsubscribe link shows a confirmation: link scanners follow GETs, so a GET
+/// never unsubscribes anyone.
+async fn unsubscribe_page(Path(token): Path<String>) -> Response {
+    let token = transcode_safe(&token);
+    let page = format!(
+        "<!doctype html><html><body><form method=\"post\" action=\"/t/u/{token}\"><p>Stop receiving these messages?</p>\
+         <button type=\"submit\">Unsubscribe</button></form></body></html>"
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+        .into_response()
+}
+
+/// Keeps only token characters, so the page cannot be injected into.
+fn transcode_safe(token: &str) -> String {
+    token
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect()
+}
+
+/// Drops cached reports of a tenant when its `analytics.computed` snapshot arrives.
+async fn invalidate_on_snapshots(
+    edge: Arc<Edge>,
+    bus: Arc<dyn EventBus>,
+    shutdown: CancellationToken,
+) {
+    let spec = ConsumerSpec::ephemeral("edge-cache", "CRM_ANALYTICS", Some("analytics.computed"));
+    loop {
+        let subscribed = async {
+            bus.ensure_streams().await?;
+            bus.subscribe(&spec).await
+        };
+        let mut source = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = subscribed => match result {
+                Ok(source) => source,
+                Err(error) => {
+                    tracing::warn!(%error, "edge cache invalidation feed unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = source.next() => next,
+            };
+            let Ok(delivery) = delivery else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if let Ok(event) = EventEnvelope::decode(delivery.payload.as_ref()) {
+                let prefix = format!("{}|", event.tenant_id);
+                let _ = edge
+                    .cache
+                    .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+            }
+            let _ = delivery.ack().await;
+        }
+    }
+}
+
+/// Builds the edge: routes from the descriptors, upstream channels, the verifier.
+pub async fn build(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<Arc<Edge>, StartError> {
+    let pool = DescriptorPool::decode(aida_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|error| StartError::Server(format!("descriptors: {error}")))?;
+    let routes = RouteTable::from_pool(&pool, "aida.").map_err(StartError::Server)?;
+    let document = openapi::document(&routes, "AIDA-CRM", env!("CARGO_PKG_VERSION"));
+    let upstreams = Upstreams::start(&settings.edge.upstreams, shutdown)
+        .await
+        .map_err(StartError::Server)?;
+    let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);
+    let edge_settings = settings.edge.clone();
+    let quota = Quota::per_second(nonzero(edge_settings.rate_limit_per_second))
+        .allow_burst(nonzero(edge_settings.rate_limit_burst));
+    Ok(Arc::new(Edge {
+        pool,
+        routes,
+        upstreams,
+        verifier,
+        limiter: RateLimiter::keyed(quota),
+        cache: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(edge_settings.cache_ttl_secs.max(1)))
+            .support_invalidation_closures()
+            .build(),
+        openapi: json_body(&document),
+        settings: edge_settings,
+    }))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            http::HeaderName::from_static("x-grpc-web"),
+            http::HeaderName::from_static("x-user-agent"),
+            http::HeaderName::from_static("grpc-timeout"),
+            http::HeaderName::from_static("x-request-id"),
+            http::HeaderName::from_static("traceparent"),
+        ])
+        // Browsers may read the gRPC status trailers of grpc-web responses only when told.
+        .expose_headers([
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderName::from_static("grpc-message"),
+            http::HeaderName::from_static("grpc-status-details-bin"),
+            http::HeaderName::from_static("x-request-id"),
+            header::ETAG,
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Serves the edge on `listener` until `shutdown`.
+pub async fn serve(
+    settings: &Settings,
+    bus: Arc<dyn EventBus>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let edge = build(settings, shutdown.clone()).await?;
+    tokio::spawn(invalidate_on_snapshots(edge.clone(), bus, shutdown.clone()));
+    let app = axum::Router::new()
+        .route("/healthz", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/t/o/{token}", get(track_open))
+        .route("/t/c/{token}", get(track_click))
+        .route("/t/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .fallback(dispatch)
+        .with_state(edge.clone())
+        // Layers run bottom-up on the way in: the request id first, so every log line and
+        // every upstream call carries it; CORS answers preflights before anything else runs.
+        .layer(cors(&settings.edge.cors_origins))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .map_err(|error| StartError::Server(error.to_string()))
+}

@@ -63,6 +63,8 @@ pub enum Service {
     Deals,
     Comms,
     Analytics,
+    /// The edge gateway: no database of its own, not part of [`Service::ALL`].
+    Edge,
 }
 
 impl Service {
@@ -79,6 +81,7 @@ impl Service {
             Service::Deals => aida_deals::SERVICE,
             Service::Comms => aida_comms::SERVICE,
             Service::Analytics => aida_analytics::SERVICE,
+            Service::Edge => "edge",
         }
     }
 
@@ -89,12 +92,14 @@ impl Service {
             Service::Deals => "DealService",
             Service::Comms => "CommsService",
             Service::Analytics => "AnalyticsService",
+            Service::Edge => "Edge",
         }
     }
 
     pub fn parse(name: &str) -> Option<Service> {
         Service::ALL
             .into_iter()
+            .chain([Service::Edge])
             .find(|service| service.name() == name)
     }
 
@@ -104,6 +109,7 @@ impl Service {
             Service::Deals => settings.listen.deals(),
             Service::Comms => settings.listen.comms(),
             Service::Analytics => settings.listen.analytics(),
+            Service::Edge => SocketAddr::new(settings.listen.host, settings.edge.port),
         }
     }
 
@@ -113,6 +119,7 @@ impl Service {
             Service::Deals => aida_deals::migrations(),
             Service::Comms => aida_comms::migrations(),
             Service::Analytics => aida_analytics::migrations(),
+            Service::Edge => aida_core::db::core_migrations(),
         }
     }
 
@@ -130,6 +137,9 @@ impl Service {
             Service::Deals => aida_deals::serve(context, listener, shutdown).await,
             Service::Comms => aida_comms::serve(context, listener, shutdown).await,
             Service::Analytics => aida_analytics::serve(context, listener, shutdown).await,
+            Service::Edge => {
+                aida_edge::serve(&settings, context.bus.clone(), listener, shutdown).await
+            }
         }
     }
 }
@@ -153,7 +163,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service } => {
             telemetry::init(&settings.log);
             let Some(service) = Service::parse(&service) else {
-                bail!("unknown service '{service}'; known: {}", service_names());
+                bail!(
+                    "unknown service '{service}'; known: {}, edge",
+                    service_names()
+                );
             };
             if settings.nats_url.is_none() {
                 tracing::warn!(
@@ -163,6 +176,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             server::cancel_on_signal(shutdown.clone());
             let bus = connect_bus(&settings).await?;
+            if service == Service::Edge {
+                let address = SocketAddr::new(settings.listen.host, settings.edge.port);
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("bind edge on {address}"))?;
+                tracing::info!(address = %listener.local_addr()?, "edge listening");
+                aida_edge::serve(&settings, bus, listener, shutdown).await?;
+                return Ok(());
+            }
             let address = service.address(&settings);
             let listener = TcpListener::bind(address)
                 .await
@@ -232,6 +254,8 @@ pub fn mint_token(
 pub struct Mesh {
     /// Where each service listens.
     pub addresses: Vec<(Service, SocketAddr)>,
+    /// Where the edge (REST/JSON, grpc-web, gRPC) listens.
+    pub edge_address: SocketAddr,
     pub bus: Arc<dyn EventBus>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), StartError>>>,
     shutdown: CancellationToken,
@@ -249,18 +273,41 @@ impl Mesh {
                 .with_context(|| format!("bind {} on {address}", service.name()))?;
             listeners.push((service, listener.local_addr()?, listener));
         }
-        // Services call each other at the addresses just bound (ports may be 0).
+        let edge_bind = SocketAddr::new(settings.listen.host, settings.edge.port);
+        let edge_listener = TcpListener::bind(edge_bind)
+            .await
+            .with_context(|| format!("bind edge on {edge_bind}"))?;
+        let edge_address = edge_listener.local_addr()?;
+        // Services call each other, and the edge calls them, at the addresses just bound
+        // (ports may be 0).
         let mut settings = settings.clone();
         for (service, address, _) in &listeners {
-            if *service == Service::Leads {
-                settings.services.leads_url = format!("http://{address}");
+            let url = format!("http://{address}");
+            match service {
+                Service::Leads => {
+                    settings.services.leads_url = url.clone();
+                    settings.edge.upstreams.leads = vec![url];
+                }
+                Service::Deals => settings.edge.upstreams.deals = vec![url],
+                Service::Comms => settings.edge.upstreams.comms = vec![url],
+                Service::Analytics => settings.edge.upstreams.analytics = vec![url],
+                Service::Edge => {}
             }
+        }
+        if settings.comms.public_base_url == Settings::embedded().comms.public_base_url {
+            settings.comms.public_base_url = format!("http://{edge_address}");
         }
         let addresses = listeners
             .iter()
             .map(|(service, address, _)| (*service, *address))
             .collect();
         let mut tasks = Vec::new();
+        let edge_settings = settings.clone();
+        let edge_bus = bus.clone();
+        let edge_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            aida_edge::serve(&edge_settings, edge_bus, edge_listener, edge_shutdown).await
+        }));
         for (service, _, listener) in listeners {
             tasks.push(tokio::spawn(service.run(
                 settings.clone(),
@@ -271,6 +318,7 @@ impl Mesh {
         }
         Ok(Self {
             addresses,
+            edge_address,
             bus,
             tasks,
             shutdown,
@@ -330,6 +378,11 @@ fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
     let mut banner = format!(
         "AIDA-CRM is up ({storage} under {}, {bus})\n",
         settings.data_dir.display()
+    );
+    let _ = writeln!(
+        banner,
+        "  {:<17} http://{} (REST/JSON, grpc-web and gRPC; OpenAPI at /openapi.json)",
+        "Edge", mesh.edge_address
     );
     for (service, address) in &mesh.addresses {
         let _ = writeln!(banner, "  {:<17} grpc://{address}", service.grpc_name());

@@ -417,15 +417,41 @@ pub fn authorize(
     path: &str,
     headers: &http::HeaderMap,
 ) -> Result<Option<AuthContext>, Error> {
-    if is_infrastructure(path) {
-        return Ok(None);
-    }
-    let rule = crate::rbac::rule(path);
-    if rule == crate::rbac::Rule::Public {
+    if is_public(path) {
         return Ok(None);
     }
     let token = bearer_token(headers)?;
-    let (tenant_id, subject, roles) = verifier.verify(&token)?;
+    let verified = verifier.verify(&token)?;
+    permit(path, headers, token, verified).map(Some)
+}
+
+/// [`authorize`] for callers that can wait: an unknown JWKS key id refreshes the key set
+/// (at most once per interval) before the token is refused.
+pub async fn authorize_fresh(
+    verifier: &TokenVerifier,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Result<Option<AuthContext>, Error> {
+    if is_public(path) {
+        return Ok(None);
+    }
+    let token = bearer_token(headers)?;
+    let verified = verifier.verify_fresh(&token).await?;
+    permit(path, headers, token, verified).map(Some)
+}
+
+/// Health, reflection and the methods the RBAC table marks public.
+pub fn is_public(path: &str) -> bool {
+    is_infrastructure(path) || crate::rbac::rule(path) == crate::rbac::Rule::Public
+}
+
+/// Checks the verified caller against the RBAC table and builds its context.
+fn permit(
+    path: &str,
+    headers: &http::HeaderMap,
+    token: String,
+    (tenant_id, subject, roles): (String, String, Vec<String>),
+) -> Result<AuthContext, Error> {
     if !crate::rbac::allowed(path, &roles) {
         return Err(Error::PermissionDenied(format!(
             "roles [{}] may not call {}",
@@ -438,14 +464,14 @@ pub fn authorize(
         .filter(|value| !value.is_empty() && value.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    Ok(Some(AuthContext {
+    Ok(AuthContext {
         tenant_id,
         subject,
         roles,
         request_id,
         traceparent: header("traceparent").map(str::to_owned),
         token,
-    }))
+    })
 }
 
 /// The tower layer every gRPC server of the mesh runs: verifies the bearer token, checks
@@ -519,7 +545,8 @@ where
     }
 }
 
-fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
+/// The bearer token of the `authorization` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
     let value = headers
         .get("authorization")
         .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
