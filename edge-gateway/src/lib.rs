@@ -503,9 +503,21 @@ impl Edge {
         if let Err(status) = self.throttle(context.as_ref(), peer) {
             return status.into_http();
         }
+        // grpc-web-text shrinks when decoded, but its body still reports the encoded size;
+        // the HTTP/2 client would send that as content-length. Forward the frames without
+        // a size hint.
+        let mut request = request.map(|body| {
+            tonic::body::Body::new(http_body_util::StreamBody::new(
+                http_body_util::BodyStream::new(body),
+            ))
+        });
+        request.headers_mut().remove(header::CONTENT_LENGTH);
         match channel.oneshot(request).await {
             Ok(response) => response,
-            Err(error) => tonic::Status::unavailable(format!("{service}: {error}")).into_http(),
+            Err(error) => {
+                tracing::warn!(%service, error = ?error, "grpc proxy call failed");
+                tonic::Status::unavailable(format!("{service}: {error}")).into_http()
+            }
         }
     }
 

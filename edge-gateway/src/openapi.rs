@@ -243,10 +243,9 @@ pub fn document(table: &RouteTable, title: &str, version: &str) -> Value {
         .first()
         .map(|route| route.method.parent_pool().clone())
         .and_then(|pool| pool.get_message_by_name("google.rpc.Status"))
+        && needed.insert(schema_name(&status))
     {
-        if needed.insert(schema_name(&status)) {
-            pending.push(status);
-        }
+        pending.push(status);
     }
     let mut schemas = serde_json::Map::new();
     while let Some(message) = pending.pop() {

@@ -528,20 +528,22 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match authorize(&self.verifier, request.uri().path(), request.headers()) {
-            Ok(Some(context)) => {
-                request.extensions_mut().insert(context);
-            }
-            Ok(None) => {}
-            Err(error) => {
-                let response = Status::from(error).into_http();
-                return Box::pin(async move { Ok(response) });
-            }
-        }
         // The ready service answers this call; a clone takes its place for the next one.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { ready.call(request).await })
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            // An unknown JWKS key id refreshes the key set before the token is refused, so
+            // the first call after a key rotation is not lost.
+            match authorize_fresh(&verifier, request.uri().path(), request.headers()).await {
+                Ok(Some(context)) => {
+                    request.extensions_mut().insert(context);
+                }
+                Ok(None) => {}
+                Err(error) => return Ok(Status::from(error).into_http()),
+            }
+            ready.call(request).await
+        })
     }
 }
 

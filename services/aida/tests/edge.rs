@@ -1,0 +1,891 @@
+//! The edge gateway in front of the real services (`aida::Mesh`): REST/JSON transcoding,
+//! errors, streaming, OpenAPI, grpc-web, the JWT negative matrix (HS256 and an ES256 JWKS),
+//! the RBAC matrix of every route and role, rate limits and the analytics cache.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aida::Mesh;
+use aida_core::auth::Claims;
+use aida_core::testing::{Backend, TestEnv, eventually};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// The keys an ES256 identity provider publishes, mutable so tests can rotate them.
+struct Jwks {
+    keys: Arc<Mutex<Vec<Value>>>,
+    url: String,
+}
+
+/// An ES256 key: (kid, PKCS#8 PEM of the private key, public JWK).
+fn es256_key(kid: &str) -> (String, Vec<u8>, Value) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let raw = pair.public_key_raw();
+    let (x, y) = (&raw[1..33], &raw[33..65]);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)});
+    (kid.to_owned(), pair.serialize_pem().into_bytes(), jwk)
+}
+
+async fn jwks_server(keys: Vec<Value>) -> Jwks {
+    let keys = Arc::new(Mutex::new(keys));
+    let served = keys.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(json!({"keys": served.lock().expect("keys").clone()})) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Jwks {
+        keys,
+        url: format!("http://{address}/jwks.json"),
+    }
+}
+
+struct Edge {
+    env: TestEnv,
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    _mesh: Mesh,
+}
+
+impl Edge {
+    async fn start(configure: impl FnOnce(&mut aida_core::Settings)) -> Self {
+        let mut env = TestEnv::new(Backend::Embedded).await;
+        let settings = &mut env.settings;
+        settings.listen.leads_port = 0;
+        settings.listen.deals_port = 0;
+        settings.listen.comms_port = 0;
+        settings.listen.analytics_port = 0;
+        settings.edge.port = 0;
+        settings.edge.rate_limit_per_second = 1000;
+        settings.edge.rate_limit_burst = 1000;
+        configure(settings);
+        let shutdown = CancellationToken::new();
+        let mesh = Mesh::start(&env.settings, shutdown.clone())
+            .await
+            .expect("mesh");
+        let base = format!("http://{}", mesh.edge_address);
+        Self {
+            env,
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            _mesh: mesh,
+        }
+    }
+
+    fn token(&self, tenant: &str, roles: &[&str]) -> String {
+        self.env.token_with(tenant, roles)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, json)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn violated(json: &Value) -> Vec<String> {
+    json["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|detail| detail["@type"] == "type.googleapis.com/google.rpc.BadRequest")
+        .flat_map(|detail| {
+            detail["fieldViolations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|violation| violation["field"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_json_maps_onto_the_services_by_their_http_annotations() {
+    let edge = Edge::start(|settings| settings.edge.max_body_bytes = 4096).await;
+    let admin = edge.token("acme", &["admin"]);
+    let token = Some(admin.as_str());
+    use reqwest::Method;
+
+    // body: "lead"; canonical JSON out (lowerCamelCase, enums by name, timestamps RFC 3339).
+    let (status, headers, lead) = edge
+        .call(Method::POST, "/v1/leads", token, Some(json!({"email": "Ada@Example.com", "first_name": "Ada", "source": "LEAD_SOURCE_EVENT"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lead}");
+    assert_eq!(
+        (
+            lead["email"].as_str(),
+            lead["firstName"].as_str(),
+            lead["source"].as_str()
+        ),
+        (
+            Some("ada@example.com"),
+            Some("Ada"),
+            Some("LEAD_SOURCE_EVENT")
+        )
+    );
+    assert_eq!(lead["status"], "LEAD_STATUS_NEW");
+    assert!(
+        lead["createTime"]
+            .as_str()
+            .is_some_and(|time| time.ends_with('Z'))
+    );
+    assert!(headers.contains_key("etag") && headers.contains_key("x-request-id"));
+    let id = lead["id"].as_str().expect("id").to_owned();
+
+    // Path variables, query parameters (both names), custom verbs, update masks.
+    let (status, _, got) = edge
+        .call(Method::GET, &format!("/v1/leads/{id}"), token, None)
+        .await;
+    assert_eq!(
+        (status, got["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
+    let (status, _, page) = edge
+        .call(
+            Method::GET,
+            "/v1/leads?pageSize=1&order_by=email&filter=source%20%3D%20EVENT",
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["totalSize"], 1);
+    let (status, _, patched) = edge
+        .call(
+            Method::PATCH,
+            &format!("/v1/leads/{id}?updateMask=company,title"),
+            token,
+            Some(json!({"company": "AE", "title": "CTO", "lastName": "ignored"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(
+        (patched["company"].as_str(), patched["lastName"].as_str()),
+        (Some("AE"), Some(""))
+    );
+    let (status, _, qualified) = edge
+        .call(
+            Method::POST,
+            &format!("/v1/leads/{id}:qualify"),
+            token,
+            Some(json!({"note": "ready"})),
+        )
+        .await;
+    assert_eq!(
+        (status, qualified["status"].as_str()),
+        (StatusCode::OK, Some("LEAD_STATUS_QUALIFIED"))
+    );
+
+    // 64-bit integers travel as strings; numbers are accepted in.
+    let (status, _, deal) = edge
+        .call(Method::POST, "/v1/deals", token, Some(json!({"name": "Big", "amount": {"currencyCode": "EUR", "amountMinor": 9007199254740993u64}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deal}");
+    assert_eq!(deal["amount"]["amountMinor"], "9007199254740993");
+
+    // Errors: the standard status table and google.rpc.Status with its details.
+    let (status, _, error) = edge
+        .call(
+            Method::POST,
+            "/v1/leads",
+            token,
+            Some(json!({"email": "nope"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["code"], 3);
+    assert_eq!(violated(&error), ["lead.email"]);
+    let (status, _, error) = edge
+        .call(
+            Method::POST,
+            "/v1/leads",
+            token,
+            Some(json!({"email": "x@example.com", "colour": "red"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(violated(&error), ["lead.colour"]);
+    let (status, _, error) = edge
+        .call(Method::GET, "/v1/leads?colour=red", token, None)
+        .await;
+    assert_eq!(
+        (status, violated(&error)),
+        (StatusCode::BAD_REQUEST, vec!["colour".to_owned()])
+    );
+    let (status, _, error) = edge
+        .call(
+            Method::GET,
+            &format!("/v1/leads/{}", uuid::Uuid::now_v7()),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, error["code"].as_i64()),
+        (StatusCode::NOT_FOUND, Some(5))
+    );
+    let (status, _, _) = edge
+        .call(
+            Method::POST,
+            "/v1/leads",
+            token,
+            Some(json!({"email": "dup@example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = edge
+        .call(
+            Method::POST,
+            "/v1/leads",
+            token,
+            Some(json!({"email": "dup@example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _, _) = edge
+        .call(
+            Method::POST,
+            &format!("/v1/leads/{id}:reject"),
+            token,
+            Some(json!({"reason": "x", "etag": "v999"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "stale etag is ABORTED → 409");
+    let (status, _, _) = edge.call(Method::PUT, "/v1/leads", token, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = edge.call(Method::GET, "/v1/nothing", token, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = edge
+        .call(
+            Method::POST,
+            "/v1/leads",
+            token,
+            Some(json!({"firstName": "x".repeat(5000)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _, empty) = edge
+        .call(
+            Method::DELETE,
+            &format!("/v1/deals/{}", uuid::Uuid::now_v7()),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{empty}");
+
+    // Conditional GET.
+    let first = edge
+        .http
+        .get(format!("{}/v1/leads/{id}", edge.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let again = edge
+        .http
+        .get(format!("{}/v1/leads/{id}", edge.base))
+        .bearer_auth(&admin)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_streams_arrive_as_ndjson_or_server_sent_events() {
+    let edge = Edge::start(|_| {}).await;
+    let admin = edge.token("acme", &["admin"]);
+    for (accept, marker) in [
+        ("application/x-ndjson", "{\"deal\":"),
+        ("text/event-stream", "data: {\"deal\":"),
+    ] {
+        let response = edge
+            .http
+            .get(format!("{}/v1/deals:watch", edge.base))
+            .bearer_auth(&admin)
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("watch");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], accept);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        edge.call(
+            reqwest::Method::POST,
+            "/v1/deals",
+            Some(&admin),
+            Some(json!({"name": "Live", "amount": {"currencyCode": "EUR", "amountMinor": "1"}})),
+        )
+        .await;
+        let mut response = response;
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("in time")
+            .expect("chunk")
+            .expect("data");
+        let text = String::from_utf8_lossy(&chunk);
+        assert!(text.contains(marker), "{accept}: {text}");
+        assert!(text.contains("\"eventType\":\"deals.created\""));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid_openapi_3_1_and_covers_every_route() {
+    let edge = Edge::start(|_| {}).await;
+    let (status, _, document) = edge
+        .call(reqwest::Method::GET, "/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/v1/leads/{id}:qualify"]["post"].is_object());
+    assert!(document["paths"]["/v1/leads/{lead.id}"]["patch"]["requestBody"].is_object());
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        document["components"]["schemas"]["aida.common.v1.Money"]["properties"]["amountMinor"]["type"],
+        "string"
+    );
+    let operations: usize = document["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().map_or(0, |ops| ops.len()))
+        .sum();
+    let rpcs = aida_core::rbac::TABLE.len();
+    assert_eq!(operations, rpcs, "one operation per RPC");
+
+    let file = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(file.path(), serde_json::to_vec(&document).expect("json")).expect("write");
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/aida/venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let output = std::process::Command::new(&python)
+        .args(["-c", "import sys, json; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+        .arg(file.path())
+        .output()
+        .expect("run openapi-spec-validator (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_calls_reach_the_services_with_cors_for_browsers() {
+    let edge =
+        Edge::start(|settings| settings.edge.cors_origins = vec!["https://app.example.com".into()])
+            .await;
+    let admin = edge.token("acme", &["admin"]);
+    let (_, _, lead) = edge
+        .call(
+            reqwest::Method::POST,
+            "/v1/leads",
+            Some(&admin),
+            Some(json!({"email": "web@example.com"})),
+        )
+        .await;
+    let message = aida_proto::aida::leads::v1::GetLeadRequest {
+        id: lead["id"].as_str().expect("id").to_owned(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+
+    let preflight = edge
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/aida.leads.v1.LeadService/GetLead", edge.base),
+        )
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,authorization",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    for (content_type, encode) in [
+        ("application/grpc-web+proto", false),
+        ("application/grpc-web-text", true),
+    ] {
+        let body = if encode {
+            base64::engine::general_purpose::STANDARD
+                .encode(&frame)
+                .into_bytes()
+        } else {
+            frame.clone()
+        };
+        let response = edge
+            .http
+            .post(format!("{}/aida.leads.v1.LeadService/GetLead", edge.base))
+            .header("content-type", content_type)
+            .header("accept", content_type)
+            .header("x-grpc-web", "1")
+            .header("origin", "https://app.example.com")
+            .bearer_auth(&admin)
+            .body(body)
+            .send()
+            .await
+            .expect("grpc-web");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["access-control-expose-headers"]
+                .to_str()
+                .expect("header")
+                .contains("grpc-status")
+        );
+        let grpc_error = response
+            .headers()
+            .get("grpc-message")
+            .map(|value| value.to_str().unwrap_or_default().to_owned());
+        let bytes = response.bytes().await.expect("body");
+        assert!(
+            !bytes.is_empty(),
+            "{content_type}: no body ({grpc_error:?})"
+        );
+        let bytes = if encode {
+            base64::engine::general_purpose::STANDARD
+                .decode(&bytes)
+                .expect("base64")
+        } else {
+            bytes.to_vec()
+        };
+        let length = u32::from_be_bytes(bytes[1..5].try_into().expect("length")) as usize;
+        let got = aida_proto::aida::leads::v1::Lead::decode(&bytes[5..5 + length]).expect("lead");
+        assert_eq!(got.email, "web@example.com");
+        let trailers = String::from_utf8_lossy(&bytes[5 + length + 5..]);
+        assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    }
+
+    let denied = edge
+        .http
+        .post(format!("{}/aida.leads.v1.LeadService/GetLead", edge.base))
+        .header("content-type", "application/grpc-web+proto")
+        .body(frame)
+        .send()
+        .await
+        .expect("grpc-web without a token");
+    assert_eq!(denied.headers()["grpc-status"], "16");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_malformed_tokens_are_all_401_and_valid_ones_pass() {
+    let (kid, pem, jwk) = es256_key("key-1");
+    let jwks = jwks_server(vec![jwk.clone()]).await;
+    let jwks_url = jwks.url.clone();
+    let edge = Edge::start(move |settings| {
+        settings.auth.jwks_url = Some(jwks_url);
+        settings.auth.jwks_refresh_secs = 1;
+    })
+    .await;
+    let settings = &edge.env.settings;
+    let now = aida_core::auth::unix_now();
+    let claims = Claims {
+        sub: "ada".into(),
+        tenant_id: "acme".into(),
+        roles: vec!["admin".into()],
+        iss: settings.auth.issuer.clone(),
+        aud: settings.auth.audience.clone(),
+        exp: now + 600,
+        iat: Some(now),
+        nbf: None,
+    };
+    let es256 = |claims: &Value, kid: Option<&str>, key: &[u8]| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(key).expect("pem"),
+        )
+        .expect("sign")
+    };
+    let claims_json = serde_json::to_value(&claims).expect("claims");
+    let without = |field: &str| {
+        let mut value = claims_json.clone();
+        value.as_object_mut().expect("object").remove(field);
+        value
+    };
+    let with = |field: &str, value: Value| {
+        let mut claims = claims_json.clone();
+        claims[field] = value;
+        claims
+    };
+    let valid_es256 = es256(&claims_json, Some(&kid), &pem);
+    let valid_hs256 = edge.token("acme", &["admin"]);
+    let (_, other_pem, _) = es256_key("key-1");
+    let tampered = {
+        let parts: Vec<&str> = valid_es256.split('.').collect();
+        let payload = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&with("tenant_id", json!("globex"))).expect("json"));
+        format!("{}.{payload}.{}", parts[0], parts[2])
+    };
+    let public_key_as_secret = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims_json,
+        &jsonwebtoken::EncodingKey::from_secret(serde_json::to_vec(&jwk).expect("jwk").as_slice()),
+    )
+    .expect("sign");
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims_json).expect("json"))
+    );
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("empty bearer", Some(String::new())),
+        ("garbage", Some("not.a.jwt".into())),
+        ("two segments", Some("abc.def".into())),
+        ("alg none", Some(unsigned)),
+        (
+            "HS256 signed with the public key",
+            Some(public_key_as_secret),
+        ),
+        (
+            "unknown kid",
+            Some(es256(&claims_json, Some("key-9"), &pem)),
+        ),
+        ("no kid", Some(es256(&claims_json, None, &pem))),
+        (
+            "right kid, wrong key",
+            Some(es256(&claims_json, Some(&kid), &other_pem)),
+        ),
+        (
+            "expired",
+            Some(es256(&with("exp", json!(now - 3600)), Some(&kid), &pem)),
+        ),
+        (
+            "not yet valid",
+            Some(es256(&with("nbf", json!(now + 3600)), Some(&kid), &pem)),
+        ),
+        ("no exp", Some(es256(&without("exp"), Some(&kid), &pem))),
+        ("no iss", Some(es256(&without("iss"), Some(&kid), &pem))),
+        ("no aud", Some(es256(&without("aud"), Some(&kid), &pem))),
+        ("no sub", Some(es256(&without("sub"), Some(&kid), &pem))),
+        (
+            "no tenant",
+            Some(es256(&without("tenant_id"), Some(&kid), &pem)),
+        ),
+        (
+            "wrong aud",
+            Some(es256(&with("aud", json!("elsewhere")), Some(&kid), &pem)),
+        ),
+        (
+            "wrong iss",
+            Some(es256(&with("iss", json!("evil")), Some(&kid), &pem)),
+        ),
+        ("tampered payload", Some(tampered)),
+        ("oversized", Some("a".repeat(9 * 1024))),
+    ];
+    assert!(cases.len() >= 15);
+    for (name, token) in &cases {
+        let mut request = edge.http.get(format!("{}/v1/leads", edge.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{name}");
+    }
+    let basic = edge
+        .http
+        .get(format!("{}/v1/leads", edge.base))
+        .header("authorization", "Basic YTpi")
+        .send()
+        .await
+        .expect("basic");
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+
+    for (name, token) in [
+        ("ES256 from the JWKS", &valid_es256),
+        ("HS256 development token", &valid_hs256),
+    ] {
+        let response = edge
+            .http
+            .get(format!("{}/v1/leads", edge.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+    }
+
+    // Key rotation: a token signed by a key published after start is accepted once the
+    // edge refreshes the key set (an unknown kid triggers it).
+    let (new_kid, new_pem, new_jwk) = es256_key("key-2");
+    jwks.keys.lock().expect("keys").push(new_jwk);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated = es256(&claims_json, Some(&new_kid), &new_pem);
+    let response = edge
+        .http
+        .get(format!("{}/v1/leads", edge.base))
+        .bearer_auth(&rotated)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "rotated key accepted after refresh"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_gets_exactly_the_routes_the_rbac_table_allows() {
+    let edge = Edge::start(|_| {}).await;
+    let pool =
+        prost_reflect::DescriptorPool::decode(aida_proto::FILE_DESCRIPTOR_SET).expect("pool");
+    let routes = aida_edge::routes::RouteTable::from_pool(&pool, "aida.").expect("routes");
+    let id = uuid::Uuid::now_v7().to_string();
+    let roles = [
+        "admin",
+        "manager",
+        "sales_rep",
+        "analyst",
+        "viewer",
+        "service",
+    ];
+    let tokens: Vec<(&str, String)> = roles
+        .iter()
+        .map(|role| (*role, edge.token("acme", &[role])))
+        .collect();
+    let mut checked = 0;
+    for route in routes.routes() {
+        let path = route.template.openapi_path();
+        let mut concrete = path.clone();
+        for field in route.template.field_paths() {
+            concrete = concrete.replace(&format!("{{{field}}}"), &id);
+        }
+        let method =
+            reqwest::Method::from_bytes(route.http_method.as_str().as_bytes()).expect("method");
+        for (role, token) in &tokens {
+            let mut request = edge
+                .http
+                .request(method.clone(), format!("{}{concrete}", edge.base))
+                .bearer_auth(token);
+            if route.body != aida_edge::routes::BodyRule::None {
+                request = request.json(&json!({}));
+            }
+            let response = request.send().await.expect("send");
+            let expected = match aida_core::rbac::rule(&route.grpc_path) {
+                aida_core::rbac::Rule::Public => true,
+                _ => aida_core::rbac::allowed(&route.grpc_path, &[(*role).to_owned()]),
+            };
+            let forbidden = response.status() == StatusCode::FORBIDDEN;
+            assert_eq!(
+                !forbidden,
+                expected,
+                "{role} on {} {path}: {}",
+                route.http_method,
+                response.status()
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes.routes().len() * roles.len());
+
+    // Tenants and owners: another tenant's lead is 404; a rep sees only its own; a viewer
+    // sees no contact data.
+    let admin = edge.token("acme", &["admin"]);
+    let (_, _, lead) = edge
+        .call(reqwest::Method::POST, "/v1/leads", Some(&admin), Some(json!({"email": "owned@example.com", "phone": "+44 20 7946 0958", "ownerId": "rep-2"})))
+        .await;
+    let lead_path = format!("/v1/leads/{}", lead["id"].as_str().expect("id"));
+    let (status, _, _) = edge
+        .call(
+            reqwest::Method::GET,
+            &lead_path,
+            Some(&edge.token("globex", &["admin"])),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let rep = edge
+        .env
+        .issuer
+        .mint("acme", "rep-1", &["sales_rep"], Duration::from_secs(600))
+        .expect("mint");
+    let (status, _, _) = edge
+        .call(reqwest::Method::GET, &lead_path, Some(&rep), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not the rep's lead");
+    let (status, _, seen) = edge
+        .call(
+            reqwest::Method::GET,
+            &lead_path,
+            Some(&edge.token("acme", &["viewer"])),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (seen["email"].as_str(), seen["phone"].as_str()),
+        (Some(""), Some(""))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_tenant_is_rate_limited_and_another_is_not() {
+    let edge = Edge::start(|settings| {
+        settings.edge.rate_limit_per_second = 2;
+        settings.edge.rate_limit_burst = 5;
+    })
+    .await;
+    let noisy = edge.token("noisy", &["admin"]);
+    let quiet = edge.token("quiet", &["admin"]);
+    let mut limited = 0;
+    for _ in 0..20 {
+        let response = edge
+            .http
+            .get(format!("{}/v1/leads", edge.base))
+            .bearer_auth(&noisy)
+            .send()
+            .await
+            .expect("send");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            let wait: u64 = response.headers()["retry-after"]
+                .to_str()
+                .expect("header")
+                .parse()
+                .expect("seconds");
+            assert!(wait >= 1);
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 20 limited");
+    for _ in 0..5 {
+        let response = edge
+            .http
+            .get(format!("{}/v1/leads", edge.base))
+            .bearer_auth(&quiet)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the quiet tenant is unaffected"
+        );
+    }
+    let grpc_limited = {
+        let frame = [0u8, 0, 0, 0, 0];
+        let response = edge
+            .http
+            .post(format!("{}/aida.leads.v1.LeadService/ListLeads", edge.base))
+            .header("content-type", "application/grpc-web+proto")
+            .bearer_auth(&noisy)
+            .body(frame.to_vec())
+            .send()
+            .await
+            .expect("grpc-web");
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|value| value.to_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        grpc_limited.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED over gRPC"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_reports_are_cached_per_tenant_until_the_next_snapshot() {
+    let edge = Edge::start(|settings| {
+        settings.analytics.snapshot_interval_secs = 1;
+        settings.edge.cache_ttl_secs = 600;
+    })
+    .await;
+    let admin = edge.token("acme", &["admin"]);
+    let funnel = || {
+        edge.http
+            .get(format!("{}/v1/analytics/funnel", edge.base))
+            .bearer_auth(&admin)
+            .send()
+    };
+    let first = funnel().await.expect("first");
+    assert_eq!(first.headers()["x-cache"], "miss");
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let second = funnel().await.expect("second");
+    assert_eq!(second.headers()["x-cache"], "hit");
+    let not_modified = edge
+        .http
+        .get(format!("{}/v1/analytics/funnel", edge.base))
+        .bearer_auth(&admin)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("conditional");
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+
+    // New data: the next snapshot drops the cached report and the new count shows.
+    edge.call(
+        reqwest::Method::POST,
+        "/v1/leads",
+        Some(&admin),
+        Some(json!({"email": "fresh@example.com"})),
+    )
+    .await;
+    let fresh = eventually(Duration::from_secs(15), || async {
+        let response = funnel().await.expect("funnel");
+        let body: Value = response.json().await.expect("json");
+        body["total"]["captured"] == "1"
+    })
+    .await;
+    assert!(fresh, "the cache was invalidated by analytics.computed");
+}
