@@ -16,6 +16,7 @@ fn aida(dir: &std::path::Path) -> Command {
         .env("AIDA_LISTEN__DEALS_PORT", "0")
         .env("AIDA_LISTEN__COMMS_PORT", "0")
         .env("AIDA_LISTEN__ANALYTICS_PORT", "0")
+        .env("AIDA_EDGE__PORT", "0")
         .env("AIDA_LOG__FILTER", "warn");
     command
 }

@@ -52,6 +52,7 @@ impl Loop {
         settings.listen.deals_port = 0;
         settings.listen.comms_port = 0;
         settings.listen.analytics_port = 0;
+        settings.edge.port = 0;
         settings.comms.machine_open_window_secs = 0;
         settings.comms.public_base_url = "https://crm.example.com".into();
         settings.analytics.snapshot_interval_secs = 1;

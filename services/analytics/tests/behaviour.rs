@@ -288,12 +288,20 @@ async fn an_alert_is_raised_once_per_breach_and_resolved(backend: Backend) {
         .await,
         "resolved when the win rate recovered (4 of 7)"
     );
+    // The resolution's event follows its commit through the relay.
+    let alerted = || async {
+        app.env
+            .bus
+            .stored("CRM_ANALYTICS")
+            .await
+            .iter()
+            .filter(|message| message.event_type == "analytics.alerted")
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(10), || async { alerted().await == 2 }).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(alerted().await, 2, "raised once, resolved once");
     let published = app.env.bus.stored("CRM_ANALYTICS").await;
-    let alerted = published
-        .iter()
-        .filter(|message| message.event_type == "analytics.alerted")
-        .count();
-    assert_eq!(alerted, 2, "raised once, resolved once");
     assert!(
         published
             .iter()

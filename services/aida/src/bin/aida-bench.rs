@@ -163,6 +163,7 @@ fn start_mesh(
         .env("AIDA_LISTEN__DEALS_PORT", "0")
         .env("AIDA_LISTEN__COMMS_PORT", "0")
         .env("AIDA_LISTEN__ANALYTICS_PORT", "0")
+        .env("AIDA_EDGE__PORT", "0")
         .env("AIDA_LOG__FILTER", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
