@@ -749,7 +749,19 @@ pub async fn build(
         .map_err(|error| StartError::Server(format!("descriptors: {error}")))?;
     let routes = RouteTable::from_pool(&pool, "aida.").map_err(StartError::Server)?;
     let document = openapi::document(&routes, "AIDA-CRM", env!("CARGO_PKG_VERSION"));
-    let upstreams = Upstreams::start(&settings.edge.upstreams, shutdown)
+    // The edge talks to the services over mutual TLS as spiffe://aida/edge when it is on.
+    let tls = if settings.tls.enabled == Some(true) {
+        let tls = aida_core::tls::MeshTls::load(&settings.certs_dir(), "edge")
+            .map_err(|error| StartError::Server(error.to_string()))?;
+        tls.watch(
+            Duration::from_secs(settings.tls.reload_secs.max(1)),
+            shutdown.clone(),
+        );
+        Some(tls)
+    } else {
+        None
+    };
+    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, shutdown)
         .await
         .map_err(StartError::Server)?;
     let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);

@@ -1,13 +1,16 @@
-//! The services behind the edge: one balanced channel per service over its replicas, fed
-//! by a prober that takes a replica out while its gRPC health check fails and puts it back
-//! when it passes again.
+//! The services behind the edge: per service, one channel per replica, chosen round-robin
+//! among the replicas whose gRPC health check passes (all of them if none does). With
+//! mutual TLS each channel presents the edge's certificate and checks that the replica is
+//! the service it should be (`spiffe://aida/<service>`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aida_core::settings::Upstreams as UpstreamSettings;
+use aida_core::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -24,9 +27,33 @@ pub fn service_key(grpc_service: &str) -> Option<&'static str> {
     }
 }
 
+struct Replica {
+    channel: Channel,
+    healthy: AtomicBool,
+}
+
+struct ReplicaSet {
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
+}
+
+impl ReplicaSet {
+    /// The next healthy replica, round-robin; any replica when none is healthy.
+    fn pick(&self) -> Channel {
+        let count = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .map(|offset| &self.replicas[(start + offset) % count])
+            .find(|replica| replica.healthy.load(Ordering::Relaxed))
+            .unwrap_or(&self.replicas[start % count])
+            .channel
+            .clone()
+    }
+}
+
 #[derive(Clone)]
 pub struct Upstreams {
-    channels: HashMap<&'static str, Channel>,
+    sets: Arc<HashMap<&'static str, ReplicaSet>>,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {
@@ -39,12 +66,13 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
 }
 
 impl Upstreams {
-    /// Balanced channels over every configured replica, probed every two seconds.
+    /// Channels to every configured replica, probed every two seconds.
     pub async fn start(
         settings: &UpstreamSettings,
+        tls: Option<Arc<MeshTls>>,
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
-        let mut channels = HashMap::new();
+        let mut sets = HashMap::new();
         for (key, urls) in [
             ("leads", &settings.leads),
             ("deals", &settings.deals),
@@ -54,81 +82,63 @@ impl Upstreams {
             if urls.is_empty() {
                 return Err(format!("edge.upstreams.{key}: at least one replica"));
             }
-            let endpoints: Vec<Endpoint> = urls
-                .iter()
-                .map(|url| endpoint(url))
-                .collect::<Result<_, _>>()?;
-            let (channel, changes) = Channel::balance_channel::<usize>(endpoints.len() * 2 + 1);
-            for (index, endpoint) in endpoints.iter().enumerate() {
-                changes
-                    .send(Change::Insert(index, endpoint.clone()))
-                    .await
-                    .map_err(|_| "balance channel closed".to_owned())?;
+            let mut replicas = Vec::new();
+            for url in urls {
+                let endpoint = endpoint(url)?;
+                let channel = match &tls {
+                    Some(tls) => aida_core::tls::channel(tls, endpoint, key)
+                        .map_err(|error| error.to_string())?,
+                    None => endpoint.connect_lazy(),
+                };
+                replicas.push(Replica {
+                    channel,
+                    healthy: AtomicBool::new(true),
+                });
             }
-            tokio::spawn(probe(endpoints, changes, shutdown.clone()));
-            channels.insert(key, channel);
+            sets.insert(
+                key,
+                ReplicaSet {
+                    replicas,
+                    next: AtomicUsize::new(0),
+                },
+            );
         }
-        Ok(Self { channels })
+        let upstreams = Self {
+            sets: Arc::new(sets),
+        };
+        tokio::spawn(probe(upstreams.clone(), shutdown));
+        Ok(upstreams)
     }
 
-    /// The channel for `grpc_service` (`package.Service`).
+    /// A channel for `grpc_service` (`package.Service`).
     pub fn channel(&self, grpc_service: &str) -> Option<Channel> {
         service_key(grpc_service)
-            .and_then(|key| self.channels.get(key))
-            .cloned()
+            .and_then(|key| self.sets.get(key))
+            .map(ReplicaSet::pick)
     }
 }
 
-/// Health-checks every replica; removes a failing one while another is healthy, and
-/// re-inserts it once it serves again.
-async fn probe(
-    endpoints: Vec<Endpoint>,
-    changes: tokio::sync::mpsc::Sender<Change<usize, Endpoint>>,
-    shutdown: CancellationToken,
-) {
-    if endpoints.len() < 2 {
-        // With one replica there is nothing to fail over to.
-        return;
-    }
-    let clients: Vec<HealthClient<Channel>> = endpoints
-        .iter()
-        .map(|endpoint| HealthClient::new(endpoint.connect_lazy()))
-        .collect();
-    let mut healthy = vec![true; endpoints.len()];
+/// Health-checks every replica of every service with more than one.
+async fn probe(upstreams: Upstreams, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        for (index, client) in clients.iter().enumerate() {
-            let mut client = client.clone();
-            let check = tokio::time::timeout(
-                Duration::from_secs(1),
-                client.check(HealthCheckRequest {
-                    service: String::new(),
-                }),
-            )
-            .await;
-            let serving = matches!(check, Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32);
-            if serving == healthy[index] {
-                continue;
-            }
-            let others_healthy = healthy
-                .iter()
-                .enumerate()
-                .any(|(other, up)| other != index && *up);
-            if !serving && !others_healthy {
-                continue;
-            }
-            healthy[index] = serving;
-            let change = if serving {
-                Change::Insert(index, endpoints[index].clone())
-            } else {
-                Change::Remove(index)
-            };
-            tracing::info!(replica = index, serving, "upstream health changed");
-            if changes.send(change).await.is_err() {
-                return;
+        for set in upstreams.sets.values().filter(|set| set.replicas.len() > 1) {
+            for (index, replica) in set.replicas.iter().enumerate() {
+                let mut client = HealthClient::new(replica.channel.clone());
+                let check = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.check(HealthCheckRequest {
+                        service: String::new(),
+                    }),
+                )
+                .await;
+                let serving = matches!(check, Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32);
+                if replica.healthy.swap(serving, Ordering::Relaxed) != serving {
+                    tracing::info!(replica = index, serving, "upstream health changed");
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ from google.protobuf import field_mask_pb2
 
 from aida.leads.v1 import leads_pb2, leads_pb2_grpc
 
-address = os.environ.get("AIDA_LEADS_ADDRESS", "127.0.0.1:50051")
+address = os.environ.get("AIDA_LEADS_ADDRESS", "127.0.0.1:8080")  # the edge
 token = os.environ.get("AIDA_TOKEN")
 if not token:
     sys.exit("export AIDA_TOKEN=... (printed by `aida up`, or `aida token --tenant dev --role admin`)")

@@ -39,6 +39,16 @@ pub enum Command {
     },
     /// Applies database migrations of every service and exits.
     Migrate,
+    /// Creates a development CA and one certificate per service (and the edge), with
+    /// `spiffe://aida/<service>` identities, for mutual TLS. An existing CA is reused.
+    Certs {
+        /// Where to write them (default: the tls.dir setting, or <data_dir>/certs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Extra host names to put in every certificate (repeat for several).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Prints a development token signed with the configured (or generated) key.
     Token {
         /// Tenant id.
@@ -144,15 +154,20 @@ impl Service {
     }
 }
 
+/// Every identity of the mesh that gets a certificate.
+pub const MESH_IDENTITIES: [&str; 5] = ["leads", "deals", "comms", "analytics", "edge"];
+
 fn service_names() -> String {
     Service::ALL.map(Service::name).join(", ")
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Up => {
+            // Loopback too runs on mutual TLS unless the settings turn it off.
+            settings.tls.enabled.get_or_insert(true);
             telemetry::init(&settings.log);
             let shutdown = CancellationToken::new();
             server::cancel_on_signal(shutdown.clone());
@@ -202,6 +217,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 db.close().await;
                 println!("{}: migrations applied", service.name());
             }
+            Ok(())
+        }
+        Command::Certs { dir, hosts } => {
+            let dir = dir.unwrap_or_else(|| settings.certs_dir());
+            aida_core::tls::generate(&dir, &MESH_IDENTITIES, &hosts)?;
+            println!(
+                "certificates for {} written to {} (CA: ca.pem)",
+                MESH_IDENTITIES.join(", "),
+                dir.display()
+            );
             Ok(())
         }
         Command::Token {
@@ -264,6 +289,10 @@ pub struct Mesh {
 impl Mesh {
     /// Starts every service; returns once all of them listen.
     pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        if settings.tls.enabled == Some(true) && !settings.certs_dir().join("ca.pem").exists() {
+            // First run: make the mesh's own development CA and certificates.
+            aida_core::tls::generate(&settings.certs_dir(), &MESH_IDENTITIES, &[])?;
+        }
         let bus = connect_bus(settings).await?;
         let mut listeners = Vec::new();
         for service in Service::ALL {

@@ -42,8 +42,13 @@ fn start_up(dir: &std::path::Path) -> Up {
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.expect("banner line");
-        if let Some(rest) = line.trim().strip_prefix("LeadService") {
-            address = rest.trim().strip_prefix("grpc://").map(str::to_owned);
+        // The services speak mutual TLS; clients come in through the edge (gRPC passthrough).
+        if let Some(rest) = line.trim().strip_prefix("Edge") {
+            address = rest
+                .trim()
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned);
         }
         if let Some(rest) = line.trim().strip_prefix("export AIDA_TOKEN=") {
             token = Some(rest.to_owned());
@@ -55,7 +60,7 @@ fn start_up(dir: &std::path::Path) -> Up {
     std::thread::spawn(move || lines.for_each(drop));
     Up {
         child,
-        address: address.expect("LeadService address in the banner"),
+        address: address.expect("edge address in the banner"),
         token: token.expect("token in the banner"),
     }
 }

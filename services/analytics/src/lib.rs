@@ -119,7 +119,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(AnalyticsServiceServer::new(api));
-    let served = server::serve(router, listener, shutdown).await;
+    let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
     for task in tasks {
         let _ = task.await;
     }

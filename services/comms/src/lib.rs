@@ -80,10 +80,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let (email, sms) = senders(&context)?;
-    let leads_channel =
-        tonic::transport::Channel::from_shared(context.settings.services.leads_url.clone())
-            .map_err(|error| StartError::Server(format!("services.leads_url: {error}")))?
-            .connect_lazy();
+    let leads_endpoint =
+        tonic::transport::Endpoint::from_shared(context.settings.services.leads_url.clone())
+            .map_err(|error| StartError::Server(format!("services.leads_url: {error}")))?;
+    // With mutual TLS, LeadService must prove it is spiffe://aida/leads.
+    let leads_channel = match &context.tls {
+        Some(tls) => aida_core::tls::channel(tls, leads_endpoint, "leads")
+            .map_err(|error| StartError::Server(error.to_string()))?,
+        None => leads_endpoint.connect_lazy(),
+    };
     let comms = Arc::new(Comms {
         store: CommsStore::new(context.db.clone()),
         relay: context.relay.clone(),
@@ -126,7 +131,7 @@ pub async fn serve(
         .add_service(CommsServiceServer::new(CommsApi(comms.clone())))
         // Tracking links are opened by mail clients: the signed token is the credential.
         .add_service(TrackingServiceServer::new(TrackingApi(comms)));
-    let served = server::serve(router, listener, shutdown).await;
+    let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
     relay_shutdown.cancel();
     let _ = relay.await;
     served.map_err(|error| StartError::Server(error.to_string()))

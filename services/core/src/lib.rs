@@ -17,6 +17,7 @@ pub mod settings;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use error::{Error, FieldViolation};
 pub use settings::Settings;

@@ -70,6 +70,8 @@ pub struct ServiceContext {
     pub relay: Relay,
     pub verifier: Arc<TokenVerifier>,
     pub page_tokens: PageTokens,
+    /// This service's mesh identity, when mutual TLS is on.
+    pub tls: Option<Arc<crate::tls::MeshTls>>,
 }
 
 impl ServiceContext {
@@ -94,6 +96,17 @@ impl ServiceContext {
         let signing_key = settings.signing_key()?;
         let verifier = Arc::new(verifier(settings, &signing_key).await);
         let relay = Relay::new(db.clone(), bus.clone(), settings.outbox.clone());
+        let tls = if settings.tls.enabled == Some(true) {
+            let tls = crate::tls::MeshTls::load(&settings.certs_dir(), service)
+                .map_err(|error| StartError::Server(error.to_string()))?;
+            tls.watch(
+                Duration::from_secs(settings.tls.reload_secs.max(1)),
+                tokio_util::sync::CancellationToken::new(),
+            );
+            Some(tls)
+        } else {
+            None
+        };
         Ok(Self {
             settings: settings.clone(),
             db,
@@ -101,6 +114,7 @@ impl ServiceContext {
             relay,
             verifier,
             page_tokens: PageTokens::new(&signing_key),
+            tls,
         })
     }
 }

@@ -59,11 +59,28 @@ pub async fn serve(
     router: MeshRouter,
     listener: TcpListener,
     shutdown: CancellationToken,
+    tls: Option<Arc<crate::tls::MeshTls>>,
 ) -> Result<(), tonic::transport::Error> {
-    let serving = router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        shutdown.clone().cancelled_owned(),
-    );
+    let signal = shutdown.clone().cancelled_owned();
+    let accepting = shutdown.child_token();
+    let serving = async move {
+        match tls.as_ref().map(|tls| tls.server_config()) {
+            // Mutual TLS: only clients with a certificate of the mesh CA get a connection.
+            Some(Ok(config)) => {
+                let incoming = crate::tls::incoming(listener, config, accepting);
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "tls configuration failed; not serving");
+                Ok(())
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .await
+            }
+        }
+    };
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -32,6 +32,31 @@ pub struct Settings {
     pub comms: CommsSettings,
     pub analytics: AnalyticsSettings,
     pub edge: EdgeSettings,
+    pub tls: TlsSettings,
+}
+
+/// Mutual TLS between the services and from the edge to them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// On or off; unset means on for `aida up` (which makes its own certificates) and off
+    /// for `aida serve`.
+    pub enabled: Option<bool>,
+    /// Certificate directory (`ca.pem`, `<service>.pem`, `<service>.key`); default
+    /// `<data_dir>/certs`.
+    pub dir: Option<PathBuf>,
+    /// How often certificate files are checked for changes.
+    pub reload_secs: u64,
+}
+
+impl Settings {
+    /// The certificate directory.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.tls
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("certs"))
+    }
 }
 
 /// The edge gateway: REST/JSON, grpc-web and gRPC in; gRPC to the services out.
@@ -234,6 +259,7 @@ struct Defaults {
     comms: CommsSettings,
     analytics: AnalyticsSettings,
     edge: EdgeSettings,
+    tls: TlsSettings,
 }
 
 impl Default for Defaults {
@@ -308,6 +334,11 @@ impl Default for Defaults {
                     comms: vec!["http://127.0.0.1:50053".into()],
                     analytics: vec!["http://127.0.0.1:50054".into()],
                 },
+            },
+            tls: TlsSettings {
+                enabled: None,
+                dir: None,
+                reload_secs: 10,
             },
         }
     }

@@ -93,7 +93,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(DealServiceServer::new(api));
-    let served = server::serve(router, listener, shutdown).await;
+    let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
 
     let _ = consumer.await;
     let _ = watch.await;

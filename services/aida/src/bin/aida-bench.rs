@@ -164,6 +164,8 @@ fn start_mesh(
         .env("AIDA_LISTEN__COMMS_PORT", "0")
         .env("AIDA_LISTEN__ANALYTICS_PORT", "0")
         .env("AIDA_EDGE__PORT", "0")
+        // The service itself is measured, without the mTLS hop.
+        .env("AIDA_TLS__ENABLED", "false")
         .env("AIDA_LOG__FILTER", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
