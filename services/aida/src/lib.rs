@@ -2,6 +2,8 @@
 //! (`aida serve leads`), apply migrations (`aida migrate`), mint development tokens
 //! (`aida token`).
 
+pub mod bench;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

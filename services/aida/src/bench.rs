@@ -1,0 +1,202 @@
+//! Shared parts of the benchmark commands (`aida-bench`, `aida-bench-edge`): timed phases
+//! of concurrent clients, resident memory, and a child `aida up` to measure.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Latencies of one phase.
+pub struct Phase {
+    pub name: &'static str,
+    pub count: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Phase {
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, fraction: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        self.latencies[index]
+    }
+}
+
+/// Runs `clients` loops of `call` for `duration`; each loop gets its client index.
+pub async fn run_phase<F, Fut>(
+    name: &'static str,
+    clients: usize,
+    duration: Duration,
+    call: F,
+) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut sequence = 0u64;
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                if call(client, sequence).await {
+                    latencies.push(begun.elapsed());
+                } else {
+                    errors += 1;
+                }
+                sequence += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((mut mine, failed)) = task.await {
+            latencies.append(&mut mine);
+            errors += failed;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Phase {
+        name,
+        count: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+/// Resident memory of `pid` in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A child `aida up` and what its banner says.
+pub struct ChildMesh {
+    pub child: Child,
+    /// LeadService (host:port).
+    pub leads: String,
+    /// The edge (host:port).
+    pub edge: String,
+    pub token: String,
+}
+
+/// Starts the release `aida up` next to the running binary against PostgreSQL and NATS,
+/// without mutual TLS (the services are measured, not the TLS hop).
+pub fn start_mesh(
+    database_url: &str,
+    nats: &str,
+    namespace: &str,
+    data_dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<ChildMesh> {
+    let binary: PathBuf = std::env::current_exe()?.with_file_name("aida");
+    if !binary.exists() {
+        bail!(
+            "{} not found: build it with cargo build --release -p aida",
+            binary.display()
+        );
+    }
+    let mut child = Command::new(&binary)
+        .arg("up")
+        .env("AIDA_DATABASE_URL", database_url)
+        .env("AIDA_NATS_URL", nats)
+        .env("AIDA_BUS__NAMESPACE", namespace)
+        .env("AIDA_DATA_DIR", data_dir)
+        .env("AIDA_LISTEN__LEADS_PORT", "0")
+        .env("AIDA_LISTEN__DEALS_PORT", "0")
+        .env("AIDA_LISTEN__COMMS_PORT", "0")
+        .env("AIDA_LISTEN__ANALYTICS_PORT", "0")
+        .env("AIDA_EDGE__PORT", "0")
+        // The service itself is measured, without the mTLS hop.
+        .env("AIDA_TLS__ENABLED", "false")
+        .env("AIDA_LOG__FILTER", "warn")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start aida up")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut address, mut edge, mut token) = (None, None, None);
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.trim().strip_prefix("LeadService") {
+            address = rest.trim().strip_prefix("grpc://").map(str::to_owned);
+        }
+        if let Some(rest) = line.trim().strip_prefix("Edge") {
+            edge = rest
+                .trim()
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned);
+        }
+        if let Some(rest) = line.trim().strip_prefix("export AIDA_TOKEN=") {
+            token = Some(rest.to_owned());
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(ChildMesh {
+        child,
+        leads: address.context("no LeadService address in the banner")?,
+        edge: edge.context("no edge address in the banner")?,
+        token: token.context("no token in the banner")?,
+    })
+}
+
+/// Prints one markdown table row: rate, p50, p99, errors and the ratio to `ceiling`.
+pub fn print_row(phase: &Phase, ceiling: Option<&Phase>) {
+    let ratio = ceiling
+        .map(|ceiling| format!("{:.2}", phase.rate() / ceiling.rate()))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {:<38} | {:>9.0} | {:>8.2} | {:>8.2} | {:>6} | {:>7} |",
+        phase.name,
+        phase.rate(),
+        phase.percentile(0.50).as_secs_f64() * 1000.0,
+        phase.percentile(0.99).as_secs_f64() * 1000.0,
+        phase.errors,
+        ratio
+    );
+}
+
+/// Prints the header of the table [`print_row`] fills.
+pub fn print_header() {
+    println!(
+        "| {:<38} |   ops/s   | p50 (ms) | p99 (ms) | errors | ratio   |",
+        "phase"
+    );
+    println!(
+        "|{}|-----------|----------|----------|--------|---------|",
+        "-".repeat(40)
+    );
+}

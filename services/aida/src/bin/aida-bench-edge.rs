@@ -1,0 +1,251 @@
+//! `aida-bench-edge`: what the edge gateway costs. The same `GetLead` is read four ways
+//! with the same number of concurrent clients, against one `aida up` (release build,
+//! PostgreSQL + NATS JetStream, no mutual TLS so only the edge hop is measured):
+//!
+//! 1. direct gRPC to LeadService (the ceiling);
+//! 2. native gRPC through the edge (JWT check, RBAC, rate limiter, proxy);
+//! 3. grpc-web (binary) through the edge, as a browser sends it;
+//! 4. REST `GET /v1/leads/{id}` through the edge (transcoding to gRPC and back to JSON).
+//!
+//! It prints rates, latency percentiles and each edge path's ratio to the direct ceiling.
+//! Run: `cargo run --release -p aida --bin aida-bench-edge`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use aida::bench::{print_header, print_row, run_phase, start_mesh};
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
+use anyhow::Context;
+use clap::Parser;
+use prost::Message;
+use sqlx::Connection;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark the edge gateway against direct gRPC in the same run")]
+struct Args {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// PostgreSQL admin URL (a fresh database is created and dropped).
+    #[arg(
+        long,
+        env = "TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
+    /// NATS URL (a fresh namespace of streams is used).
+    #[arg(long, env = "TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let suffix = aida_core::random_hex(6);
+    let database = format!("aida_bench_edge_{suffix}");
+    let mut admin = sqlx::PgConnection::connect(&args.postgres)
+        .await
+        .context("connect to PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut admin)
+        .await?;
+    let base = args
+        .postgres
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .unwrap_or(&args.postgres);
+    let database_url = format!("{base}/{database}");
+    let data_dir = tempfile::tempdir()?;
+
+    let outcome = benchmark(&args, &database_url, &suffix, data_dir.path()).await;
+
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    outcome
+}
+
+async fn benchmark(
+    args: &Args,
+    database_url: &str,
+    suffix: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(args.seconds);
+    let namespace = format!("benchedge{suffix}");
+    // The limiter stays in the path (it is measured) but must not refuse the load.
+    let mut mesh = start_mesh(
+        database_url,
+        &args.nats,
+        &namespace,
+        data_dir,
+        &[
+            ("AIDA_EDGE__RATE_LIMIT_PER_SECOND", "1000000"),
+            ("AIDA_EDGE__RATE_LIMIT_BURST", "1000000"),
+        ],
+    )?;
+    let bearer = format!("Bearer {}", mesh.token);
+    let token: tonic::metadata::MetadataValue<_> = bearer.parse()?;
+
+    let direct = Channel::from_shared(format!("http://{}", mesh.leads))?
+        .connect()
+        .await?;
+    let mut request = tonic::Request::new(CaptureLeadRequest {
+        lead: Some(Lead {
+            email: "edge-bench@example.com".into(),
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            company: "Analytical Engines".into(),
+            ..Lead::default()
+        }),
+        request_id: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", token.clone());
+    let lead = LeadServiceClient::new(direct.clone())
+        .capture_lead(request)
+        .await?
+        .into_inner();
+    let id = lead.id.clone();
+
+    let get = |channel: Channel, token: tonic::metadata::MetadataValue<_>, id: String| {
+        move |_, _| {
+            let mut leads = LeadServiceClient::new(channel.clone());
+            let mut request = tonic::Request::new(GetLeadRequest { id: id.clone() });
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+            async move { leads.get_lead(request).await.is_ok() }
+        }
+    };
+
+    // 1. Direct gRPC: the ceiling.
+    let grpc_direct = run_phase(
+        "GetLead, direct gRPC (ceiling)",
+        args.clients,
+        duration,
+        get(direct.clone(), token.clone(), id.clone()),
+    )
+    .await;
+
+    // 2. Native gRPC through the edge.
+    let through_edge = Channel::from_shared(format!("http://{}", mesh.edge))?
+        .connect()
+        .await?;
+    let grpc_edge = run_phase(
+        "GetLead, gRPC via edge",
+        args.clients,
+        duration,
+        get(through_edge, token.clone(), id.clone()),
+    )
+    .await;
+
+    // 3. grpc-web through the edge, one HTTP/1.1 connection pool shared by the clients.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let message = GetLeadRequest { id: id.clone() }.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    frame.extend_from_slice(&message);
+    let grpc_web = {
+        let http = http.clone();
+        let url = format!("http://{}/aida.leads.v1.LeadService/GetLead", mesh.edge);
+        let bearer = bearer.clone();
+        run_phase(
+            "GetLead, grpc-web via edge",
+            args.clients,
+            duration,
+            move |_, _| {
+                let request = http
+                    .post(&url)
+                    .header("content-type", "application/grpc-web+proto")
+                    .header("x-grpc-web", "1")
+                    .header("authorization", &bearer)
+                    .body(frame.clone());
+                async move {
+                    match request.send().await {
+                        Ok(response) if response.status().is_success() => {
+                            response.bytes().await.is_ok_and(|body| grpc_web_ok(&body))
+                        }
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await
+    };
+
+    // 4. REST through the edge.
+    let rest = {
+        let url = format!("http://{}/v1/leads/{id}", mesh.edge);
+        run_phase(
+            "GET /v1/leads/{id}, REST via edge",
+            args.clients,
+            duration,
+            move |_, _| {
+                let request = http.get(&url).header("authorization", &bearer);
+                async move {
+                    match request.send().await {
+                        Ok(response) if response.status().is_success() => response
+                            .json::<serde_json::Value>()
+                            .await
+                            .is_ok_and(|lead| lead["id"].is_string()),
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await
+    };
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(mesh.child.id().to_string())
+        .status();
+    let _ = mesh.child.wait();
+
+    println!();
+    println!(
+        "aida-bench-edge: {} clients, {} s per phase, {} cores",
+        args.clients,
+        args.seconds,
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(0)
+    );
+    println!();
+    print_header();
+    print_row(&grpc_direct, None);
+    print_row(&grpc_edge, Some(&grpc_direct));
+    print_row(&grpc_web, Some(&grpc_direct));
+    print_row(&rest, Some(&grpc_direct));
+    println!();
+    for phase in [&grpc_edge, &grpc_web, &rest] {
+        println!(
+            "{:<38} / direct gRPC = {:.3}",
+            phase.name,
+            phase.rate() / grpc_direct.rate()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a grpc-web response body is one message followed by trailers with status 0.
+fn grpc_web_ok(body: &[u8]) -> bool {
+    let Some(length) = body
+        .get(1..5)
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(|bytes| u32::from_be_bytes(bytes) as usize)
+    else {
+        return false;
+    };
+    body.get(5 + length + 5..)
+        .is_some_and(|trailers| String::from_utf8_lossy(trailers).contains("grpc-status:0"))
+}
