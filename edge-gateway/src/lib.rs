@@ -37,7 +37,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{BufMut, Bytes};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -505,10 +505,13 @@ impl Edge {
         }
         // grpc-web-text shrinks when decoded, but its body still reports the encoded size;
         // the HTTP/2 client would send that as content-length. Forward the frames without
-        // a size hint.
+        // a size hint, and without the empty DATA frames a client may end its stream with:
+        // relayed one by one they trip h2's flood guard upstream ("too_many_data_frames").
         let mut request = request.map(|body| {
             tonic::body::Body::new(http_body_util::StreamBody::new(
-                http_body_util::BodyStream::new(body),
+                http_body_util::BodyStream::new(body).try_filter(|frame| {
+                    std::future::ready(!frame.data_ref().is_some_and(|data| data.is_empty()))
+                }),
             ))
         });
         request.headers_mut().remove(header::CONTENT_LENGTH);

@@ -529,6 +529,53 @@ async fn grpc_web_calls_reach_the_services_with_cors_for_browsers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_grpc_passes_through_the_edge_for_many_calls_on_one_connection() {
+    use aida_proto::aida::leads::v1::GetLeadRequest;
+    use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+
+    let edge = Edge::start(|_| {}).await;
+    let admin = edge.token("acme", &["admin"]);
+    let (_, _, lead) = edge
+        .call(
+            reqwest::Method::POST,
+            "/v1/leads",
+            Some(&admin),
+            Some(json!({"email": "native@example.com"})),
+        )
+        .await;
+    let id = lead["id"].as_str().expect("id").to_owned();
+    let channel = tonic::transport::Channel::from_shared(edge.base.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to the edge");
+    let mut client = LeadServiceClient::new(channel);
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {admin}").parse().expect("header");
+
+    // Hundreds of unary calls share one HTTP/2 connection through the edge to the service:
+    // none may be refused by the upstream's flood protection.
+    for call in 0..400 {
+        let mut request = tonic::Request::new(GetLeadRequest { id: id.clone() });
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        let got = client
+            .get_lead(request)
+            .await
+            .unwrap_or_else(|status| panic!("call {call}: {status:?}"))
+            .into_inner();
+        assert_eq!(got.email, "native@example.com");
+    }
+
+    let denied = client
+        .get_lead(GetLeadRequest { id })
+        .await
+        .expect_err("no token");
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_expired_and_malformed_tokens_are_all_401_and_valid_ones_pass() {
     let (kid, pem, jwk) = es256_key("key-1");
     let jwks = jwks_server(vec![jwk.clone()]).await;

@@ -113,6 +113,8 @@ async fn benchmark(
         .await?
         .into_inner();
     let id = lead.id.clone();
+    // Let the mesh finish starting (consumers, the first analytics batch) before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let get = |channel: Channel, token: tonic::metadata::MetadataValue<_>, id: String| {
         move |_, _| {
