@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use tower::layer::util::{Identity, Stack};
 
 use crate::auth::{AuthLayer, TokenVerifier};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -75,9 +74,11 @@ pub async fn serve(
                 Ok(())
             }
             None => {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-                    .await
+                // The builder's `tcp_nodelay` does not reach an incoming stream we hand
+                // it: set it here, or small replies wait for the peer's delayed ACK.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, signal).await
             }
         }
     };
