@@ -356,11 +356,10 @@ impl Edge {
             Ok(reply) => reply,
             Err(status) => return error_response(&self.pool, &status),
         };
-        let json = match transcode::response_json(route, &reply) {
-            Ok(json) => json,
+        let body = match transcode::response_json(route, &reply) {
+            Ok(body) => body,
             Err(error) => return error_response(&self.pool, &error.into()),
         };
-        let body = json_body(&json);
         let etag = etag_of(&body);
         if let Some(key) = cache_key {
             self.cache

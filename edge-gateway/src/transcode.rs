@@ -247,23 +247,30 @@ pub fn message_json(message: &DynamicMessage) -> Result<Value, Error> {
         .map_err(|error| Error::internal(format!("response to JSON: {error}")))
 }
 
-/// The JSON body of a response of `route` from its encoded message.
-pub fn response_json(route: &Route, bytes: &[u8]) -> Result<Value, Error> {
+/// The JSON body of a response of `route` from its encoded message, serialized straight
+/// into bytes when the whole message is the body.
+pub fn response_json(route: &Route, bytes: &[u8]) -> Result<Bytes, Error> {
     let message = DynamicMessage::decode(route.method.output(), bytes)
         .map_err(|error| Error::internal(format!("response decode: {error}")))?;
-    let json = message_json(&message)?;
+    let to_json = |error: serde_json::Error| Error::internal(format!("response to JSON: {error}"));
     match &route.response_body {
-        None => Ok(json),
+        None => {
+            let mut body = Vec::with_capacity(bytes.len() * 2);
+            let options = SerializeOptions::new().skip_default_fields(false);
+            message
+                .serialize_with_options(&mut serde_json::Serializer::new(&mut body), &options)
+                .map_err(to_json)?;
+            Ok(Bytes::from(body))
+        }
         Some(field) => {
             let descriptor = route
                 .method
                 .output()
                 .get_field_by_name(field)
                 .ok_or_else(|| Error::internal("response_body names no field"))?;
-            Ok(json
-                .get(descriptor.json_name())
-                .cloned()
-                .unwrap_or(Value::Null))
+            let json = message_json(&message)?;
+            let part = json.get(descriptor.json_name()).unwrap_or(&Value::Null);
+            serde_json::to_vec(part).map(Bytes::from).map_err(to_json)
         }
     }
 }
@@ -467,7 +474,9 @@ message SearchRequest { string query = 1; repeated string tags = 2; Page page = 
             serde_json::json!({"file": {"name": "f9"}, "note": "hidden"}),
         )
         .expect("response");
-        let body = response_json(route, &response.encode_to_vec()).expect("json");
+        let body: Value =
+            serde_json::from_slice(&response_json(route, &response.encode_to_vec()).expect("json"))
+                .expect("valid JSON");
         assert_eq!(body["name"], "f9");
         assert!(body.get("note").is_none());
     }

@@ -23,6 +23,16 @@ impl Phase {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The two phases as one: counts, errors and time added, latencies pooled.
+    pub fn merge(mut self, mut other: Phase) -> Phase {
+        self.count += other.count;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies.append(&mut other.latencies);
+        self.latencies.sort();
+        self
+    }
+
     pub fn percentile(&self, fraction: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;

@@ -267,6 +267,18 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(32)
                 .acquire_timeout(Duration::from_secs(10))
+                // A ping on every acquire doubled the round trips of a read. Connections
+                // in steady use are live; one idle for a second or more (say, across a
+                // PostgreSQL restart) is pinged first and replaced when dead.
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= Duration::from_secs(1) {
+                            sqlx::Connection::ping(connection).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Ok(Self::Postgres(pool))

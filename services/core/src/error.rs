@@ -185,6 +185,15 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Self::Unavailable(format!("database: {error}"))
             }
+            // The server going away under a connection (57P01..57P03 shutdowns, class 08
+            // connection exceptions): retryable, and writes carry request ids for that.
+            sqlx::Error::Database(ref database)
+                if database.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+                }) =>
+            {
+                Self::Unavailable(format!("database: {error}"))
+            }
             other => Self::Internal(format!("database: {other}")),
         }
     }

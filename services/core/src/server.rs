@@ -76,8 +76,8 @@ pub async fn serve(
             None => {
                 // The builder's `tcp_nodelay` does not reach an incoming stream we hand
                 // it: set it here, or small replies wait for the peer's delayed ACK.
-                let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true));
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                 router.serve_with_incoming_shutdown(incoming, signal).await
             }
         }

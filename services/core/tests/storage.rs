@@ -247,6 +247,50 @@ async fn placeholders_bind_in_order_in_dynamic_queries(engine: Engine) {
     assert_eq!(ids, ["b", "d"]);
 }
 
+/// A PostgreSQL restart kills every pooled connection; a connection that sat idle is pinged
+/// before use and replaced, so the first query afterwards still succeeds.
+#[tokio::test]
+async fn connections_killed_by_the_server_are_replaced_before_the_next_query() {
+    use sqlx::Connection as _;
+
+    let test = database(Engine::Postgres).await;
+    let name = test._postgres.as_ref().expect("postgres").name.clone();
+    test.db
+        .execute(Sql::new(
+            "INSERT INTO samples (id, at, body) VALUES ('a', now(), 'before')",
+        ))
+        .await
+        .expect("insert before");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let mut admin = sqlx::PgConnection::connect(&aida_core::testing::postgres_admin_url())
+        .await
+        .expect("admin");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&name)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty(), "the pool held no connection to kill");
+    let _ = admin.close().await;
+
+    test.db
+        .execute(Sql::new(
+            "INSERT INTO samples (id, at, body) VALUES ('b', now(), 'after')",
+        ))
+        .await
+        .expect("insert after the server killed the pool's connections");
+    let rows: i64 = test
+        .db
+        .fetch_one::<Count>(Sql::new("SELECT COUNT(*) AS count FROM samples"))
+        .await
+        .expect("count")
+        .count;
+    assert_eq!(rows, 2);
+}
+
 macro_rules! conformance {
     ($engine:ident, $module:ident) => {
         mod $module {

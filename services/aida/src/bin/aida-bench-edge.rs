@@ -7,13 +7,15 @@
 //! 3. grpc-web (binary) through the edge, as a browser sends it;
 //! 4. REST `GET /v1/leads/{id}` through the edge (transcoding to gRPC and back to JSON).
 //!
-//! It prints rates, latency percentiles and each edge path's ratio to the direct ceiling.
+//! The paths take turns (default: 3 rounds of 5 s each) and each path's figures pool its
+//! rounds. It prints rates, latency percentiles and each edge path's ratio to the direct
+//! ceiling.
 //! Run: `cargo run --release -p aida --bin aida-bench-edge`.
 
 use std::process::Command;
 use std::time::Duration;
 
-use aida::bench::{print_header, print_row, run_phase, start_mesh};
+use aida::bench::{Phase, print_header, print_row, run_phase, start_mesh};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
 use anyhow::Context;
@@ -25,9 +27,12 @@ use tonic::transport::Channel;
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the edge gateway against direct gRPC in the same run")]
 struct Args {
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds per path and round.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds; each measures every path once, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -116,95 +121,42 @@ async fn benchmark(
     // Let the mesh finish starting (consumers, the first analytics batch) before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let get = |channel: Channel, token: tonic::metadata::MetadataValue<_>, id: String| {
-        move |_, _| {
-            let mut leads = LeadServiceClient::new(channel.clone());
-            let mut request = tonic::Request::new(GetLeadRequest { id: id.clone() });
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-            async move { leads.get_lead(request).await.is_ok() }
-        }
-    };
-
-    // 1. Direct gRPC: the ceiling.
-    let grpc_direct = run_phase(
-        "GetLead, direct gRPC (ceiling)",
-        args.clients,
-        duration,
-        get(direct.clone(), token.clone(), id.clone()),
-    )
-    .await;
-
-    // 2. Native gRPC through the edge.
     let through_edge = Channel::from_shared(format!("http://{}", mesh.edge))?
         .connect()
         .await?;
-    let grpc_edge = run_phase(
-        "GetLead, gRPC via edge",
-        args.clients,
-        duration,
-        get(through_edge, token.clone(), id.clone()),
-    )
-    .await;
-
-    // 3. grpc-web through the edge, one HTTP/1.1 connection pool shared by the clients.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let message = GetLeadRequest { id: id.clone() }.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
-    frame.extend_from_slice(&message);
-    let grpc_web = {
-        let http = http.clone();
-        let url = format!("http://{}/aida.leads.v1.LeadService/GetLead", mesh.edge);
-        let bearer = bearer.clone();
-        run_phase(
-            "GetLead, grpc-web via edge",
-            args.clients,
-            duration,
-            move |_, _| {
-                let request = http
-                    .post(&url)
-                    .header("content-type", "application/grpc-web+proto")
-                    .header("x-grpc-web", "1")
-                    .header("authorization", &bearer)
-                    .body(frame.clone());
-                async move {
-                    match request.send().await {
-                        Ok(response) if response.status().is_success() => {
-                            response.bytes().await.is_ok_and(|body| grpc_web_ok(&body))
-                        }
-                        _ => false,
-                    }
-                }
-            },
-        )
-        .await
+    let target = Target {
+        direct,
+        through_edge,
+        http,
+        edge: mesh.edge.clone(),
+        token,
+        bearer,
+        id,
     };
 
-    // 4. REST through the edge.
-    let rest = {
-        let url = format!("http://{}/v1/leads/{id}", mesh.edge);
-        run_phase(
-            "GET /v1/leads/{id}, REST via edge",
-            args.clients,
-            duration,
-            move |_, _| {
-                let request = http.get(&url).header("authorization", &bearer);
-                async move {
-                    match request.send().await {
-                        Ok(response) if response.status().is_success() => response
-                            .json::<serde_json::Value>()
-                            .await
-                            .is_ok_and(|lead| lead["id"].is_string()),
-                        _ => false,
-                    }
-                }
-            },
-        )
-        .await
+    // The four paths take turns, round after round, so that drift (caches warming, the
+    // machine's other work) spreads over all of them instead of favouring one.
+    let mut totals: Vec<Option<Phase>> = vec![None, None, None, None];
+    for _ in 0..args.rounds {
+        for (index, path) in PATHS.iter().enumerate() {
+            let phase = target.measure(*path, args.clients, duration).await;
+            totals[index] = Some(match totals[index].take() {
+                Some(total) => total.merge(phase),
+                None => phase,
+            });
+        }
+    }
+    let [
+        Some(grpc_direct),
+        Some(grpc_edge),
+        Some(grpc_web),
+        Some(rest),
+    ] = <[Option<Phase>; 4]>::try_from(totals).map_err(|_| anyhow::anyhow!("four paths"))?
+    else {
+        anyhow::bail!("no rounds were run (--rounds 0)");
     };
 
     let _ = Command::new("kill")
@@ -215,8 +167,9 @@ async fn benchmark(
 
     println!();
     println!(
-        "aida-bench-edge: {} clients, {} s per phase, {} cores",
+        "aida-bench-edge: {} clients, {} rounds of {} s per path, {} cores",
         args.clients,
+        args.rounds,
         args.seconds,
         std::thread::available_parallelism()
             .map(usize::from)
@@ -237,6 +190,102 @@ async fn benchmark(
         );
     }
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    Direct,
+    GrpcEdge,
+    GrpcWeb,
+    Rest,
+}
+
+const PATHS: [Path; 4] = [Path::Direct, Path::GrpcEdge, Path::GrpcWeb, Path::Rest];
+
+/// What every path needs: the two gRPC channels, the HTTP client, the lead and the token.
+struct Target {
+    direct: Channel,
+    through_edge: Channel,
+    http: reqwest::Client,
+    edge: String,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    bearer: String,
+    id: String,
+}
+
+impl Target {
+    async fn measure(&self, path: Path, clients: usize, duration: Duration) -> Phase {
+        let (token, bearer, id) = (self.token.clone(), self.bearer.clone(), self.id.clone());
+        match path {
+            Path::Direct | Path::GrpcEdge => {
+                let (name, channel) = match path {
+                    Path::Direct => ("GetLead, direct gRPC (ceiling)", self.direct.clone()),
+                    _ => ("GetLead, gRPC via edge", self.through_edge.clone()),
+                };
+                run_phase(name, clients, duration, move |_, _| {
+                    let mut leads = LeadServiceClient::new(channel.clone());
+                    let mut request = tonic::Request::new(GetLeadRequest { id: id.clone() });
+                    request
+                        .metadata_mut()
+                        .insert("authorization", token.clone());
+                    async move { leads.get_lead(request).await.is_ok() }
+                })
+                .await
+            }
+            Path::GrpcWeb => {
+                let http = self.http.clone();
+                let url = format!("http://{}/aida.leads.v1.LeadService/GetLead", self.edge);
+                let message = GetLeadRequest { id }.encode_to_vec();
+                let mut frame = vec![0u8];
+                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&message);
+                run_phase(
+                    "GetLead, grpc-web via edge",
+                    clients,
+                    duration,
+                    move |_, _| {
+                        let request = http
+                            .post(&url)
+                            .header("content-type", "application/grpc-web+proto")
+                            .header("x-grpc-web", "1")
+                            .header("authorization", &bearer)
+                            .body(frame.clone());
+                        async move {
+                            match request.send().await {
+                                Ok(response) if response.status().is_success() => {
+                                    response.bytes().await.is_ok_and(|body| grpc_web_ok(&body))
+                                }
+                                _ => false,
+                            }
+                        }
+                    },
+                )
+                .await
+            }
+            Path::Rest => {
+                let http = self.http.clone();
+                let url = format!("http://{}/v1/leads/{id}", self.edge);
+                run_phase(
+                    "GET /v1/leads/{id}, REST via edge",
+                    clients,
+                    duration,
+                    move |_, _| {
+                        let request = http.get(&url).header("authorization", &bearer);
+                        async move {
+                            match request.send().await {
+                                Ok(response) if response.status().is_success() => response
+                                    .json::<serde_json::Value>()
+                                    .await
+                                    .is_ok_and(|lead| lead["id"].is_string()),
+                                _ => false,
+                            }
+                        }
+                    },
+                )
+                .await
+            }
+        }
+    }
 }
 
 /// Whether a grpc-web response body is one message followed by trailers with status 0.
