@@ -529,6 +529,80 @@ async fn grpc_web_calls_reach_the_services_with_cors_for_browsers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_web_client_under_node_calls_the_services_through_the_edge() {
+    let dir = std::path::PathBuf::from(std::env::var("TEST_WEB_CLIENT_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/aida/web",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    }));
+    assert!(
+        dir.join("gen/aida/leads/v1/leads_pb.js").exists(),
+        "{} has no generated client: scripts/test prepares it",
+        dir.display()
+    );
+    let edge = Edge::start(|_| {}).await;
+    let admin = edge.token("acme", &["admin"]);
+
+    // The script sits beside node_modules/ and gen/ so that its imports resolve.
+    let script = dir.join(format!("grpc_web_client_{}.mjs", aida_core::random_hex(6)));
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/grpc_web_client.mjs"),
+        &script,
+    )
+    .expect("copy the client script");
+    let (base, run) = (edge.base.clone(), script.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&run)
+            .env("EDGE_URL", base)
+            .env("TOKEN", admin)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run node");
+    let _ = std::fs::remove_file(&script);
+    assert!(
+        output.status.success(),
+        "node: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    assert_eq!(report["captured"]["email"], "browser@example.com");
+    assert_eq!(report["fetched"]["id"], report["captured"]["id"]);
+    assert_eq!(report["fetched"]["company"], "Hopper Labs");
+    // Errors arrive as gRPC statuses with their details (grpc-status-details-bin).
+    assert_eq!(report["invalid"]["code"], "InvalidArgument", "{report}");
+    assert!(
+        report["invalid"]["fields"]
+            .as_array()
+            .is_some_and(|fields| fields.iter().any(|field| field == "lead.email")),
+        "{report}"
+    );
+    assert_eq!(
+        report["unauthenticated"]["code"], "Unauthenticated",
+        "{report}"
+    );
+
+    // What the browser wrote is really there, over REST too.
+    let token = edge.token("acme", &["admin"]);
+    let id = report["captured"]["id"].as_str().expect("id");
+    let (status, _, lead) = edge
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/leads/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(lead["firstName"], "Grace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_grpc_passes_through_the_edge_for_many_calls_on_one_connection() {
     use aida_proto::aida::leads::v1::GetLeadRequest;
     use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
