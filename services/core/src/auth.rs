@@ -108,15 +108,41 @@ struct VerifiedClaims {
     tenant_id: String,
     #[serde(default)]
     roles: Vec<String>,
+    exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
+/// A token that passed full verification: what it grants and until when.
+#[derive(Clone)]
+struct Verified {
+    tenant_id: String,
+    subject: String,
+    roles: Vec<String>,
+    exp: u64,
+    nbf: Option<u64>,
+    /// The JWKS generation it was verified against (`None` for HS256).
+    generation: Option<u64>,
+}
+
+/// How many verified tokens are remembered, and for how long at most.
+const VERIFIED_CAPACITY: u64 = 4096;
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+
 /// Verifies bearer tokens.
+///
+/// Clients send the same token with every call, and each call crosses the edge and a
+/// service that both verify it; signature checks and claim parsing were the largest single
+/// cost of a cached read. A token that verified is therefore remembered (by its exact
+/// text) for at most a minute: a repeat only re-checks the clock (`exp`, `nbf`), and a
+/// changed JWKS invalidates everything verified against the previous key set.
 pub struct TokenVerifier {
     hs256: DecodingKey,
     issuer: String,
     audience: String,
     leeway: u64,
     jwks: Option<Arc<Jwks>>,
+    verified: moka::sync::Cache<String, Verified>,
 }
 
 /// Algorithms accepted from a JWKS (the key decides which one a token must use).
@@ -143,6 +169,10 @@ impl TokenVerifier {
             audience: audience.to_owned(),
             leeway: leeway.as_secs(),
             jwks: None,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         }
     }
 
@@ -166,6 +196,30 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::Invalid("token too large".into()));
         }
+        if let Some(known) = self.verified.get(token) {
+            let now = unix_now();
+            let current = known.generation.is_none()
+                || known.generation == self.jwks.as_ref().map(|jwks| jwks.generation());
+            // Within the validity window, with the same leeway as a full check; outside
+            // it, the full check below gives the precise refusal.
+            if current
+                && now <= known.exp.saturating_add(self.leeway)
+                && known
+                    .nbf
+                    .is_none_or(|nbf| nbf <= now.saturating_add(self.leeway))
+            {
+                return Ok((known.tenant_id, known.subject, known.roles));
+            }
+            self.verified.invalidate(token);
+        }
+        let verified = self.check_signed(token)?;
+        self.verified.insert(token.to_owned(), verified.clone());
+        Ok((verified.tenant_id, verified.subject, verified.roles))
+    }
+
+    /// The full check: header, signature, registered claims, tenant and subject.
+    fn check_signed(&self, token: &str) -> Result<Verified, Refusal> {
+        let mut generation = None;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
         let data = if header.alg == Algorithm::HS256 {
@@ -188,6 +242,7 @@ impl TokenVerifier {
             let kid = header
                 .kid
                 .ok_or_else(|| Refusal::Invalid("invalid token: no kid".into()))?;
+            generation = Some(jwks.generation());
             let (key, algorithm) = jwks.key(&kid).ok_or(Refusal::UnknownKey(kid))?;
             // The algorithm is the key's, whatever the token claims: no confusion attacks.
             if algorithm != header.alg {
@@ -207,7 +262,14 @@ impl TokenVerifier {
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(Refusal::Invalid("invalid token: bad sub claim".into()));
         }
-        Ok((claims.tenant_id, claims.sub, claims.roles))
+        Ok(Verified {
+            tenant_id: claims.tenant_id,
+            subject: claims.sub,
+            roles: claims.roles,
+            exp: claims.exp,
+            nbf: claims.nbf,
+            generation,
+        })
     }
 
     /// Verifies `token` with the keys at hand and returns its tenant, subject and roles. A
@@ -257,6 +319,8 @@ pub struct Jwks {
     keys: std::sync::RwLock<std::collections::HashMap<String, (DecodingKey, Algorithm)>>,
     last_refresh: tokio::sync::Mutex<Option<std::time::Instant>>,
     min_interval: Duration,
+    /// Bumped whenever a fetched key set replaces the cached one.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -270,6 +334,7 @@ impl Jwks {
             keys: std::sync::RwLock::default(),
             last_refresh: tokio::sync::Mutex::new(None),
             min_interval,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -322,7 +387,15 @@ impl Jwks {
             .keys
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(count)
+    }
+
+    /// Which fetched key set is in use; tokens verified against an older one are checked
+    /// again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refreshes unless the last refresh is younger than the minimum interval; true if it
@@ -583,6 +656,25 @@ mod tests {
         let (tenant, subject, roles) = verifier.verify(&token).expect("verify");
         assert_eq!((tenant.as_str(), subject.as_str()), ("acme", "ada"));
         assert_eq!(roles, vec!["sales_rep".to_owned()]);
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_it_expires() {
+        let secret = SecretString::from("s".repeat(40));
+        let issuer = TokenIssuer::hs256(&secret, "aida-dev", "aida-crm");
+        let verifier = TokenVerifier::hs256(&secret, "aida-dev", "aida-crm", Duration::ZERO);
+        let token = issuer
+            .mint("acme", "ada", &["admin"], Duration::from_secs(1))
+            .expect("mint");
+        verifier.verify(&token).expect("valid now");
+        verifier.verify(&token).expect("valid again, from memory");
+        // The expiry is in whole seconds: wait until it is strictly past.
+        let deadline = unix_now() + 1;
+        while unix_now() <= deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let refused = verifier.verify(&token).expect_err("expired");
+        assert!(matches!(refused, Error::Unauthenticated(_)), "{refused:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use aida::bench::{Phase, print_header, print_row, run_phase, start_mesh};
+use aida::bench::{Phase, cpu_seconds, print_header, print_row, run_phase, start_mesh};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
 use anyhow::Context;
@@ -140,9 +140,16 @@ async fn benchmark(
     // The four paths take turns, round after round, so that drift (caches warming, the
     // machine's other work) spreads over all of them instead of favouring one.
     let mut totals: Vec<Option<Phase>> = vec![None, None, None, None];
+    // CPU seconds used per path by `aida up` (services and edge) and by this load generator:
+    // on a machine they share, the cost per request is the figure that travels.
+    let mut cpu = [(0.0f64, 0.0f64); 4];
+    let server = mesh.child.id();
     for _ in 0..args.rounds {
         for (index, path) in PATHS.iter().enumerate() {
+            let before = (cpu_seconds(server), cpu_seconds(std::process::id()));
             let phase = target.measure(*path, args.clients, duration).await;
+            cpu[index].0 += cpu_seconds(server) - before.0;
+            cpu[index].1 += cpu_seconds(std::process::id()) - before.1;
             totals[index] = Some(match totals[index].take() {
                 Some(total) => total.merge(phase),
                 None => phase,
@@ -187,6 +194,35 @@ async fn benchmark(
             "{:<38} / direct gRPC = {:.3}",
             phase.name,
             phase.rate() / grpc_direct.rate()
+        );
+    }
+    println!();
+    println!(
+        "| {:<38} | server CPU µs/req | client CPU µs/req | edge's share of server CPU |",
+        "path"
+    );
+    println!(
+        "|{}|-------------------|-------------------|----------------------------|",
+        "-".repeat(40)
+    );
+    let per_request = |seconds: f64, phase: &Phase| seconds * 1e6 / phase.count.max(1) as f64;
+    let direct_server = per_request(cpu[0].0, &grpc_direct);
+    for (index, phase) in [&grpc_direct, &grpc_edge, &grpc_web, &rest]
+        .into_iter()
+        .enumerate()
+    {
+        let server = per_request(cpu[index].0, phase);
+        let share = if index == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0} %", (server - direct_server) / server * 100.0)
+        };
+        println!(
+            "| {:<38} | {:>17.0} | {:>17.0} | {:>26} |",
+            phase.name,
+            server,
+            per_request(cpu[index].1, phase),
+            share
         );
     }
     Ok(())
