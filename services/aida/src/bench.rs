@@ -9,6 +9,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// Where the benchmarks find PostgreSQL and NATS (flattened into each command's arguments).
+#[derive(Debug, clap::Args)]
+pub struct Backends {
+    /// PostgreSQL admin URL (a fresh database is created and dropped).
+    #[arg(
+        long,
+        env = "TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres: String,
+    /// NATS URL (a fresh namespace of streams is used).
+    #[arg(long, env = "TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+}
+
 /// Latencies of one phase.
 pub struct Phase {
     pub name: &'static str,
@@ -135,6 +150,17 @@ pub struct ChildMesh {
     pub token: String,
 }
 
+impl ChildMesh {
+    /// Stops `aida up` as an operator would (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts the release `aida up` next to the running binary against PostgreSQL and NATS,
 /// without mutual TLS (the services are measured, not the TLS hop).
 pub fn start_mesh(
@@ -225,4 +251,51 @@ pub fn print_header() {
         "|{}|-----------|----------|----------|--------|---------|",
         "-".repeat(40)
     );
+}
+
+/// A fresh PostgreSQL database for one benchmark run, dropped by [`ScratchDatabase::remove`].
+pub struct ScratchDatabase {
+    admin: sqlx::PgConnection,
+    name: String,
+    /// Its URL.
+    pub url: String,
+    /// The random part of its name, for stream namespaces of the same run.
+    pub suffix: String,
+}
+
+impl ScratchDatabase {
+    /// Creates `<prefix>_<random>` on the server of `admin_url`.
+    pub async fn create(admin_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+
+        let suffix = aida_core::random_hex(6);
+        let name = format!("{prefix}_{suffix}");
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("connect to PostgreSQL")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(admin_url);
+        Ok(Self {
+            admin,
+            url: format!("{base}/{name}"),
+            name,
+            suffix,
+        })
+    }
+
+    /// Drops the database, closing whatever still uses it.
+    pub async fn remove(mut self) -> anyhow::Result<()> {
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut self.admin)
+        .await?;
+        Ok(())
+    }
 }

@@ -25,11 +25,9 @@ use aida_proto::aida::events::v1::event_envelope::Payload;
 use aida_proto::aida::events::v1::{EventEnvelope, LeadCaptured};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead, LeadSource};
-use anyhow::Context;
 use clap::Parser;
 use prost::Message;
 use secrecy::SecretString;
-use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -47,14 +45,8 @@ struct Args {
     /// Events in the store for the report phase.
     #[arg(long, default_value_t = 10_000_000)]
     store_events: usize,
-    #[arg(
-        long,
-        env = "TEST_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
-    #[arg(long, env = "TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    backends: aida::bench::Backends,
 }
 
 fn envelope(tenant: &str, index: usize) -> EventEnvelope {
@@ -90,8 +82,11 @@ async fn main() -> anyhow::Result<()> {
     let key = SecretString::from(format!("bench-key-{}", random_hex(16)));
 
     // 1. JetStream async publish ceiling.
-    let ceiling_bus =
-        NatsBus::connect(&args.nats, &bus_settings(&format!("bc{}", random_hex(4)))).await?;
+    let ceiling_bus = NatsBus::connect(
+        &args.backends.nats,
+        &bus_settings(&format!("bc{}", random_hex(4))),
+    )
+    .await?;
     ceiling_bus.ensure_streams().await?;
     let messages: Vec<OutgoingMessage> = (0..args.events)
         .map(|index| {
@@ -157,22 +152,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = consumer_task.await;
 
     // 3. End-to-end lag at a steady capture rate through LeadService and the relay.
-    let database = format!("aida_bench_{}", random_hex(6));
-    let mut admin = sqlx::PgConnection::connect(&args.postgres)
-        .await
-        .context("connect to PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .postgres
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .unwrap_or(&args.postgres);
-    let lag = steady_lag(&args, &format!("{base}/{database}"), &key, dir.path()).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let database =
+        aida::bench::ScratchDatabase::create(&args.backends.postgres, "aida_bench").await?;
+    let lag = steady_lag(&args, &database.url, &key, dir.path()).await;
+    database.remove().await?;
     let (lag_events, lag_p50, lag_p99, sent) = lag?;
 
     // 4. Reports over a large store.
@@ -248,10 +231,11 @@ async fn steady_lag(
     let mut settings = Settings::embedded();
     settings.data_dir = dir.join("lag");
     settings.database_url = Some(SecretString::from(database_url.to_owned()));
-    settings.nats_url = Some(args.nats.clone());
+    settings.nats_url = Some(args.backends.nats.clone());
     settings.bus.namespace = namespace.clone();
     settings.auth.signing_key = Some(key.clone());
-    let bus: Arc<dyn EventBus> = Arc::new(NatsBus::connect(&args.nats, &settings.bus).await?);
+    let bus: Arc<dyn EventBus> =
+        Arc::new(NatsBus::connect(&args.backends.nats, &settings.bus).await?);
     bus.ensure_streams().await?;
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

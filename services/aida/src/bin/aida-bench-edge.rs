@@ -12,16 +12,15 @@
 //! ceiling.
 //! Run: `cargo run --release -p aida --bin aida-bench-edge`.
 
-use std::process::Command;
 use std::time::Duration;
 
-use aida::bench::{Phase, cpu_seconds, print_header, print_row, run_phase, start_mesh};
+use aida::bench::{
+    Phase, ScratchDatabase, cpu_seconds, print_header, print_row, run_phase, start_mesh,
+};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
-use anyhow::Context;
 use clap::Parser;
 use prost::Message;
-use sqlx::Connection;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -36,42 +35,17 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// PostgreSQL admin URL (a fresh database is created and dropped).
-    #[arg(
-        long,
-        env = "TEST_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
-    /// NATS URL (a fresh namespace of streams is used).
-    #[arg(long, env = "TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    backends: aida::bench::Backends,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let suffix = aida_core::random_hex(6);
-    let database = format!("aida_bench_edge_{suffix}");
-    let mut admin = sqlx::PgConnection::connect(&args.postgres)
-        .await
-        .context("connect to PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .postgres
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .unwrap_or(&args.postgres);
-    let database_url = format!("{base}/{database}");
+    let database = ScratchDatabase::create(&args.backends.postgres, "aida_bench_edge").await?;
     let data_dir = tempfile::tempdir()?;
-
-    let outcome = benchmark(&args, &database_url, &suffix, data_dir.path()).await;
-
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let outcome = benchmark(&args, &database.url, &database.suffix, data_dir.path()).await;
+    database.remove().await?;
     outcome
 }
 
@@ -86,7 +60,7 @@ async fn benchmark(
     // The limiter stays in the path (it is measured) but must not refuse the load.
     let mut mesh = start_mesh(
         database_url,
-        &args.nats,
+        &args.backends.nats,
         &namespace,
         data_dir,
         &[
@@ -166,11 +140,7 @@ async fn benchmark(
         anyhow::bail!("no rounds were run (--rounds 0)");
     };
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(mesh.child.id().to_string())
-        .status();
-    let _ = mesh.child.wait();
+    mesh.stop();
 
     println!();
     println!(

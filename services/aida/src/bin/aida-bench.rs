@@ -15,16 +15,13 @@
 //! It prints rates, latency percentiles, ratios to the ceilings and the resident memory of
 //! `aida up` idle and under load. Run: `cargo run --release -p aida --bin aida-bench`.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aida::bench::{print_header, print_row, rss_mib, run_phase, start_mesh};
+use aida::bench::{ScratchDatabase, print_header, print_row, rss_mib, run_phase, start_mesh};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
-use anyhow::Context;
 use clap::Parser;
-use sqlx::Connection;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -36,43 +33,25 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// PostgreSQL admin URL (a fresh database is created and dropped).
-    #[arg(
-        long,
-        env = "TEST_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
-    /// NATS URL (a fresh namespace of streams is used).
-    #[arg(long, env = "TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    backends: aida::bench::Backends,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds);
-    let suffix = aida_core::random_hex(6);
-    let database = format!("aida_bench_{suffix}");
-    let mut admin = sqlx::PgConnection::connect(&args.postgres)
-        .await
-        .context("connect to PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .postgres
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .unwrap_or(&args.postgres);
-    let database_url = format!("{base}/{database}");
+    let database = ScratchDatabase::create(&args.backends.postgres, "aida_bench").await?;
     let data_dir = tempfile::tempdir()?;
-
-    let outcome = benchmark(&args, duration, &database_url, &suffix, data_dir.path()).await;
-
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let outcome = benchmark(
+        &args,
+        duration,
+        &database.url,
+        &database.suffix,
+        data_dir.path(),
+    )
+    .await;
+    database.remove().await?;
     outcome
 }
 
@@ -84,7 +63,7 @@ async fn benchmark(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let namespace = format!("bench{suffix}");
-    let mut mesh = start_mesh(database_url, &args.nats, &namespace, data_dir, &[])?;
+    let mut mesh = start_mesh(database_url, &args.backends.nats, &namespace, data_dir, &[])?;
     let pid = mesh.child.id();
     let channel = Channel::from_shared(format!("http://{}", mesh.leads))?
         .connect()
@@ -198,11 +177,7 @@ async fn benchmark(
             .fetch_one(&pool)
             .await?;
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = mesh.child.wait();
+    mesh.stop();
     pool.close().await;
 
     println!();
