@@ -31,7 +31,7 @@ use crate::domain::{
     escape_html, find_urls, is_machine_open, normalize_address, render,
 };
 use crate::providers::{EmailSender, SmsSender};
-use crate::store::{self, After, CommsStore};
+use crate::store::{self, CommsStore};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -291,13 +291,6 @@ impl Comms {
             )
             .map_err(|error| Error::internal(format!("compose e-mail: {error}")))
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct MessagePosition {
-    f: String,
-    k: Vec<KeyValue>,
-    i: Uuid,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -736,28 +729,8 @@ impl CommsService for CommsApi {
         let list = request.get_ref();
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by("", store::MESSAGE_FIELDS, "create_time desc")?;
-        let filter_key = format!(
-            "{:x}",
-            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-                list.filter.trim()
-            ))
-        );
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            let position: MessagePosition = self.0.page_tokens.decode(&list.page_token)?;
-            if position.f != filter_key {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the filter changed since this token was issued",
-                )
-                .into());
-            }
-            Some(After {
-                values: position.k,
-                id: position.i,
-            })
-        };
+        let cursor = query::Cursor::new(&list.filter, &order);
+        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
         let (messages, has_more) = self
             .0
             .store
@@ -770,11 +743,11 @@ impl CommsService for CommsApi {
             )
             .await?;
         let next_page_token = match messages.last() {
-            Some(last) if has_more => self.0.page_tokens.encode(&MessagePosition {
-                f: filter_key,
-                k: vec![KeyValue::Time(last.create_time)],
-                i: last.id,
-            })?,
+            Some(last) if has_more => cursor.next(
+                &self.0.page_tokens,
+                vec![KeyValue::Time(last.create_time)],
+                last.id,
+            )?,
             _ => String::new(),
         };
         Ok(Response::new(pb::ListMessagesResponse {

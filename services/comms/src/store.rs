@@ -2,7 +2,7 @@
 //! Each change commits with its outbox event.
 
 use aida_core::db::{Count, Database, Engine, Sql, Tx};
-use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
+use aida_core::query::{self, Field, FieldKind, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
@@ -168,11 +168,7 @@ fn lock_clause(engine: Engine) -> &'static str {
     }
 }
 
-/// Where a list page ended.
-pub struct After {
-    pub values: Vec<KeyValue>,
-    pub id: Uuid,
-}
+pub use aida_core::query::After;
 
 #[derive(Clone)]
 pub struct CommsStore {

@@ -587,6 +587,85 @@ impl KeyValue {
     }
 }
 
+/// Where the previous page ended: the sort-key values and the id of its last row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct After {
+    pub values: Vec<KeyValue>,
+    pub id: Uuid,
+}
+
+/// A list query as page tokens see it: a token continues only the query (filter and
+/// order) that issued it; another query gets INVALID_ARGUMENT rather than a wrong page.
+pub struct Cursor {
+    filter: String,
+    order: String,
+}
+
+/// The signed content of a page token.
+#[derive(Serialize, Deserialize)]
+struct Position {
+    /// Digest of the filter.
+    f: String,
+    /// Canonical order.
+    o: String,
+    /// Sort-key values of the last row.
+    k: Vec<KeyValue>,
+    /// Id of the last row.
+    i: Uuid,
+}
+
+impl Cursor {
+    pub fn new(filter: &str, order: &[OrderTerm]) -> Self {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(filter.trim().as_bytes());
+        Self {
+            filter: digest
+                .iter()
+                .take(12)
+                .map(|byte| format!("{byte:02x}"))
+                .collect(),
+            order: order_key(order),
+        }
+    }
+
+    /// Where `page_token` says to continue; `None` for the first page (an empty token).
+    pub fn resume(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        page_token: &str,
+    ) -> Result<Option<After>, Error> {
+        if page_token.is_empty() {
+            return Ok(None);
+        }
+        let position: Position = tokens.decode(page_token)?;
+        if position.f != self.filter || position.o != self.order {
+            return Err(Error::invalid(
+                "page_token",
+                "the filter or order_by changed since this token was issued; start from the first page",
+            ));
+        }
+        Ok(Some(After {
+            values: position.k,
+            id: position.i,
+        }))
+    }
+
+    /// The token for the page after the row with sort-key `values` and `id`.
+    pub fn next(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        values: Vec<KeyValue>,
+        id: Uuid,
+    ) -> Result<String, Error> {
+        tokens.encode(&Position {
+            f: self.filter.clone(),
+            o: self.order.clone(),
+            k: values,
+            i: id,
+        })
+    }
+}
+
 /// Appends the keyset condition "after (`values`, `last_id`)" in the order `terms`, then
 /// the unique `id_column` ascending:
 /// `(a > x) OR (a = x AND b < y) OR (a = x AND b = y AND id > z)`.
@@ -780,5 +859,46 @@ mod tests {
         assert_eq!(page_size(0, 50, 1000).expect("ok"), 50);
         assert_eq!(page_size(5000, 50, 1000).expect("ok"), 1000);
         assert!(page_size(-1, 50, 1000).is_err());
+    }
+    #[test]
+    fn a_page_token_continues_only_the_query_that_issued_it() {
+        let tokens =
+            crate::pagination::PageTokens::new(&secrecy::SecretString::from("k".repeat(32)));
+        let order = parse_order_by("", FIELDS, "create_time desc").expect("order");
+        let cursor = Cursor::new("status = \"NEW\"", &order);
+        let id = Uuid::now_v7();
+        let token = cursor
+            .next(&tokens, vec![KeyValue::Text("x".into())], id)
+            .expect("token");
+
+        assert_eq!(cursor.resume(&tokens, "").expect("first page"), None);
+        let after = cursor
+            .resume(&tokens, &token)
+            .expect("same query")
+            .expect("a position");
+        assert_eq!(
+            (after.values, after.id),
+            (vec![KeyValue::Text("x".into())], id)
+        );
+        // Whitespace around the filter does not make it another query.
+        assert!(
+            Cursor::new("  status = \"NEW\" ", &order)
+                .resume(&tokens, &token)
+                .is_ok()
+        );
+
+        let other_filter = Cursor::new("status = \"QUALIFIED\"", &order);
+        let other_order = Cursor::new(
+            "status = \"NEW\"",
+            &parse_order_by("email", FIELDS, "create_time desc").expect("order"),
+        );
+        for cursor in [other_filter, other_order] {
+            match cursor.resume(&tokens, &token) {
+                Err(Error::InvalidArgument(violations)) => {
+                    assert_eq!(violations[0].field, "page_token")
+                }
+                other => panic!("expected page_token to be refused, got {other:?}"),
+            }
+        }
     }
 }

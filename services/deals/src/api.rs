@@ -8,7 +8,7 @@ use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
-use aida_core::query::{self, KeyValue};
+use aida_core::query;
 use aida_core::rbac::Access;
 use aida_proto::aida::common::v1::Money as PbMoney;
 use aida_proto::aida::deals::v1 as pb;
@@ -18,13 +18,12 @@ use aida_proto::aida::events::v1::{
 };
 use chrono::Utc;
 use futures::Stream;
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, Deal, DealStatus, Money, NewDeal, Pipeline, Stage, StageKind};
-use crate::store::{self, After, DealChange, DealStore, PipelineChange};
+use crate::store::{self, DealChange, DealStore, PipelineChange};
 use crate::watch::WatchHub;
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -56,14 +55,6 @@ impl DealApi {
             hub,
         }
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct PagePosition {
-    f: String,
-    o: String,
-    k: Vec<KeyValue>,
-    i: Uuid,
 }
 
 fn digest(text: &str) -> String {
@@ -404,23 +395,8 @@ impl DealService for DealApi {
         let list = request.get_ref();
         let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
-        let (filter_key, order_key) = (digest(&list.filter), query::order_key(&order));
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            let position: PagePosition = self.page_tokens.decode(&list.page_token)?;
-            if position.f != filter_key || position.o != order_key {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the filter or order_by changed since this token was issued",
-                )
-                .into());
-            }
-            Some(After {
-                values: position.k,
-                id: position.i,
-            })
-        };
+        let cursor = query::Cursor::new(&list.filter, &order);
+        let after = cursor.resume(&self.page_tokens, &list.page_token)?;
         let page = self
             .store
             .list(
@@ -434,15 +410,14 @@ impl DealService for DealApi {
             .await?;
         let rotting = self.store.rotting_days(&context.tenant_id).await?;
         let next_page_token = match page.deals.last() {
-            Some(last) if page.has_more => self.page_tokens.encode(&PagePosition {
-                f: filter_key,
-                o: order_key,
-                k: order
+            Some(last) if page.has_more => cursor.next(
+                &self.page_tokens,
+                order
                     .iter()
                     .map(|term| store::key_value(last, term))
                     .collect(),
-                i: last.id,
-            })?,
+                last.id,
+            )?,
             _ => String::new(),
         };
         Ok(Response::new(pb::ListDealsResponse {

@@ -209,11 +209,7 @@ pub struct Page {
     pub total: i64,
 }
 
-/// Where the previous page ended.
-pub struct After {
-    pub values: Vec<KeyValue>,
-    pub id: Uuid,
-}
+pub use aida_core::query::After;
 
 /// What a deal modification decided.
 pub enum DealChange {

@@ -8,20 +8,18 @@ use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
-use aida_core::query::{self, KeyValue};
+use aida_core::query;
 use aida_core::rbac::Access;
 use aida_proto::aida::events::v1::{
     LeadCaptured, LeadDeleted, LeadQualified, LeadRejected, LeadUpdated, event_envelope::Payload,
 };
 use aida_proto::aida::leads::v1 as pb;
 use aida_proto::aida::leads::v1::lead_service_server::LeadService;
-use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, Lead, LeadFields, Source, Status as LeadStatus};
-use crate::store::{self, After, CaptureRequest, Change, LeadStore};
+use crate::store::{self, CaptureRequest, Change, LeadStore};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -56,28 +54,6 @@ impl LeadApi {
             page_tokens,
         }
     }
-}
-
-/// Where a list page ended, bound to the query that produced it.
-#[derive(Serialize, Deserialize)]
-struct PagePosition {
-    /// Hash of the filter.
-    f: String,
-    /// Canonical order.
-    o: String,
-    /// Sort-key values of the last lead.
-    k: Vec<KeyValue>,
-    /// Id of the last lead.
-    i: Uuid,
-}
-
-fn filter_hash(filter: &str) -> String {
-    let digest = sha2::Sha256::digest(filter.trim().as_bytes());
-    digest
-        .iter()
-        .take(12)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 fn source_from_proto(value: i32, field: &str) -> Result<Option<Source>, Error> {
@@ -382,24 +358,8 @@ impl LeadService for LeadApi {
         let list = request.get_ref();
         let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
-        let order_key = query::order_key(&order);
-        let filter_key = filter_hash(&list.filter);
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            let position: PagePosition = self.page_tokens.decode(&list.page_token)?;
-            if position.f != filter_key || position.o != order_key {
-                return Err(Error::invalid(
-                    "page_token",
-                    "the filter or order_by changed since this token was issued; start from the first page",
-                )
-                .into());
-            }
-            Some(After {
-                values: position.k,
-                id: position.i,
-            })
-        };
+        let cursor = query::Cursor::new(&list.filter, &order);
+        let after = cursor.resume(&self.page_tokens, &list.page_token)?;
         let page = self
             .store
             .list(
@@ -412,15 +372,14 @@ impl LeadService for LeadApi {
             )
             .await?;
         let next_page_token = match page.leads.last() {
-            Some(last) if page.has_more => self.page_tokens.encode(&PagePosition {
-                f: filter_key,
-                o: order_key,
-                k: order
+            Some(last) if page.has_more => cursor.next(
+                &self.page_tokens,
+                order
                     .iter()
                     .map(|term| store::key_value(last, term))
                     .collect(),
-                i: last.id,
-            })?,
+                last.id,
+            )?,
             _ => String::new(),
         };
         Ok(Response::new(pb::ListLeadsResponse {

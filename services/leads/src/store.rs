@@ -187,11 +187,7 @@ pub struct Page {
     pub total: i64,
 }
 
-/// Where the previous page ended.
-pub struct After {
-    pub values: Vec<KeyValue>,
-    pub id: Uuid,
-}
+pub use aida_core::query::After;
 
 /// An idempotent capture request.
 pub struct CaptureRequest<'a> {
