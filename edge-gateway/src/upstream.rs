@@ -21,7 +21,9 @@ pub fn service_key(grpc_service: &str) -> Option<&'static str> {
     match grpc_service {
         "aida.leads.v1.LeadService" => Some("leads"),
         "aida.deals.v1.DealService" => Some("deals"),
-        "aida.comms.v1.CommsService" | "aida.comms.v1.TrackingService" => Some("comms"),
+        "aida.comms.v1.CommsService"
+        | "aida.comms.v1.TrackingService"
+        | "aida.ai.v1.AutonomyService" => Some("comms"),
         "aida.analytics.v1.AnalyticsService" => Some("analytics"),
         _ => None,
     }

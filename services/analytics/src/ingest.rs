@@ -167,7 +167,12 @@ pub fn to_row(
             row.lead_id = optional(&payload.lead_id);
             row.channel = channel(payload.channel);
         }
-        Some(Payload::AnalyticsComputed(_) | Payload::AnalyticsAlerted(_)) => return Ok(None),
+        Some(
+            Payload::AnalyticsComputed(_)
+            | Payload::AnalyticsAlerted(_)
+            | Payload::AutonomyChanged(_)
+            | Payload::AutonomyProposed(_),
+        ) => return Ok(None),
         None => {
             return Err(HandlerError::Poison(format!(
                 "{} without a payload",

@@ -2,8 +2,11 @@
 //! clicks and replies, one-click unsubscribe, a suppression list and a per-lead frequency
 //! cap. TrackingService is its public side, authenticated by signed link tokens. Events:
 //! `comms.sent`, `comms.opened`, `comms.clicked`, `comms.replied`, `comms.unsubscribed`.
+//! The same server hosts AutonomyService ([`autonomy`]): the earned autonomy of the AI
+//! agents that write and send, with `comms.autonomy_changed` and `comms.autonomy_proposed`.
 
 mod api;
+pub mod autonomy;
 pub mod domain;
 pub mod providers;
 mod store;
@@ -14,6 +17,7 @@ use aida_core::db::Migrations;
 use aida_core::pagination::PageTokens;
 use aida_core::runtime::{ServiceContext, StartError};
 use aida_core::server;
+use aida_proto::aida::ai::v1::autonomy_service_server::AutonomyServiceServer;
 use aida_proto::aida::comms::v1::comms_service_server::CommsServiceServer;
 use aida_proto::aida::comms::v1::tracking_service_server::TrackingServiceServer;
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
@@ -21,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use api::{Comms, CommsApi, TrackingApi};
+pub use autonomy::{Autonomy, AutonomyApi};
 pub use store::CommsStore;
 
 use providers::{
@@ -89,6 +94,12 @@ pub async fn serve(
             .map_err(|error| StartError::Server(error.to_string()))?,
         None => leads_endpoint.connect_lazy(),
     };
+    let autonomy = Arc::new(Autonomy::new(
+        autonomy::store::AutonomyStore::new(context.db.clone()),
+        context.relay.clone(),
+        context.page_tokens.clone(),
+        autonomy::policy(&context.settings.comms),
+    ));
     let comms = Arc::new(Comms {
         store: CommsStore::new(context.db.clone()),
         relay: context.relay.clone(),
@@ -113,6 +124,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<TrackingServiceServer<TrackingApi>>()
         .await;
+    health_reporter
+        .set_serving::<AutonomyServiceServer<AutonomyApi>>()
+        .await;
     let reporter = health_reporter.clone();
     let draining = shutdown.clone();
     tokio::spawn(async move {
@@ -123,12 +137,16 @@ pub async fn serve(
         reporter
             .set_not_serving::<TrackingServiceServer<TrackingApi>>()
             .await;
+        reporter
+            .set_not_serving::<AutonomyServiceServer<AutonomyApi>>()
+            .await;
     });
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
     let router = server::builder(context.verifier.clone())
         .add_service(health)
         .add_service(reflection)
         .add_service(CommsServiceServer::new(CommsApi(comms.clone())))
+        .add_service(AutonomyServiceServer::new(AutonomyApi(autonomy)))
         // Tracking links are opened by mail clients: the signed token is the credential.
         .add_service(TrackingServiceServer::new(TrackingApi(comms)));
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;

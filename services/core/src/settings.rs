@@ -134,6 +134,12 @@ pub struct CommsSettings {
     pub max_messages_per_lead_per_day: u32,
     /// Opens within this many seconds of sending are counted as machine opens (prefetch).
     pub machine_open_window_secs: u64,
+    /// Earned autonomy: counted reviews an AI agent needs at L0, L1, L2, L3 before a
+    /// promotion from that level is proposed.
+    pub autonomy_min_decisions: Vec<u32>,
+    /// Earned autonomy: hours an AI agent must spend at L0, L1, L2, L3 before a promotion
+    /// from that level is proposed.
+    pub autonomy_min_hours_at_level: Vec<u32>,
 }
 
 /// AnalyticsService behaviour.
@@ -313,6 +319,8 @@ impl Default for Defaults {
                 public_base_url: "http://127.0.0.1:8080".into(),
                 max_messages_per_lead_per_day: 3,
                 machine_open_window_secs: 2,
+                autonomy_min_decisions: vec![50, 100, 200, 500],
+                autonomy_min_hours_at_level: vec![72, 168, 336, 720],
             },
             analytics: AnalyticsSettings {
                 duckdb_path: None,
@@ -419,6 +427,23 @@ impl Settings {
                 field: "deals.default_currency",
                 message: "an ISO 4217 code such as EUR".into(),
             });
+        }
+        for (field, values) in [
+            (
+                "comms.autonomy_min_decisions",
+                &self.comms.autonomy_min_decisions,
+            ),
+            (
+                "comms.autonomy_min_hours_at_level",
+                &self.comms.autonomy_min_hours_at_level,
+            ),
+        ] {
+            if values.len() != 4 {
+                return Err(SettingsError::Field {
+                    field,
+                    message: format!("four values (for L0, L1, L2, L3), not {}", values.len()),
+                });
+            }
         }
         if let Some(url) = &self.comms.smtp_url {
             let url = url.expose_secret();
