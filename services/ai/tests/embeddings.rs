@@ -54,6 +54,7 @@ fn minilm_known_similarities() {
         ("I love pasta", "Do you like pizza?", 0.510),
     ] {
         let got = pair(m, a, b);
+        eprintln!("cos({a:?}, {b:?}) = {got:.4}");
         assert!(
             (got - expected).abs() <= 0.01,
             "cos({a:?}, {b:?}) = {got}, expected {expected}"
