@@ -67,15 +67,19 @@ const MAX_BATCH: usize = 32;
 pub fn load(model_dir: &Path) -> Box<dyn Embedder> {
     match MiniLm::load(model_dir) {
         Ok(model) => {
-            tracing::info!(dir = %model_dir.display(), version = model.model_version(), "sentence embedder loaded");
+            tracing::info!(
+                dir = %model_dir.display(),
+                version = model.model_version(),
+                "sentence embedder loaded"
+            );
             Box::new(model)
         }
         Err(error) => {
             tracing::warn!(
                 dir = %model_dir.display(),
-                %error,
-                "embedding model not usable; falling back to lexical hashing, which matches words, \
-                 not meaning. Install the model with `aida models fetch`"
+                "embedding model in {} not usable ({error}); falling back to lexical hashing, \
+                 which matches words, not meaning. Install the model with `aida models fetch`",
+                model_dir.display()
             );
             Box::new(Lexical::new())
         }

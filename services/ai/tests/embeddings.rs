@@ -5,8 +5,9 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use aida_ai::embed::{self, Embedder, Lexical, MiniLm, cosine};
@@ -139,6 +140,33 @@ fn load_falls_back_honestly_on_empty_dir() {
     assert_eq!(e.dimensions(), 384);
     let v = e.embed(&["still works"]).expect("fallback embeds");
     assert_normalised(&v[0]);
+}
+
+#[test]
+fn fallback_warns_with_dir_and_remedy() {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let dir = tempfile::tempdir().expect("tempdir");
+    tracing::subscriber::with_default(subscriber, || embed::load(dir.path()));
+    let log = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains(&dir.path().display().to_string()), "{log}");
+    assert!(log.contains("aida models fetch"), "{log}");
 }
 
 #[test]
