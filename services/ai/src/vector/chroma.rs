@@ -7,7 +7,10 @@
 //! Chroma collection: that is what isolates tenants.
 //!
 //! We always send vectors: the server never embeds. Chroma reports cosine *distance*;
-//! similarity is `1 - distance`. Reads of a collection that does not exist answer empty
+//! similarity is `1 - distance`. Chroma's upsert merges metadata and keeps a missing document;
+//! ours replaces, so an upsert first reads the stored items (one extra request per batch) and
+//! clears what the new version lacks. Two concurrent upserts of the same id can therefore
+//! leave a stale metadata key; one writer per id is assumed. Reads of a collection that does not exist answer empty
 //! without creating it. An upsert larger than the server's `max_batch_size` is sent in several
 //! requests, so it is not atomic as a whole.
 
@@ -428,6 +431,94 @@ impl Chroma {
     }
 }
 
+/// What an item already stored looks like, as far as replacing it is concerned.
+struct Previous {
+    has_document: bool,
+    keys: Vec<String>,
+}
+
+impl Chroma {
+    /// Chroma's upsert merges: metadata keys absent from the new item survive and a `null`
+    /// document keeps the old one. Our upsert replaces, so this looks at the stored items
+    /// first: keys to drop are sent as `null` (which deletes them), and items whose document
+    /// must go are deleted before they are written again.
+    async fn replacing_upsert_body(
+        &self,
+        ns: &Namespace,
+        info: &CollectionInfo,
+        chunk: &[Item],
+    ) -> Result<Value, VectorError> {
+        let body = json!({
+            "ids": chunk.iter().map(|i| &i.id).collect::<Vec<_>>(),
+            "include": ["documents", "metadatas"],
+        });
+        let stored: GetJson = self
+            .collection_call(ns, info, Method::POST, "get", Some(&body))
+            .await?;
+        let mut documents = stored.documents.unwrap_or_default();
+        let mut metadatas = stored.metadatas.unwrap_or_default();
+        let previous: HashMap<String, Previous> = stored
+            .ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let has_document = documents.get_mut(i).and_then(Option::take).is_some();
+                let keys = metadatas
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .map(|m| m.into_keys().collect())
+                    .unwrap_or_default();
+                (id, Previous { has_document, keys })
+            })
+            .collect();
+
+        let recreate: Vec<&str> = chunk
+            .iter()
+            .filter(|i| i.document.is_none())
+            .filter(|i| previous.get(&i.id).is_some_and(|p| p.has_document))
+            .map(|i| i.id.as_str())
+            .collect();
+        if !recreate.is_empty() {
+            self.collection_call::<Value>(
+                ns,
+                info,
+                Method::POST,
+                "delete",
+                Some(&json!({ "ids": recreate })),
+            )
+            .await?;
+        }
+
+        let metadatas: Vec<Value> = chunk
+            .iter()
+            .map(|item| {
+                let mut map = serde_json::Map::new();
+                if let Some(p) = previous.get(&item.id)
+                    && !recreate.contains(&item.id.as_str())
+                {
+                    for key in &p.keys {
+                        map.insert(key.clone(), Value::Null);
+                    }
+                }
+                for (k, v) in &item.metadata {
+                    map.insert(k.clone(), json!(v));
+                }
+                if map.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(map)
+                }
+            })
+            .collect();
+        Ok(json!({
+            "ids": chunk.iter().map(|i| &i.id).collect::<Vec<_>>(),
+            "embeddings": chunk.iter().map(|i| &i.vector).collect::<Vec<_>>(),
+            "documents": chunk.iter().map(|i| &i.document).collect::<Vec<_>>(),
+            "metadatas": metadatas,
+        }))
+    }
+}
+
 #[async_trait]
 impl VectorStore for Chroma {
     async fn upsert(&self, ns: &Namespace, items: Vec<Item>) -> Result<(), VectorError> {
@@ -445,15 +536,7 @@ impl VectorStore for Chroma {
         }
         validate_batch(ns, &items, info.dim)?;
         for chunk in items.chunks(max_batch) {
-            let body = json!({
-                "ids": chunk.iter().map(|i| &i.id).collect::<Vec<_>>(),
-                "embeddings": chunk.iter().map(|i| &i.vector).collect::<Vec<_>>(),
-                "documents": chunk.iter().map(|i| &i.document).collect::<Vec<_>>(),
-                "metadatas": chunk
-                    .iter()
-                    .map(|i| (!i.metadata.is_empty()).then_some(&i.metadata))
-                    .collect::<Vec<_>>(),
-            });
+            let body = self.replacing_upsert_body(ns, &info, chunk).await?;
             let result = self
                 .collection_call::<Value>(ns, &info, Method::POST, "upsert", Some(&body))
                 .await;
