@@ -181,15 +181,15 @@ impl Collection {
             if !parent_existed && let Some(root) = dir.parent() {
                 sync_dir(root)?;
             }
-            let mut file = OpenOptions::new()
-                .create(true)
+            // Truncate: a previous attempt may have left a partial header behind.
+            File::create(&self.path)
+                .and_then(|mut f| f.write_all(wal::MAGIC).and_then(|()| f.sync_all()))
+                .map_err(|e| VectorError::io(&self.path, e))?;
+            sync_dir(dir)?;
+            let file = OpenOptions::new()
                 .append(true)
                 .open(&self.path)
                 .map_err(|e| VectorError::io(&self.path, e))?;
-            file.write_all(wal::MAGIC)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| VectorError::io(&self.path, e))?;
-            sync_dir(dir)?;
             self.log_len = wal::MAGIC.len() as u64;
             self.file = Some(file);
         }
