@@ -420,6 +420,8 @@ async fn k_larger_than_count(store: &dyn VectorStore) {
     .await;
     let hits = query(store, &ns, &[1.0, 0.0], 100, &Filter::all()).await;
     assert_eq!(ids(&hits), ["a", "c", "b"]);
+    let hits = query(store, &ns, &[1.0, 0.0], usize::MAX, &Filter::all()).await;
+    assert_eq!(ids(&hits), ["a", "c", "b"]);
     assert!(
         query(store, &ns, &[1.0, 0.0], 0, &Filter::all())
             .await

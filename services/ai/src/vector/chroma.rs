@@ -32,6 +32,8 @@ use super::{
 
 /// Error bodies longer than this are cut in [`VectorError::Http`].
 const MAX_ERROR_BODY: usize = 2000;
+/// Above this, `n_results` is capped by the collection's count first.
+const LARGE_K: usize = 10_000;
 /// Used when the server does not say its `max_batch_size`.
 const DEFAULT_MAX_BATCH: usize = 1000;
 
@@ -594,6 +596,15 @@ impl VectorStore for Chroma {
         };
         validate_query(ns, vector, info.dim, filter)?;
         if info.dim.is_none() || k == 0 || filter.matches_nothing() {
+            return Ok(Vec::new());
+        }
+        // A huge k would make the server size its result heap by it: cap it by the count.
+        let k = if k > LARGE_K {
+            k.min(self.count(ns).await?)
+        } else {
+            k
+        };
+        if k == 0 {
             return Ok(Vec::new());
         }
         let mut body = json!({
