@@ -1,6 +1,13 @@
-//! The AI side of AIDA-CRM: earned autonomy for its agents.
+//! The AI side of AIDA-CRM: earned autonomy for its agents, sentence embeddings and the
+//! vector store they search.
 //!
 //! [`autonomy`] decides how far an agent may go on its own for one action and segment, and
-//! how it earns or loses that.
+//! how it earns or loses that. [`embed`] turns text into vectors (all-MiniLM-L6-v2, or an
+//! honest lexical fallback when the model is absent); [`models`] fetches and verifies the model.
+//! [`vector`] stores embeddings per tenant and finds the nearest ones: in process
+//! ([`vector::Embedded`]) or on a Chroma server ([`vector::Chroma`]).
 
 pub mod autonomy;
+pub mod embed;
+pub mod models;
+pub mod vector;
