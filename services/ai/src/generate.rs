@@ -834,6 +834,12 @@ impl ContentGenerator for OpenRouter {
         let (wire, status) = loop {
             attempt += 1;
             let attempt_started = Instant::now();
+            tracing::debug!(
+                model = %self.config.model,
+                endpoint = %self.endpoint,
+                attempt,
+                "requesting a draft"
+            );
             match self.attempt(&body).await {
                 Ok(answer) => break answer,
                 Err(AttemptError::Retry { error, retry_after }) => {
@@ -1069,6 +1075,15 @@ impl Facts<'_> {
     }
 }
 
+/// "Acme's", "Brightwave Logistics'"; "your team's" for the fallback.
+fn possessive(name: &str) -> String {
+    if name.ends_with('s') {
+        format!("{name}'")
+    } else {
+        format!("{name}'s")
+    }
+}
+
 fn opt_out(tone: Tone) -> &'static str {
     match tone {
         Tone::Friendly => {
@@ -1104,6 +1119,7 @@ impl Offline {
                     match (f.company.is_empty(), f.sender_company.is_empty()) {
                         (false, false) => format!("{} and {}", f.sender_company, f.company),
                         (true, false) => format!("Hello from {}", f.sender_company),
+                        (false, true) => format!("Hello, {} team", f.company),
                         _ => with_first("Hello"),
                     }
                 }
@@ -1165,11 +1181,11 @@ impl Offline {
             ],
             (Purpose::FirstTouch, Tone::Formal) => vec![
                 format!(
-                    "{} {}I would welcome the opportunity to learn about {}'s current priorities \
+                    "{} {}I would welcome the opportunity to learn about {} current priorities \
                      and to explore whether we could be of help.",
                     f.sender_intro(true),
                     f.source_sentence(true),
-                    company
+                    possessive(company)
                 ),
                 "Would you be open to a brief exchange on this?".into(),
             ],
@@ -1216,10 +1232,14 @@ impl Offline {
             }
             (Purpose::ReEngage, _) => {
                 let gap = match (f.ever_replied, formal) {
-                    (true, false) => "It's been a while since we last spoke.",
-                    (false, false) => "It's been a while since I last reached out.",
-                    (true, true) => "Some time has passed since we last spoke.",
-                    (false, true) => "Some time has passed since I last wrote to you.",
+                    (true, false) => "It's been a while since we last spoke",
+                    (false, false) => "It's been a while since I last reached out",
+                    (true, true) => "Some time has passed since we last spoke",
+                    (false, true) => "Some time has passed since I last wrote to you",
+                };
+                let gap = match f.last_subject {
+                    Some(subject) if tone != Tone::Brief => format!("{gap} about \"{subject}\"."),
+                    _ => format!("{gap}."),
                 };
                 match tone {
                     Tone::Friendly => vec![
@@ -1257,9 +1277,9 @@ impl Offline {
             (Purpose::MeetingRequest, Tone::Formal) => vec![
                 format!(
                     "{} I would appreciate the opportunity to speak with you for about twenty \
-                     minutes about {}'s priorities and whether we could support them.",
+                     minutes about {} priorities and whether we could support them.",
                     f.sender_intro(true),
-                    company
+                    possessive(company)
                 ),
                 "Please let me know a time that suits you and I will send an invitation.".into(),
             ],

@@ -728,3 +728,20 @@ fn prompt_is_pure_and_bounded() {
     assert!(prompt.user().contains("subject number 11\n"));
     assert!(prompt.user().len() < 10_000);
 }
+
+/// Prints every offline template for reading: `cargo test --test generate -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "prints the templates for review"]
+async fn offline_gallery() {
+    for purpose in PURPOSES {
+        for tone in TONES {
+            for req in [request(purpose, tone), minimal_request(purpose, tone)] {
+                let draft = offline(&req).await;
+                println!(
+                    "===== {}\nSubject: {}\n\n{}\n",
+                    draft.provenance.template, draft.subject, draft.body
+                );
+            }
+        }
+    }
+}
