@@ -745,3 +745,41 @@ async fn offline_gallery() {
         }
     }
 }
+
+#[tokio::test]
+async fn retry_after_is_capped_and_server_errors_recover() {
+    let mock = Mock::start(vec![
+        Reply::status(429, "{}").header("retry-after", "3600"),
+        Reply::status(503, "unavailable"),
+        Reply::draft("Back", "Body"),
+    ])
+    .await;
+    let mut config = mock.config();
+    config.max_retry_after = Duration::from_millis(10);
+    let started = std::time::Instant::now();
+    let draft = OpenRouter::new(config)
+        .expect("client")
+        .generate(&request(Purpose::ReEngage, Tone::Friendly))
+        .await
+        .expect("draft on the third attempt");
+    assert_eq!(draft.subject, "Back");
+    assert_eq!(mock.requests(), 3);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transport_error() {
+    // Bind and drop: nothing listens on this port any more.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut config = OpenRouterConfig::new(SecretString::from("k"));
+    config.base_url = format!("http://{addr}/api/v1");
+    config.backoff_base = Duration::from_millis(1);
+    let error = OpenRouter::new(config)
+        .expect("client")
+        .generate(&request(Purpose::FirstTouch, Tone::Brief))
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(error, GenerateError::Transport(_)), "{error:?}");
+}
