@@ -6,8 +6,10 @@
 //! honest lexical fallback when the model is absent); [`models`] fetches and verifies the model.
 //! [`vector`] stores embeddings per tenant and finds the nearest ones: in process
 //! ([`vector::Embedded`]) or on a Chroma server ([`vector::Chroma`]).
+//! [`generate`] drafts outreach e-mails by LLM ([`generate::OpenRouter`]) or by template.
 
 pub mod autonomy;
 pub mod embed;
+pub mod generate;
 pub mod models;
 pub mod vector;
