@@ -26,12 +26,18 @@ use tonic::transport::Channel as GrpcChannel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use aida_ai::autonomy::{BusinessOutcome, Review};
+use aida_ai::generate::{Purpose, Tone};
+
+use crate::autonomy::store::{Key, Version};
+use crate::autonomy::{Autonomy, ReviewInput};
 use crate::domain::{
     self, Channel, LinkKind, Message, MessageStatus, Suppression, Template, TrackingClaim,
     escape_html, find_urls, is_machine_open, normalize_address, render,
 };
 use crate::providers::{EmailSender, SmsSender};
 use crate::store::{self, CommsStore};
+use crate::writer::{self, DraftState, Writer};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -47,6 +53,8 @@ pub struct Comms {
     pub email: Arc<dyn EmailSender>,
     pub sms: Arc<dyn SmsSender>,
     pub leads: LeadServiceClient<GrpcChannel>,
+    pub writer: Arc<Writer>,
+    pub autonomy: Arc<Autonomy>,
 }
 
 /// CommsService.
@@ -183,7 +191,242 @@ fn system_context(tenant: &str, subject: &str) -> AuthContext {
     }
 }
 
+fn draft_key(draft: &writer::Draft) -> Key {
+    Key {
+        agent: writer::AGENT.into(),
+        action: draft.action(),
+        segment: writer::SEGMENT.into(),
+    }
+}
+
+fn draft_closed(draft: &writer::Draft) -> Error {
+    Error::FailedPrecondition {
+        reason: "DRAFT_CLOSED",
+        message: format!(
+            "draft {} was already {}",
+            draft.id,
+            draft.state.as_str().to_lowercase()
+        ),
+    }
+}
+
+/// The review a person gave `draft` at `now`, for the writer's ledger.
+fn review_of(
+    draft: &writer::Draft,
+    review: Review,
+    sent: bool,
+    now: chrono::DateTime<chrono::Utc>,
+    message: Option<Uuid>,
+) -> ReviewInput {
+    let writer = &draft.provenance.writer;
+    ReviewInput {
+        key: draft_key(draft),
+        subject: match message {
+            Some(message) => format!("messages/{message}"),
+            None => format!("drafts/{}", draft.id),
+        },
+        review,
+        review_ms: (now - draft.create_time).num_milliseconds().max(0),
+        version: Version {
+            model: writer.model.clone(),
+            prompt: writer.prompt_version.clone(),
+        },
+        sent,
+        request_id: format!("draft:{}", draft.id),
+    }
+}
+
+fn purpose_to_proto(purpose: Purpose) -> pb::Purpose {
+    match purpose {
+        Purpose::FirstTouch => pb::Purpose::FirstTouch,
+        Purpose::FollowUp => pb::Purpose::FollowUp,
+        Purpose::ReEngage => pb::Purpose::ReEngage,
+        Purpose::MeetingRequest => pb::Purpose::MeetingRequest,
+    }
+}
+
+fn tone_to_proto(tone: Tone) -> pb::Tone {
+    match tone {
+        Tone::Friendly => pb::Tone::Friendly,
+        Tone::Formal => pb::Tone::Formal,
+        Tone::Brief => pb::Tone::Brief,
+    }
+}
+
+fn draft_to_proto(draft: &writer::Draft) -> pb::Draft {
+    let writer = &draft.provenance.writer;
+    pb::Draft {
+        id: draft.id.to_string(),
+        lead_id: draft.lead_id.to_string(),
+        purpose: purpose_to_proto(draft.purpose) as i32,
+        tone: tone_to_proto(draft.tone) as i32,
+        subject: draft.subject.clone(),
+        body: draft.body.clone(),
+        provenance: Some(pb::Provenance {
+            generator: writer.generator.clone(),
+            model: writer.model.clone(),
+            prompt_version: writer.prompt_version.clone(),
+            prompt_hash: writer.prompt_hash.clone(),
+            template: writer.template.clone(),
+            prompt_tokens: i32::try_from(writer.usage.prompt_tokens).unwrap_or(i32::MAX),
+            completion_tokens: i32::try_from(writer.usage.completion_tokens).unwrap_or(i32::MAX),
+            latency_ms: i64::try_from(writer.latency_ms).unwrap_or(i64::MAX),
+            embedding_model: draft.provenance.embedding_model.clone(),
+            examples: draft
+                .provenance
+                .examples
+                .iter()
+                .map(|example| pb::DraftExample {
+                    message_id: example.message_id.clone(),
+                    similarity: example.similarity,
+                })
+                .collect(),
+        }),
+        state: match draft.state {
+            DraftState::Pending => pb::DraftState::Pending,
+            DraftState::Sent => pb::DraftState::Sent,
+            DraftState::Discarded => pb::DraftState::Discarded,
+        } as i32,
+        autonomy_level: i32::from(draft.autonomy_level) + 1,
+        message_id: draft
+            .message_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        edited: draft.edited,
+        approver: draft.approver.clone(),
+        create_time: Some(timestamp(draft.create_time)),
+        update_time: Some(timestamp(draft.update_time)),
+    }
+}
+
 impl Comms {
+    /// The pending draft `request` names, checked against the lead and channel.
+    async fn open_draft(
+        &self,
+        context: &AuthContext,
+        request: &pb::SendMessageRequest,
+        lead_id: Uuid,
+    ) -> Result<writer::Draft, Error> {
+        let id = parse_id("draft_id", &request.draft_id, "draft")?;
+        let draft = self
+            .writer
+            .drafts
+            .get(&context.tenant_id, id)
+            .await
+            .map_err(|error| match error {
+                Error::NotFound { .. } => Error::invalid("draft_id", "no such draft"),
+                other => other,
+            })?;
+        if draft.lead_id != lead_id {
+            return Err(Error::invalid("draft_id", "the draft is for another lead"));
+        }
+        if !request.template_id.is_empty() {
+            return Err(Error::invalid(
+                "template_id",
+                "a draft is sent without a template",
+            ));
+        }
+        if request.channel == pb::Channel::Sms as i32 {
+            return Err(Error::invalid("channel", "a draft is an e-mail"));
+        }
+        if draft.state != DraftState::Pending {
+            return Err(draft_closed(&draft));
+        }
+        Ok(draft)
+    }
+
+    /// A draft was sent as `message`: it closes, and the person's review (unchanged or
+    /// edited) and a bounce go into the writer's ledger.
+    async fn close_sent_draft(
+        &self,
+        context: &AuthContext,
+        draft: &writer::Draft,
+        message: &Message,
+    ) -> Result<(), Error> {
+        let edited = message.subject != draft.subject || message.body != draft.body;
+        let now = now_micros();
+        if !self
+            .writer
+            .drafts
+            .close(
+                draft,
+                DraftState::Sent,
+                Some(message.id),
+                edited,
+                &context.subject,
+                now,
+            )
+            .await?
+        {
+            return Err(draft_closed(draft));
+        }
+        let review = if edited {
+            Review::Edited
+        } else {
+            Review::ApprovedUnchanged
+        };
+        self.autonomy
+            .review(
+                context,
+                review_of(draft, review, true, now, Some(message.id)),
+            )
+            .await?;
+        if message.status == MessageStatus::Failed {
+            self.autonomy
+                .outcome_of_request(
+                    context,
+                    &format!("draft:{}", draft.id),
+                    BusinessOutcome::Bounced,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What came of a message sent from a draft goes into the writer's ledger.
+    async fn draft_outcome(
+        &self,
+        context: &AuthContext,
+        message: Uuid,
+        outcome: BusinessOutcome,
+    ) -> Result<(), Error> {
+        if let Some(draft) = self
+            .writer
+            .drafts
+            .by_message(&context.tenant_id, message)
+            .await?
+        {
+            match self
+                .autonomy
+                .outcome_of_request(context, &format!("draft:{}", draft.id), outcome)
+                .await
+            {
+                // The draft's message already has another outcome (a reply after an
+                // unsubscribe, say): the first one stands.
+                Err(Error::FailedPrecondition { message, .. }) => {
+                    tracing::info!(%message, "outcome of a drafted message kept");
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A replied e-mail becomes an example for leads like its own. The index is derived
+    /// data: a failure is logged, the reply stays recorded.
+    async fn remember_replied(&self, context: &AuthContext, message: &Message) {
+        let remembered = async {
+            let lead = self.lead(context, message.lead_id).await?;
+            self.writer
+                .remember_replied(&context.tenant_id, message.id, &lead)
+                .await
+        }
+        .await;
+        if let Err(error) = remembered {
+            tracing::warn!(message = %message.id, %error, "replied message not indexed as an example");
+        }
+    }
+
     fn link(&self, claim: &TrackingClaim, path: &str) -> Result<String, Error> {
         let token = self.tracking_tokens.encode(claim)?;
         Ok(format!(
@@ -494,6 +737,20 @@ impl CommsService for CommsApi {
         {
             return Ok(Response::new(message_to_proto(&existing)));
         }
+        let mut request = request;
+        let draft = if request.draft_id.is_empty() {
+            None
+        } else {
+            let draft = comms.open_draft(&context, &request, lead_id).await?;
+            if request.subject.trim().is_empty() {
+                request.subject.clone_from(&draft.subject);
+            }
+            if request.body.trim().is_empty() {
+                request.body.clone_from(&draft.body);
+            }
+            request.channel = pb::Channel::Email as i32;
+            Some(draft)
+        };
         let requested_channel = channel_from_proto(request.channel, "channel", false)?;
         let template = if request.template_id.is_empty() {
             None
@@ -581,6 +838,18 @@ impl CommsService for CommsApi {
             .is_suppressed(&context.tenant_id, &normalize_address(&to))
             .await?
         {
+            if let Some(draft) = &draft {
+                // The writer's draft tried to reach a suppressed person: a critical incident.
+                comms
+                    .autonomy
+                    .incident(
+                        &context,
+                        &draft_key(draft),
+                        aida_ai::autonomy::Incident::Critical,
+                        &format!("draft {} was addressed to a suppressed recipient", draft.id),
+                    )
+                    .await?;
+            }
             return Err(Error::FailedPrecondition {
                 reason: "SUPPRESSED",
                 message: format!("{to} is on the suppression list"),
@@ -707,6 +976,9 @@ impl CommsService for CommsApi {
             })
             .await?;
         comms.relay.wake();
+        if let Some(draft) = &draft {
+            comms.close_sent_draft(&context, draft, &finished).await?;
+        }
         Ok(Response::new(message_to_proto(&finished)))
     }
 
@@ -801,6 +1073,12 @@ impl CommsService for CommsApi {
             })
             .await?;
         self.0.relay.wake();
+        if message.channel == Channel::Email {
+            self.0
+                .draft_outcome(&context, message.id, BusinessOutcome::Replied)
+                .await?;
+            self.0.remember_replied(&context, &message).await;
+        }
         Ok(Response::new(message_to_proto(&message)))
     }
 
@@ -884,6 +1162,168 @@ impl CommsService for CommsApi {
         }))
     }
 
+    async fn generate_message(
+        &self,
+        request: Request<pb::GenerateMessageRequest>,
+    ) -> Result<Response<pb::Draft>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let input = request.into_inner();
+        let comms = &self.0;
+        let mut violations = Vec::new();
+        let lead_id = match Uuid::parse_str(&input.lead_id) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                violations.push(aida_core::FieldViolation::new(
+                    "lead_id",
+                    if input.lead_id.is_empty() {
+                        "required"
+                    } else {
+                        "not a lead id"
+                    },
+                ));
+                None
+            }
+        };
+        let purpose = match pb::Purpose::try_from(input.purpose) {
+            Ok(pb::Purpose::FirstTouch) => Some(Purpose::FirstTouch),
+            Ok(pb::Purpose::FollowUp) => Some(Purpose::FollowUp),
+            Ok(pb::Purpose::ReEngage) => Some(Purpose::ReEngage),
+            Ok(pb::Purpose::MeetingRequest) => Some(Purpose::MeetingRequest),
+            Ok(pb::Purpose::Unspecified) | Err(_) => {
+                violations.push(aida_core::FieldViolation::new(
+                    "purpose",
+                    "required: FIRST_TOUCH, FOLLOW_UP, RE_ENGAGE or MEETING_REQUEST",
+                ));
+                None
+            }
+        };
+        let tone = match pb::Tone::try_from(input.tone) {
+            Ok(pb::Tone::Unspecified | pb::Tone::Friendly) => Some(Tone::Friendly),
+            Ok(pb::Tone::Formal) => Some(Tone::Formal),
+            Ok(pb::Tone::Brief) => Some(Tone::Brief),
+            Err(_) => {
+                violations.push(aida_core::FieldViolation::new(
+                    "tone",
+                    format!("{} is not a Tone value", input.tone),
+                ));
+                None
+            }
+        };
+        if input.request_id.chars().count() > 128 {
+            violations.push(aida_core::FieldViolation::new(
+                "request_id",
+                "at most 128 characters",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations).into());
+        }
+        let (Some(lead_id), Some(purpose), Some(tone)) = (lead_id, purpose, tone) else {
+            return Err(Error::internal("validated").into());
+        };
+        if !input.request_id.is_empty()
+            && let Some(existing) = comms
+                .writer
+                .drafts
+                .by_request(&context.tenant_id, &input.request_id)
+                .await?
+        {
+            return Ok(Response::new(draft_to_proto(&existing)));
+        }
+        let lead = comms.lead(&context, lead_id).await?;
+        if lead.status == PbLeadStatus::Rejected as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "LEAD_REJECTED",
+                message: format!("lead {lead_id} was rejected; it is not contacted"),
+            }
+            .into());
+        }
+        let level = comms
+            .autonomy
+            .effective_level(
+                &context.tenant_id,
+                &Key {
+                    agent: writer::AGENT.into(),
+                    action: writer::action(purpose),
+                    segment: writer::SEGMENT.into(),
+                },
+            )
+            .await?;
+        let (written, provenance) = comms
+            .writer
+            .write(&context.tenant_id, &lead, purpose, tone)
+            .await?;
+        let now = now_micros();
+        let draft = writer::Draft {
+            id: Uuid::now_v7(),
+            tenant_id: context.tenant_id.clone(),
+            lead_id,
+            purpose,
+            tone,
+            subject: written.subject,
+            body: written.body,
+            provenance,
+            state: DraftState::Pending,
+            autonomy_level: level.number(),
+            message_id: None,
+            edited: false,
+            approver: String::new(),
+            request_id: input.request_id,
+            create_time: now,
+            update_time: now,
+        };
+        let stored = comms.writer.drafts.insert(&draft).await?;
+        Ok(Response::new(draft_to_proto(&stored)))
+    }
+
+    async fn get_draft(
+        &self,
+        request: Request<pb::GetDraftRequest>,
+    ) -> Result<Response<pb::Draft>, Status> {
+        let context = AuthContext::of(&request)?;
+        let draft = self.draft_of(context, &request.get_ref().id).await?;
+        Ok(Response::new(draft_to_proto(&draft)))
+    }
+
+    async fn discard_draft(
+        &self,
+        request: Request<pb::DiscardDraftRequest>,
+    ) -> Result<Response<pb::Draft>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let draft = self.draft_of(&context, &request.get_ref().id).await?;
+        let now = now_micros();
+        if !self
+            .0
+            .writer
+            .drafts
+            .close(
+                &draft,
+                DraftState::Discarded,
+                None,
+                false,
+                &context.subject,
+                now,
+            )
+            .await?
+        {
+            return Err(draft_closed(&draft).into());
+        }
+        self.0
+            .autonomy
+            .review(
+                &context,
+                review_of(&draft, Review::Rejected, false, now, None),
+            )
+            .await?;
+        let closed = self
+            .0
+            .writer
+            .drafts
+            .get(&context.tenant_id, draft.id)
+            .await?;
+        Ok(Response::new(draft_to_proto(&closed)))
+    }
+
     async fn delete_suppression(
         &self,
         request: Request<pb::DeleteSuppressionRequest>,
@@ -898,6 +1338,13 @@ impl CommsService for CommsApi {
             .delete_suppression(&context.tenant_id, &address)
             .await?;
         Ok(Response::new(()))
+    }
+}
+
+impl CommsApi {
+    async fn draft_of(&self, context: &AuthContext, id: &str) -> Result<writer::Draft, Error> {
+        let id = parse_id("id", id, "draft")?;
+        self.0.writer.drafts.get(&context.tenant_id, id).await
     }
 }
 
@@ -1022,6 +1469,9 @@ impl TrackingService for TrackingApi {
         );
         self.0.store.unsubscribe(&message, &event).await?;
         self.0.relay.wake();
+        self.0
+            .draft_outcome(&context, message.id, BusinessOutcome::Unsubscribed)
+            .await?;
         Ok(Response::new(pb::UnsubscribeResponse {
             address: message.to,
         }))

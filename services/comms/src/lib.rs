@@ -10,6 +10,7 @@ pub mod autonomy;
 pub mod domain;
 pub mod providers;
 mod store;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -100,6 +101,10 @@ pub async fn serve(
         context.page_tokens.clone(),
         autonomy::policy(&context.settings.comms),
     ));
+    let writer = Arc::new(writer::Writer::from_settings(
+        &context.settings,
+        context.db.clone(),
+    )?);
     let comms = Arc::new(Comms {
         store: CommsStore::new(context.db.clone()),
         relay: context.relay.clone(),
@@ -113,6 +118,8 @@ pub async fn serve(
         email,
         sms,
         leads: LeadServiceClient::new(leads_channel),
+        writer,
+        autonomy: autonomy.clone(),
     });
 
     let relay_shutdown = CancellationToken::new();

@@ -31,8 +31,36 @@ pub struct Settings {
     pub deals: DealsSettings,
     pub comms: CommsSettings,
     pub analytics: AnalyticsSettings,
+    pub ai: AiSettings,
     pub edge: EdgeSettings,
     pub tls: TlsSettings,
+}
+
+/// The AI writer, embeddings and the vector store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettings {
+    /// OpenRouter API key; unset: drafts come from the offline template writer.
+    #[serde(skip_serializing)]
+    pub openrouter_api_key: Option<SecretString>,
+    /// OpenRouter's API base.
+    pub openrouter_base_url: String,
+    /// The chat model that writes drafts.
+    pub model: String,
+    /// Seconds one model call may take.
+    pub timeout_secs: u64,
+    /// The embedding model directory (default `<data_dir>/models/all-MiniLM-L6-v2`, filled
+    /// by `aida models fetch`); without it a lexical fallback embeds, labelled as such.
+    pub model_dir: Option<PathBuf>,
+    /// A Chroma server (`http://host:8000`); unset: the embedded vector index in
+    /// `vector_dir`.
+    pub chroma_url: Option<String>,
+    /// The embedded vector index (default `<data_dir>/vectors`).
+    pub vector_dir: Option<PathBuf>,
+    /// The sender named in drafts.
+    pub sender_name: String,
+    /// The sender's company named in drafts.
+    pub sender_company: String,
 }
 
 /// Mutual TLS between the services and from the edge to them.
@@ -264,6 +292,7 @@ struct Defaults {
     deals: DealsSettings,
     comms: CommsSettings,
     analytics: AnalyticsSettings,
+    ai: AiSettings,
     edge: EdgeSettings,
     tls: TlsSettings,
 }
@@ -327,6 +356,17 @@ impl Default for Defaults {
                 snapshot_interval_secs: 60,
                 batch_max_events: 1000,
                 batch_max_wait_ms: 200,
+            },
+            ai: AiSettings {
+                openrouter_api_key: None,
+                openrouter_base_url: "https://openrouter.ai/api/v1".into(),
+                model: "moonshotai/kimi-k2".into(),
+                timeout_secs: 30,
+                model_dir: None,
+                chroma_url: None,
+                vector_dir: None,
+                sender_name: "The AIDA team".into(),
+                sender_company: String::new(),
             },
             edge: EdgeSettings {
                 port: 8080,

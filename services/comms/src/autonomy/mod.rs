@@ -296,6 +296,19 @@ impl Changes<'_> {
     }
 }
 
+/// A person's review of one AI decision, validated.
+pub struct ReviewInput {
+    pub key: Key,
+    /// What the decision was about, e.g. `messages/<id>`.
+    pub subject: String,
+    pub review: Review,
+    pub review_ms: i64,
+    pub version: Version,
+    pub sent: bool,
+    /// Makes the review idempotent when not empty.
+    pub request_id: String,
+}
+
 /// AutonomyService over gRPC.
 pub struct AutonomyApi(pub Arc<Autonomy>);
 
@@ -556,6 +569,248 @@ fn key_string(key: &Key) -> String {
 }
 
 impl Autonomy {
+    /// Records a person's review of one decision (see RecordReview).
+    pub async fn review(
+        &self,
+        context: &AuthContext,
+        input: ReviewInput,
+    ) -> Result<pb::Decision, Error> {
+        let autonomy = self;
+        let ReviewInput {
+            key,
+            subject,
+            review,
+            review_ms,
+            version,
+            sent,
+            request_id,
+        } = input;
+
+        if !request_id.is_empty()
+            && let Some(existing) = autonomy
+                .store
+                .decision_by_request(&context.tenant_id, &request_id)
+                .await?
+        {
+            return self.replay(context, &existing).await;
+        }
+        let baseline = autonomy.baseline(&context.tenant_id).await?;
+        let policy = &autonomy.policy;
+        let changed = autonomy
+            .change(context, &key, |record, changes| {
+                let grant = &mut record.grant;
+                let current = Version {
+                    model: grant.model_version.clone(),
+                    prompt: grant.prompt_version.clone(),
+                };
+                // A decision by a version the key moved away from says nothing about the
+                // agent as it is now: kept in the ledger, not evidence.
+                let mut applies = true;
+                if current.model.is_empty() && current.prompt.is_empty() {
+                    grant.model_version.clone_from(&version.model);
+                    grant.prompt_version.clone_from(&version.prompt);
+                } else if current != version {
+                    if record.retired.contains(&version) {
+                        applies = false;
+                    } else if let Some(transition) =
+                        grant.version_changed(&version.model, &version.prompt, changes.now)
+                    {
+                        record.retired.retain(|retired| retired != &current);
+                        record.retired.push(current);
+                        if record.retired.len() > MAX_RETIRED {
+                            record.retired.remove(0);
+                        }
+                        changes.transition(
+                            &transition,
+                            format!("model {}, prompt {}", version.model, version.prompt),
+                        );
+                    }
+                }
+                let mut counted = false;
+                if applies {
+                    let stamps = grant.evidence.rubber_stamps;
+                    grant.record_review(policy, review, Duration::milliseconds(review_ms));
+                    counted = grant.evidence.rubber_stamps == stamps;
+                    if sent {
+                        grant.record_send();
+                    }
+                    changes.propose(grant, policy, &baseline);
+                }
+                changes.writes.new_decision = Some(DecisionRecord {
+                    id: Uuid::now_v7(),
+                    key: key.clone(),
+                    subject: subject.clone(),
+                    review,
+                    review_ms,
+                    counted,
+                    reviewer: context.subject.clone(),
+                    version: version.clone(),
+                    level: grant.effective_level(),
+                    sent,
+                    outcome: None,
+                    outcome_time: None,
+                    request_id: request_id.clone(),
+                    create_time: changes.now,
+                });
+                Ok(())
+            })
+            .await;
+        let (record, writes) = match changed {
+            Ok(changed) => changed,
+            // A concurrent retry with the same request id won.
+            Err(Error::AlreadyExists {
+                resource: "decision",
+                ..
+            }) => {
+                let existing = autonomy
+                    .store
+                    .decision_by_request(&context.tenant_id, &request_id)
+                    .await?
+                    .ok_or_else(|| Error::internal("the concurrent decision vanished"))?;
+                return self.replay(context, &existing).await;
+            }
+            Err(error) => return Err(error),
+        };
+        let decision = writes
+            .new_decision
+            .as_ref()
+            .ok_or_else(|| Error::internal("no decision written"))?;
+        let mut reply = decision_to_proto(decision);
+        reply.autonomy = Some(autonomy.to_proto(&record, &baseline));
+        Ok(reply)
+    }
+
+    /// The level the agent may act at now for `key` (L0 while killed).
+    pub async fn effective_level(&self, tenant: &str, key: &Key) -> Result<Level, Error> {
+        Ok(self
+            .store
+            .grant(tenant, key)
+            .await?
+            .map_or(Level::Suggest, |record| record.grant.effective_level()))
+    }
+
+    /// Records what came of the decision recorded with `request_id`, if there is one.
+    pub async fn outcome_of_request(
+        &self,
+        context: &AuthContext,
+        request_id: &str,
+        outcome: BusinessOutcome,
+    ) -> Result<(), Error> {
+        if let Some(decision) = self
+            .store
+            .decision_by_request(&context.tenant_id, request_id)
+            .await?
+        {
+            self.outcome(context, decision.id, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// Reports an incident on `key` (see ReportIncident).
+    pub async fn incident(
+        &self,
+        context: &AuthContext,
+        key: &Key,
+        incident: Incident,
+        description: &str,
+    ) -> Result<GrantRecord, Error> {
+        let (record, _) = self
+            .change(context, key, |record, changes| {
+                let transition = record.grant.incident(incident, changes.now);
+                changes.transition(&transition, description.to_owned());
+                Ok(())
+            })
+            .await?;
+        Ok(record)
+    }
+
+    /// Records what came of a sent decision (see RecordOutcome).
+    pub async fn outcome(
+        &self,
+        context: &AuthContext,
+        id: Uuid,
+        outcome: BusinessOutcome,
+    ) -> Result<pb::Decision, Error> {
+        let autonomy = self;
+        let decision = autonomy.store.decision(&context.tenant_id, id).await?;
+        if !decision.sent {
+            return Err(Error::FailedPrecondition {
+                reason: "NOT_SENT",
+                message: format!("decision {id} was not sent: it has no outcome"),
+            });
+        }
+        match decision.outcome {
+            Some(recorded) if recorded == outcome => {
+                return self.replay(context, &decision).await;
+            }
+            Some(recorded) => {
+                return Err(Error::FailedPrecondition {
+                    reason: "OUTCOME_RECORDED",
+                    message: format!(
+                        "decision {id} already has the outcome {}",
+                        store::outcome_name(Some(recorded))
+                    ),
+                });
+            }
+            None => {}
+        }
+        let baseline = autonomy.baseline(&context.tenant_id).await?;
+        let policy = &autonomy.policy;
+        let (record, writes) = autonomy
+            .change(context, &decision.key.clone(), |record, changes| {
+                let grant = &mut record.grant;
+                // Only outcomes of decisions made at this level, by this version, are
+                // evidence about it.
+                let applies = !grant.killed
+                    && decision.level == grant.level
+                    && decision.create_time >= grant.since
+                    && decision.version.model == grant.model_version
+                    && decision.version.prompt == grant.prompt_version;
+                if applies {
+                    grant.record_outcome(outcome);
+                    let rates = format!(
+                        "unsubscribe rate {:.1} %, bounce rate {:.1} % over {} sends",
+                        grant.evidence.unsubscribe_rate() * 100.0,
+                        grant.evidence.bounce_rate() * 100.0,
+                        grant.evidence.sends
+                    );
+                    match grant.check_thresholds(policy, changes.now) {
+                        Some(transition) => changes.transition(&transition, rates),
+                        None => changes.propose(grant, policy, &baseline),
+                    }
+                }
+                let mut decided = decision.clone();
+                decided.outcome = Some(outcome);
+                decided.outcome_time = Some(changes.now);
+                changes.writes.outcome_of = Some(decided);
+                Ok(())
+            })
+            .await?;
+        let decided = writes
+            .outcome_of
+            .as_ref()
+            .ok_or_else(|| Error::internal("no outcome written"))?;
+        let mut reply = decision_to_proto(decided);
+        reply.autonomy = Some(autonomy.to_proto(&record, &baseline));
+        Ok(reply)
+    }
+
+    /// A decision recorded earlier, as replied then (with the key as it is now).
+    async fn replay(
+        &self,
+        context: &AuthContext,
+        decision: &DecisionRecord,
+    ) -> Result<pb::Decision, Error> {
+        let record = self
+            .store
+            .grant(&context.tenant_id, &decision.key)
+            .await?
+            .unwrap_or_else(|| GrantRecord::fresh(decision.key.clone(), now_micros()));
+        let mut reply = decision_to_proto(decision);
+        reply.autonomy = Some(self.reply(context, &record).await?);
+        Ok(reply)
+    }
+
     fn resume_ledger(&self, key: &Key, token: &str) -> Result<Option<Uuid>, Error> {
         if token.is_empty() {
             return Ok(None);
@@ -669,104 +924,19 @@ impl AutonomyService for AutonomyApi {
         check_text("request_id", &input.request_id, 100, false, &mut violations);
         valid(violations)?;
         let review = review.ok_or_else(|| Error::internal("review validated"))?;
-        let autonomy = &self.0;
-
-        if !input.request_id.is_empty()
-            && let Some(existing) = autonomy
-                .store
-                .decision_by_request(&context.tenant_id, &input.request_id)
-                .await?
-        {
-            return Ok(Response::new(self.replay(&context, &existing).await?));
-        }
-        let baseline = autonomy.baseline(&context.tenant_id).await?;
-        let policy = &autonomy.policy;
-        let version = Version {
-            model: input.model_version.trim().to_owned(),
-            prompt: input.prompt_version.trim().to_owned(),
+        let reviewed = ReviewInput {
+            key,
+            subject: input.subject.trim().to_owned(),
+            review,
+            review_ms,
+            version: Version {
+                model: input.model_version.trim().to_owned(),
+                prompt: input.prompt_version.trim().to_owned(),
+            },
+            sent: input.sent,
+            request_id: input.request_id,
         };
-        let changed = autonomy
-            .change(&context, &key, |record, changes| {
-                let grant = &mut record.grant;
-                let current = Version {
-                    model: grant.model_version.clone(),
-                    prompt: grant.prompt_version.clone(),
-                };
-                // A decision by a version the key moved away from says nothing about the
-                // agent as it is now: kept in the ledger, not evidence.
-                let mut applies = true;
-                if current.model.is_empty() && current.prompt.is_empty() {
-                    grant.model_version.clone_from(&version.model);
-                    grant.prompt_version.clone_from(&version.prompt);
-                } else if current != version {
-                    if record.retired.contains(&version) {
-                        applies = false;
-                    } else if let Some(transition) =
-                        grant.version_changed(&version.model, &version.prompt, changes.now)
-                    {
-                        record.retired.retain(|retired| retired != &current);
-                        record.retired.push(current);
-                        if record.retired.len() > MAX_RETIRED {
-                            record.retired.remove(0);
-                        }
-                        changes.transition(
-                            &transition,
-                            format!("model {}, prompt {}", version.model, version.prompt),
-                        );
-                    }
-                }
-                let mut counted = false;
-                if applies {
-                    let stamps = grant.evidence.rubber_stamps;
-                    grant.record_review(policy, review, Duration::milliseconds(review_ms));
-                    counted = grant.evidence.rubber_stamps == stamps;
-                    if input.sent {
-                        grant.record_send();
-                    }
-                    changes.propose(grant, policy, &baseline);
-                }
-                changes.writes.new_decision = Some(DecisionRecord {
-                    id: Uuid::now_v7(),
-                    key: key.clone(),
-                    subject: input.subject.trim().to_owned(),
-                    review,
-                    review_ms,
-                    counted,
-                    reviewer: context.subject.clone(),
-                    version: version.clone(),
-                    level: grant.effective_level(),
-                    sent: input.sent,
-                    outcome: None,
-                    outcome_time: None,
-                    request_id: input.request_id.clone(),
-                    create_time: changes.now,
-                });
-                Ok(())
-            })
-            .await;
-        let (record, writes) = match changed {
-            Ok(changed) => changed,
-            // A concurrent retry with the same request id won.
-            Err(Error::AlreadyExists {
-                resource: "decision",
-                ..
-            }) => {
-                let existing = autonomy
-                    .store
-                    .decision_by_request(&context.tenant_id, &input.request_id)
-                    .await?
-                    .ok_or_else(|| Error::internal("the concurrent decision vanished"))?;
-                return Ok(Response::new(self.replay(&context, &existing).await?));
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let decision = writes
-            .new_decision
-            .as_ref()
-            .ok_or_else(|| Error::internal("no decision written"))?;
-        let mut reply = decision_to_proto(decision);
-        reply.autonomy = Some(autonomy.to_proto(&record, &baseline));
-        Ok(Response::new(reply))
+        Ok(Response::new(self.0.review(&context, reviewed).await?))
     }
 
     async fn record_outcome(
@@ -806,70 +976,7 @@ impl AutonomyService for AutonomyApi {
         let (Some(id), Some(outcome)) = (id, outcome) else {
             return Err(Error::internal("outcome validated").into());
         };
-        let autonomy = &self.0;
-        let decision = autonomy.store.decision(&context.tenant_id, id).await?;
-        if !decision.sent {
-            return Err(Error::FailedPrecondition {
-                reason: "NOT_SENT",
-                message: format!("decision {id} was not sent: it has no outcome"),
-            }
-            .into());
-        }
-        match decision.outcome {
-            Some(recorded) if recorded == outcome => {
-                return Ok(Response::new(self.replay(&context, &decision).await?));
-            }
-            Some(recorded) => {
-                return Err(Error::FailedPrecondition {
-                    reason: "OUTCOME_RECORDED",
-                    message: format!(
-                        "decision {id} already has the outcome {}",
-                        store::outcome_name(Some(recorded))
-                    ),
-                }
-                .into());
-            }
-            None => {}
-        }
-        let baseline = autonomy.baseline(&context.tenant_id).await?;
-        let policy = &autonomy.policy;
-        let (record, writes) = autonomy
-            .change(&context, &decision.key.clone(), |record, changes| {
-                let grant = &mut record.grant;
-                // Only outcomes of decisions made at this level, by this version, are
-                // evidence about it.
-                let applies = !grant.killed
-                    && decision.level == grant.level
-                    && decision.create_time >= grant.since
-                    && decision.version.model == grant.model_version
-                    && decision.version.prompt == grant.prompt_version;
-                if applies {
-                    grant.record_outcome(outcome);
-                    let rates = format!(
-                        "unsubscribe rate {:.1} %, bounce rate {:.1} % over {} sends",
-                        grant.evidence.unsubscribe_rate() * 100.0,
-                        grant.evidence.bounce_rate() * 100.0,
-                        grant.evidence.sends
-                    );
-                    match grant.check_thresholds(policy, changes.now) {
-                        Some(transition) => changes.transition(&transition, rates),
-                        None => changes.propose(grant, policy, &baseline),
-                    }
-                }
-                let mut decided = decision.clone();
-                decided.outcome = Some(outcome);
-                decided.outcome_time = Some(changes.now);
-                changes.writes.outcome_of = Some(decided);
-                Ok(())
-            })
-            .await?;
-        let decided = writes
-            .outcome_of
-            .as_ref()
-            .ok_or_else(|| Error::internal("no outcome written"))?;
-        let mut reply = decision_to_proto(decided);
-        reply.autonomy = Some(autonomy.to_proto(&record, &baseline));
-        Ok(Response::new(reply))
+        Ok(Response::new(self.0.outcome(&context, id, outcome).await?))
     }
 
     async fn list_decisions(
@@ -1000,13 +1107,9 @@ impl AutonomyService for AutonomyApi {
         );
         valid(violations)?;
         let incident = incident.ok_or_else(|| Error::internal("kind validated"))?;
-        let (record, _) = self
+        let record = self
             .0
-            .change(&context, &key, |record, changes| {
-                let transition = record.grant.incident(incident, changes.now);
-                changes.transition(&transition, input.description.trim().to_owned());
-                Ok(())
-            })
+            .incident(&context, &key, incident, input.description.trim())
             .await?;
         Ok(Response::new(self.0.reply(&context, &record).await?))
     }
@@ -1053,24 +1156,5 @@ impl AutonomyService for AutonomyApi {
             })
             .await?;
         Ok(Response::new(self.0.reply(&context, &record).await?))
-    }
-}
-
-impl AutonomyApi {
-    /// A decision recorded earlier, as replied then (with the key as it is now).
-    async fn replay(
-        &self,
-        context: &AuthContext,
-        decision: &DecisionRecord,
-    ) -> Result<pb::Decision, Error> {
-        let record = self
-            .0
-            .store
-            .grant(&context.tenant_id, &decision.key)
-            .await?
-            .unwrap_or_else(|| GrantRecord::fresh(decision.key.clone(), now_micros()));
-        let mut reply = decision_to_proto(decision);
-        reply.autonomy = Some(self.0.reply(context, &record).await?);
-        Ok(reply)
     }
 }

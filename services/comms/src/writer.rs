@@ -1,0 +1,594 @@
+//! The AI writer behind GenerateMessage: drafts with provenance, examples of what worked
+//! for similar leads from the vector store, and the link from a person's review of a draft
+//! to the writer's earned autonomy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aida_ai::embed::{self, Embedder};
+use aida_ai::generate::{
+    self, ContentGenerator, Example, GenerationRequest, LeadFacts, Offline, OpenRouter,
+    OpenRouterConfig, PastMessage, Purpose, Sender, Tone,
+};
+use aida_ai::vector::{self, Chroma, ChromaConfig, Embedded, Item, Namespace, VectorStore};
+use aida_core::Error;
+use aida_core::db::{Database, Sql};
+use aida_core::runtime::StartError;
+use aida_core::settings::Settings;
+use aida_proto::aida::leads::v1::{Lead as PbLead, LeadSource};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+/// The autonomy key of a draft: agent `outreach`, action `send_<purpose>`, segment `all`.
+pub const AGENT: &str = "outreach";
+pub const SEGMENT: &str = "all";
+/// Examples of replied messages given to the writer at most.
+const EXAMPLES: usize = 3;
+/// Past messages to the lead given to the writer at most.
+const HISTORY: u32 = 5;
+
+/// Where a draft is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftState {
+    Pending,
+    Sent,
+    Discarded,
+}
+
+impl DraftState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DraftState::Pending => "PENDING",
+            DraftState::Sent => "SENT",
+            DraftState::Discarded => "DISCARDED",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "PENDING" => Some(DraftState::Pending),
+            "SENT" => Some(DraftState::Sent),
+            "DISCARDED" => Some(DraftState::Discarded),
+            _ => None,
+        }
+    }
+}
+
+/// A past message shown to the writer as an example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsedExample {
+    pub message_id: String,
+    pub similarity: f32,
+}
+
+/// How a draft was written, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredProvenance {
+    pub writer: generate::Provenance,
+    pub embedding_model: String,
+    pub examples: Vec<UsedExample>,
+}
+
+/// A draft as stored.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub lead_id: Uuid,
+    pub purpose: Purpose,
+    pub tone: Tone,
+    pub subject: String,
+    pub body: String,
+    pub provenance: StoredProvenance,
+    pub state: DraftState,
+    /// The writer's autonomy level (0–4) for the key when the draft was written.
+    pub autonomy_level: u8,
+    pub message_id: Option<Uuid>,
+    pub edited: bool,
+    pub approver: String,
+    pub request_id: String,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+impl Draft {
+    /// The autonomy action of this draft's purpose.
+    pub fn action(&self) -> String {
+        action(self.purpose)
+    }
+}
+
+pub fn action(purpose: Purpose) -> String {
+    format!("send_{}", purpose.as_str())
+}
+
+fn parse_purpose(value: &str) -> Option<Purpose> {
+    [
+        Purpose::FirstTouch,
+        Purpose::FollowUp,
+        Purpose::ReEngage,
+        Purpose::MeetingRequest,
+    ]
+    .into_iter()
+    .find(|purpose| purpose.as_str() == value)
+}
+
+fn parse_tone(value: &str) -> Option<Tone> {
+    [Tone::Friendly, Tone::Formal, Tone::Brief]
+        .into_iter()
+        .find(|tone| tone.as_str() == value)
+}
+
+const DRAFT_COLUMNS: &str = "tenant_id, id, lead_id, purpose, tone, subject, body, provenance, state, autonomy_level, \
+     message_id, edited, approver, request_id, create_time, update_time";
+
+#[derive(sqlx::FromRow)]
+struct DraftRow {
+    tenant_id: String,
+    id: Uuid,
+    lead_id: Uuid,
+    purpose: String,
+    tone: String,
+    subject: String,
+    body: String,
+    provenance: Json<StoredProvenance>,
+    state: String,
+    autonomy_level: i64,
+    message_id: Option<Uuid>,
+    edited: bool,
+    approver: String,
+    request_id: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl TryFrom<DraftRow> for Draft {
+    type Error = Error;
+    fn try_from(row: DraftRow) -> Result<Self, Error> {
+        let stored = |what: &str, value: &str| Error::internal(format!("stored {what} {value}"));
+        Ok(Draft {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            lead_id: row.lead_id,
+            purpose: parse_purpose(&row.purpose).ok_or_else(|| stored("purpose", &row.purpose))?,
+            tone: parse_tone(&row.tone).ok_or_else(|| stored("tone", &row.tone))?,
+            subject: row.subject,
+            body: row.body,
+            provenance: row.provenance.0,
+            state: DraftState::parse(&row.state).ok_or_else(|| stored("state", &row.state))?,
+            autonomy_level: u8::try_from(row.autonomy_level)
+                .map_err(|_| stored("autonomy level", &row.autonomy_level.to_string()))?,
+            message_id: row.message_id,
+            edited: row.edited,
+            approver: row.approver,
+            request_id: row.request_id,
+            create_time: row.create_time,
+            update_time: row.update_time,
+        })
+    }
+}
+
+/// Drafts in the comms database.
+#[derive(Clone)]
+pub struct DraftStore {
+    db: Database,
+}
+
+impl DraftStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Stores a new draft; a concurrent one with the same request id wins and is returned.
+    pub async fn insert(&self, draft: &Draft) -> Result<Draft, Error> {
+        let inserted = self
+            .db
+            .execute(
+                Sql::new(format!(
+                    "INSERT INTO drafts ({DRAFT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ))
+                .bind(draft.tenant_id.as_str())
+                .bind(draft.id)
+                .bind(draft.lead_id)
+                .bind(draft.purpose.as_str())
+                .bind(draft.tone.as_str())
+                .bind(draft.subject.as_str())
+                .bind(draft.body.as_str())
+                .bind(serde_json::to_value(&draft.provenance).map_err(Error::internal)?)
+                .bind(draft.state.as_str())
+                .bind(i64::from(draft.autonomy_level))
+                .bind(draft.message_id)
+                .bind(draft.edited)
+                .bind(draft.approver.as_str())
+                .bind(draft.request_id.as_str())
+                .bind(draft.create_time)
+                .bind(draft.update_time),
+            )
+            .await;
+        match inserted {
+            Ok(_) => Ok(draft.clone()),
+            Err(error)
+                if aida_core::db::is_unique_violation(&error) && !draft.request_id.is_empty() =>
+            {
+                self.by_request(&draft.tenant_id, &draft.request_id)
+                    .await?
+                    .ok_or_else(|| Error::internal("the concurrent draft vanished"))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Draft, Error> {
+        let row: Option<DraftRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        row.ok_or_else(|| Error::not_found("draft", id.to_string()))?
+            .try_into()
+    }
+
+    pub async fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Draft>, Error> {
+        let row: Option<DraftRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1 AND request_id = $2"
+                ))
+                .bind(tenant)
+                .bind(request_id),
+            )
+            .await?;
+        row.map(Draft::try_from).transpose()
+    }
+
+    /// The draft a message was sent from, if any.
+    pub async fn by_message(&self, tenant: &str, message: Uuid) -> Result<Option<Draft>, Error> {
+        let row: Option<DraftRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1 AND message_id = $2"
+                ))
+                .bind(tenant)
+                .bind(message),
+            )
+            .await?;
+        row.map(Draft::try_from).transpose()
+    }
+
+    /// Moves a pending draft to `state`; false when it was no longer pending.
+    pub async fn close(
+        &self,
+        draft: &Draft,
+        state: DraftState,
+        message_id: Option<Uuid>,
+        edited: bool,
+        approver: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let updated = self
+            .db
+            .execute(
+                Sql::new("UPDATE drafts SET state = $3, message_id = $4, edited = $5, approver = $6, update_time = $7 WHERE tenant_id = $1 AND id = $2 AND state = $8")
+                    .bind(draft.tenant_id.as_str())
+                    .bind(draft.id)
+                    .bind(state.as_str())
+                    .bind(message_id)
+                    .bind(edited)
+                    .bind(approver)
+                    .bind(now)
+                    .bind(DraftState::Pending.as_str()),
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// The lead's latest e-mails, oldest first: what the writer should not repeat.
+    pub async fn history(&self, tenant: &str, lead: Uuid) -> Result<Vec<PastMessage>, Error> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            subject: String,
+            body: String,
+            replied: bool,
+        }
+        let mut rows: Vec<Row> = self
+            .db
+            .fetch_all(
+                Sql::new("SELECT subject, body, replied FROM messages WHERE tenant_id = $1 AND lead_id = $2 AND channel = $3 AND status = $4 ORDER BY create_time DESC LIMIT $5")
+                    .bind(tenant)
+                    .bind(lead)
+                    .bind(crate::domain::Channel::Email.as_str())
+                    .bind(crate::domain::MessageStatus::Sent.as_str())
+                    .bind(i64::from(HISTORY)),
+            )
+            .await?;
+        rows.reverse();
+        Ok(rows
+            .into_iter()
+            .map(|row| PastMessage {
+                subject: row.subject,
+                body: row.body,
+                replied: row.replied,
+            })
+            .collect())
+    }
+
+    /// Subjects and bodies of messages by id.
+    async fn messages(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, String, String)>, Error> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: Uuid,
+            subject: String,
+            body: String,
+        }
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<Row> = self
+                .db
+                .fetch_optional(
+                    Sql::new(
+                        "SELECT id, subject, body FROM messages WHERE tenant_id = $1 AND id = $2",
+                    )
+                    .bind(tenant)
+                    .bind(*id),
+                )
+                .await?;
+            if let Some(row) = row {
+                found.push((row.id, row.subject, row.body));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// What the writer knows of a lead, as one text: what similarity is judged on.
+pub fn lead_profile(lead: &PbLead) -> String {
+    let mut parts = Vec::new();
+    if !lead.title.trim().is_empty() {
+        parts.push(lead.title.trim().to_owned());
+    }
+    if !lead.company.trim().is_empty() {
+        parts.push(format!("at {}", lead.company.trim()));
+    }
+    for key in ["industry", "notes", "interest"] {
+        if let Some(value) = lead.attributes.get(key)
+            && !value.trim().is_empty()
+        {
+            parts.push(value.trim().to_owned());
+        }
+    }
+    let source = source_name(lead.source);
+    if !source.is_empty() {
+        parts.push(format!("source {source}"));
+    }
+    parts.join(". ")
+}
+
+fn source_name(source: i32) -> String {
+    LeadSource::try_from(source)
+        .ok()
+        .filter(|source| *source != LeadSource::Unspecified)
+        .map(|source| {
+            source
+                .as_str_name()
+                .trim_start_matches("LEAD_SOURCE_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// The facts of a lead the writer may use.
+pub fn lead_facts(lead: &PbLead) -> LeadFacts {
+    let attribute = |key: &str| lead.attributes.get(key).cloned().unwrap_or_default();
+    LeadFacts {
+        first_name: lead.first_name.clone(),
+        last_name: lead.last_name.clone(),
+        title: lead.title.clone(),
+        company: lead.company.clone(),
+        industry: attribute("industry"),
+        source: source_name(lead.source),
+        notes: attribute("notes"),
+    }
+}
+
+/// The writer and what it reads.
+pub struct Writer {
+    pub generator: Arc<dyn ContentGenerator>,
+    pub embedder: Arc<dyn Embedder>,
+    pub vectors: Arc<dyn VectorStore>,
+    pub sender: Sender,
+    pub drafts: DraftStore,
+}
+
+impl Writer {
+    /// The writer the settings ask for: OpenRouter with a key, the offline writer without;
+    /// the embedding model when fetched, the lexical fallback otherwise; Chroma when
+    /// configured, the embedded index otherwise.
+    pub fn from_settings(settings: &Settings, db: Database) -> Result<Self, StartError> {
+        let ai = &settings.ai;
+        let generator: Arc<dyn ContentGenerator> = match &ai.openrouter_api_key {
+            Some(key) => {
+                let mut config = OpenRouterConfig::new(key.clone());
+                config.base_url = ai.openrouter_base_url.clone();
+                config.model = ai.model.clone();
+                config.timeout = std::time::Duration::from_secs(ai.timeout_secs.max(1));
+                config.app_title = Some("AIDA-CRM".into());
+                Arc::new(
+                    OpenRouter::new(config)
+                        .map_err(|error| StartError::Server(format!("ai: {error}")))?,
+                )
+            }
+            None => Arc::new(Offline),
+        };
+        let model_dir = ai
+            .model_dir
+            .clone()
+            .unwrap_or_else(|| aida_ai::models::model_dir(&settings.data_dir));
+        let embedder: Arc<dyn Embedder> = Arc::from(embed::load(&model_dir));
+        let vectors: Arc<dyn VectorStore> = match &ai.chroma_url {
+            Some(url) => Arc::new(
+                Chroma::new(ChromaConfig::new(url.clone()))
+                    .map_err(|error| StartError::Server(format!("ai.chroma_url: {error}")))?,
+            ),
+            None => {
+                let dir: PathBuf = ai
+                    .vector_dir
+                    .clone()
+                    .unwrap_or_else(|| settings.data_dir.join("vectors"));
+                Arc::new(
+                    Embedded::open(&dir)
+                        .map_err(|error| StartError::Server(format!("ai.vector_dir: {error}")))?,
+                )
+            }
+        };
+        Ok(Self {
+            generator,
+            embedder,
+            vectors,
+            sender: Sender {
+                name: ai.sender_name.clone(),
+                company: ai.sender_company.clone(),
+                signature: String::new(),
+            },
+            drafts: DraftStore::new(db),
+        })
+    }
+
+    /// The collection of replied messages for this embedding model: vectors of different
+    /// models never mix.
+    fn replied(&self, tenant: &str) -> Namespace {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.embedder.model_version().as_bytes());
+        let tag: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Namespace::new(tenant, format!("replied-messages-{tag}"))
+    }
+
+    async fn embed(&self, text: String) -> Result<Vec<f32>, Error> {
+        let embedder = self.embedder.clone();
+        let mut vectors = tokio::task::spawn_blocking(move || embedder.embed(&[text.as_str()]))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::internal)?;
+        vectors
+            .pop()
+            .ok_or_else(|| Error::internal("the embedder returned no vector"))
+    }
+
+    /// Remembers a message that got a reply as an example for leads like its own.
+    pub async fn remember_replied(
+        &self,
+        tenant: &str,
+        message: Uuid,
+        lead: &PbLead,
+    ) -> Result<(), Error> {
+        let vector = self.embed(lead_profile(lead)).await?;
+        self.vectors
+            .upsert(
+                &self.replied(tenant),
+                vec![Item::new(message.to_string(), vector).meta("lead_id", lead.id.clone())],
+            )
+            .await
+            .map_err(vector_error)
+    }
+
+    /// Writes a draft for `lead`: its history, and the replied messages of the most
+    /// similar other leads as examples.
+    pub async fn write(
+        &self,
+        tenant: &str,
+        lead: &PbLead,
+        purpose: Purpose,
+        tone: Tone,
+    ) -> Result<(generate::Draft, StoredProvenance), Error> {
+        let lead_id = Uuid::parse_str(&lead.id).map_err(Error::internal)?;
+        let history = self.drafts.history(tenant, lead_id).await?;
+        let vector = self.embed(lead_profile(lead)).await?;
+        let hits = self
+            .vectors
+            .query(
+                &self.replied(tenant),
+                &vector,
+                EXAMPLES + 2,
+                &vector::Filter::all(),
+            )
+            .await
+            .map_err(vector_error)?;
+        let hits: Vec<(Uuid, f32)> = hits
+            .into_iter()
+            .filter(|hit| {
+                hit.metadata
+                    .get("lead_id")
+                    .is_none_or(|id| !id.matches(&lead.id.clone().into()))
+            })
+            .filter_map(|hit| Uuid::parse_str(&hit.id).ok().map(|id| (id, hit.similarity)))
+            .take(EXAMPLES)
+            .collect();
+        let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
+        let messages = self.drafts.messages(tenant, &ids).await?;
+        let mut examples = Vec::new();
+        let mut used = Vec::new();
+        for (id, similarity) in &hits {
+            if let Some((_, subject, body)) = messages.iter().find(|(found, _, _)| found == id) {
+                examples.push(Example {
+                    subject: subject.clone(),
+                    body: body.clone(),
+                    similarity: *similarity,
+                });
+                used.push(UsedExample {
+                    message_id: id.to_string(),
+                    similarity: *similarity,
+                });
+            }
+        }
+        let request = GenerationRequest {
+            purpose,
+            tone,
+            lead: lead_facts(lead),
+            sender: self.sender.clone(),
+            history,
+            examples,
+        };
+        let draft = self
+            .generator
+            .generate(&request)
+            .await
+            .map_err(generate_error)?;
+        let provenance = StoredProvenance {
+            writer: draft.provenance.clone(),
+            embedding_model: self.embedder.model_version().to_owned(),
+            examples: used,
+        };
+        Ok((draft, provenance))
+    }
+}
+
+fn vector_error(error: vector::VectorError) -> Error {
+    Error::Unavailable(format!("vector store: {error}"))
+}
+
+/// The writer's failures as the caller sees them.
+fn generate_error(error: generate::GenerateError) -> Error {
+    use generate::GenerateError as E;
+    match error {
+        E::Invalid { field, message } => Error::FailedPrecondition {
+            reason: "LEAD_NOT_WRITABLE",
+            message: format!("{field}: {message}"),
+        },
+        E::RateLimited { .. } => Error::ResourceExhausted(format!("the writer's model: {error}")),
+        E::Upstream { .. } | E::Timeout | E::Malformed(_) | E::Transport(_) => {
+            Error::Unavailable(format!("the writer's model: {error}"))
+        }
+    }
+}
