@@ -729,17 +729,29 @@ fn prompt_is_pure_and_bounded() {
     assert!(prompt.user().len() < 10_000);
 }
 
-/// Prints every offline template for reading: `cargo test --test generate -- --ignored --nocapture`.
 #[tokio::test]
-#[ignore = "prints the templates for review"]
-async fn offline_gallery() {
+async fn every_offline_template_fills_in_without_placeholders_or_empty_slots() {
     for purpose in PURPOSES {
         for tone in TONES {
             for req in [request(purpose, tone), minimal_request(purpose, tone)] {
                 let draft = offline(&req).await;
-                println!(
-                    "===== {}\nSubject: {}\n\n{}\n",
-                    draft.provenance.template, draft.subject, draft.body
+                let text = format!("{}\n{}", draft.subject, draft.body);
+                assert!(
+                    !draft.subject.trim().is_empty(),
+                    "{}",
+                    draft.provenance.template
+                );
+                for broken in ["{{", "}}", "  ,", " ,", "()", "''"] {
+                    assert!(
+                        !text.contains(broken),
+                        "{} has {broken:?}:\n{text}",
+                        draft.provenance.template
+                    );
+                }
+                assert!(
+                    draft.body.split_whitespace().count() <= tone.max_words(),
+                    "{}",
+                    draft.provenance.template
                 );
             }
         }
