@@ -395,7 +395,13 @@ async fn find_duplicates_recalls_near_duplicates_with_reasons_and_few_false_posi
     }
     let mut pairs = Vec::new();
     for (original, dup) in duplicates {
-        pairs.push((ids[original].clone(), capture(&app, "dups", dup).await.id));
+        let described = format!(
+            "{} {} <{}> {} {}",
+            dup.first_name, dup.last_name, dup.email, dup.company, dup.phone
+        );
+        let dup = capture(&app, "dups", dup).await.id;
+        println!("pair {} / {dup}: {described}", ids[original]);
+        pairs.push((ids[original].clone(), dup));
     }
     let (mut found, mut false_positives, mut returned) = (0, 0, 0);
     for (original, dup) in &pairs {
