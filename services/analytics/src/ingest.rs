@@ -171,7 +171,8 @@ pub fn to_row(
             Payload::AnalyticsComputed(_)
             | Payload::AnalyticsAlerted(_)
             | Payload::AutonomyChanged(_)
-            | Payload::AutonomyProposed(_),
+            | Payload::AutonomyProposed(_)
+            | Payload::LeadMerged(_),
         ) => return Ok(None),
         None => {
             return Err(HandlerError::Poison(format!(

@@ -34,6 +34,36 @@ pub struct Settings {
     pub ai: AiSettings,
     pub edge: EdgeSettings,
     pub tls: TlsSettings,
+    pub ai: AiSettings,
+}
+
+/// Embeddings and the vector store (semantic lead search, duplicate detection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettings {
+    /// The sentence-embedding model (default `<data_dir>/models/all-MiniLM-L6-v2`); when it
+    /// is absent the services fall back to lexical hashing and say so.
+    pub model_dir: Option<PathBuf>,
+    /// `http://host:8000` of a Chroma server; unset: the embedded index under `vector_dir`.
+    pub chroma_url: Option<String>,
+    /// Where the embedded vector index lives (default `<data_dir>/vectors`).
+    pub vector_dir: Option<PathBuf>,
+    /// How often LeadService re-indexes leads whose indexed version is stale.
+    pub reindex_interval_secs: u64,
+}
+
+impl AiSettings {
+    pub fn model_dir(&self, data_dir: &Path) -> PathBuf {
+        self.model_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("models").join("all-MiniLM-L6-v2"))
+    }
+
+    pub fn vector_dir(&self, data_dir: &Path) -> PathBuf {
+        self.vector_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("vectors"))
+    }
 }
 
 /// The AI writer, embeddings and the vector store.
@@ -295,6 +325,7 @@ struct Defaults {
     ai: AiSettings,
     edge: EdgeSettings,
     tls: TlsSettings,
+    ai: AiSettings,
 }
 
 impl Default for Defaults {
@@ -387,6 +418,12 @@ impl Default for Defaults {
                 enabled: None,
                 dir: None,
                 reload_secs: 10,
+            },
+            ai: AiSettings {
+                model_dir: None,
+                chroma_url: None,
+                vector_dir: None,
+                reindex_interval_secs: 60,
             },
         }
     }

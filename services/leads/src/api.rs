@@ -1,7 +1,8 @@
 //! The gRPC adapter: proto messages in, domain calls, proto messages out. The only module
 //! of this crate that knows the generated types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use aida_core::Error;
 use aida_core::auth::AuthContext;
@@ -11,7 +12,8 @@ use aida_core::pagination::PageTokens;
 use aida_core::query;
 use aida_core::rbac::Access;
 use aida_proto::aida::events::v1::{
-    LeadCaptured, LeadDeleted, LeadQualified, LeadRejected, LeadUpdated, event_envelope::Payload,
+    LeadCaptured, LeadDeleted, LeadMerged, LeadQualified, LeadRejected, LeadUpdated,
+    event_envelope::Payload,
 };
 use aida_proto::aida::leads::v1 as pb;
 use aida_proto::aida::leads::v1::lead_service_server::LeadService;
@@ -19,7 +21,20 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::domain::{self, Lead, LeadFields, Source, Status as LeadStatus};
-use crate::store::{self, CaptureRequest, Change, LeadStore};
+use crate::duplicates;
+use crate::index::{self, SearchIndex};
+use crate::store::{self, CaptureRequest, Change, LeadStore, MergeClaim, MergePlan};
+
+const DEFAULT_SEARCH_RESULTS: u32 = 10;
+const MAX_SEARCH_RESULTS: u32 = 50;
+const MAX_QUERY_CHARS: usize = 500;
+/// Most nearest neighbours fetched while looking for enough leads passing the filter.
+const MAX_SEARCH_CANDIDATES: usize = 5000;
+const DEFAULT_MIN_DUPLICATE_SCORE: f32 = 0.8;
+/// Candidates of duplicate detection: exact matches and nearest neighbours, each at most.
+const DUPLICATE_CANDIDATES: usize = 200;
+const MAX_DUPLICATES: usize = 50;
+const MAX_MERGED: usize = 20;
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -44,14 +59,21 @@ pub struct LeadApi {
     store: LeadStore,
     relay: Relay,
     page_tokens: PageTokens,
+    index: Arc<SearchIndex>,
 }
 
 impl LeadApi {
-    pub fn new(store: LeadStore, relay: Relay, page_tokens: PageTokens) -> Self {
+    pub fn new(
+        store: LeadStore,
+        relay: Relay,
+        page_tokens: PageTokens,
+        index: Arc<SearchIndex>,
+    ) -> Self {
         Self {
             store,
             relay,
             page_tokens,
+            index,
         }
     }
 }
@@ -89,6 +111,7 @@ fn status_from_proto(value: i32) -> Result<LeadStatus, Error> {
         Ok(pb::LeadStatus::Qualified) => Ok(LeadStatus::Qualified),
         Ok(pb::LeadStatus::Rejected) => Ok(LeadStatus::Rejected),
         Ok(pb::LeadStatus::Converted) => Ok(LeadStatus::Converted),
+        Ok(pb::LeadStatus::Merged) => Ok(LeadStatus::Merged),
         Ok(pb::LeadStatus::Unspecified) => Err(Error::invalid(
             "lead.status",
             "a status is required when update_mask names it",
@@ -106,6 +129,7 @@ pub(crate) fn status_to_proto(status: LeadStatus) -> pb::LeadStatus {
         LeadStatus::Qualified => pb::LeadStatus::Qualified,
         LeadStatus::Rejected => pb::LeadStatus::Rejected,
         LeadStatus::Converted => pb::LeadStatus::Converted,
+        LeadStatus::Merged => pb::LeadStatus::Merged,
     }
 }
 
@@ -161,6 +185,10 @@ pub fn to_proto(lead: &Lead) -> pb::Lead {
         create_time: Some(timestamp(lead.create_time)),
         update_time: Some(timestamp(lead.update_time)),
         etag: lead.etag(),
+        merged_into: lead
+            .merged_into
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -317,6 +345,7 @@ impl LeadService for LeadApi {
             version: 1,
             create_time: now,
             update_time: now,
+            merged_into: None,
         };
         let event = envelope(
             &context,
@@ -334,6 +363,7 @@ impl LeadService for LeadApi {
         let (stored, created) = self.store.capture(&lead, capture_request, &event).await?;
         if created {
             self.relay.wake();
+            self.index.refresh(&context.tenant_id, &[stored.id]).await;
         }
         Ok(Response::new(visible(&stored, &access)))
     }
@@ -415,6 +445,7 @@ impl LeadService for LeadApi {
             .modify(&context.tenant_id, id, |current| {
                 let current = reachable(current, &access)?;
                 current.check_etag(&input.etag)?;
+                current.check_not_merged()?;
                 let fields =
                     domain::normalize(apply_paths(&current.fields, &input, &paths)?, "lead")?;
                 if !access.may_touch(&fields.owner_id) {
@@ -464,6 +495,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("update returned no lead"))?;
+        self.index.refresh(&context.tenant_id, &[lead.id]).await;
         Ok(Response::new(visible(&lead, &access)))
     }
 
@@ -508,6 +540,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("qualify returned no lead"))?;
+        self.index.refresh(&context.tenant_id, &[lead.id]).await;
         Ok(Response::new(visible(&lead, &access)))
     }
 
@@ -553,6 +586,7 @@ impl LeadService for LeadApi {
             .await?;
         self.relay.wake();
         let lead = updated.ok_or_else(|| Error::internal("reject returned no lead"))?;
+        self.index.refresh(&context.tenant_id, &[lead.id]).await;
         Ok(Response::new(visible(&lead, &access)))
     }
 
@@ -581,6 +615,343 @@ impl LeadService for LeadApi {
             })
             .await?;
         self.relay.wake();
+        self.index.refresh(&context.tenant_id, &[id]).await;
         Ok(Response::new(()))
     }
+
+    async fn search_leads(
+        &self,
+        request: Request<pb::SearchLeadsRequest>,
+    ) -> Result<Response<pb::SearchLeadsResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let access = Access::of(context);
+        let search = request.get_ref();
+        let text = search.query.trim();
+        if text.is_empty() {
+            return Err(Error::invalid("query", "a query is required").into());
+        }
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(
+                Error::invalid("query", format!("at most {MAX_QUERY_CHARS} characters")).into(),
+            );
+        }
+        let page_size =
+            query::page_size(search.page_size, DEFAULT_SEARCH_RESULTS, MAX_SEARCH_RESULTS)?
+                as usize;
+        self.store.check_filter(&search.filter)?;
+        let vector = self
+            .index
+            .embed(vec![text.to_owned()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        // Ask the index for more neighbours than wanted, and more again while the filter,
+        // ownership or merges drop too many of them.
+        let mut k = (page_size * 4).max(40);
+        let (hits, leads) = loop {
+            let hits = self.index.nearest(&context.tenant_id, &vector, k).await?;
+            let ids: Vec<Uuid> = hits
+                .iter()
+                .filter_map(|hit| Uuid::parse_str(&hit.id).ok())
+                .collect();
+            let leads = self
+                .store
+                .live_among(
+                    &context.tenant_id,
+                    access.owner_only.as_deref(),
+                    &search.filter,
+                    &ids,
+                )
+                .await?;
+            if leads.len() >= page_size || hits.len() < k || k >= MAX_SEARCH_CANDIDATES {
+                break (hits, leads);
+            }
+            k = (k * 4).min(MAX_SEARCH_CANDIDATES);
+        };
+        let mut by_id: HashMap<String, Lead> = leads
+            .into_iter()
+            .map(|lead| (lead.id.to_string(), lead))
+            .collect();
+        let results = hits
+            .iter()
+            .filter_map(|hit| {
+                by_id.remove(&hit.id).map(|lead| pb::SearchResult {
+                    lead: Some(visible(&lead, &access)),
+                    similarity: hit.similarity,
+                })
+            })
+            .take(page_size)
+            .collect();
+        Ok(Response::new(pb::SearchLeadsResponse {
+            results,
+            model_version: self.index.model_version().to_owned(),
+        }))
+    }
+
+    async fn find_duplicate_leads(
+        &self,
+        request: Request<pb::FindDuplicateLeadsRequest>,
+    ) -> Result<Response<pb::FindDuplicateLeadsResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let access = Access::of(context);
+        let find = request.get_ref();
+        let id = domain::parse_id("lead_id", &find.lead_id)?;
+        let min_score = if find.min_score == 0.0 {
+            DEFAULT_MIN_DUPLICATE_SCORE
+        } else if find.min_score.is_finite() && find.min_score > 0.0 && find.min_score <= 1.0 {
+            find.min_score
+        } else {
+            return Err(Error::invalid("min_score", "must be in (0, 1]; 0 means 0.8").into());
+        };
+        let target = reachable(self.store.get(&context.tenant_id, id).await?, &access)?;
+        target.check_not_merged()?;
+        let owner = access.owner_only.as_deref();
+
+        // Candidates: leads sharing something exact with the target, and its nearest
+        // neighbours in the index (which catch typos in every field at once).
+        let mut candidates: HashMap<Uuid, Lead> = self
+            .store
+            .duplicate_candidates(&target, owner, DUPLICATE_CANDIDATES as i64)
+            .await?
+            .into_iter()
+            .map(|lead| (lead.id, lead))
+            .collect();
+        let target_vector = self
+            .index
+            .embed(vec![index::document(&target)])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let hits = self
+            .index
+            .nearest(&context.tenant_id, &target_vector, DUPLICATE_CANDIDATES)
+            .await?;
+        let neighbour_ids: Vec<Uuid> = hits
+            .iter()
+            .filter_map(|hit| Uuid::parse_str(&hit.id).ok())
+            .filter(|other| *other != target.id && !candidates.contains_key(other))
+            .collect();
+        for lead in self
+            .store
+            .live_among(&context.tenant_id, owner, "", &neighbour_ids)
+            .await?
+        {
+            candidates.insert(lead.id, lead);
+        }
+
+        // Only candidates the embedding could still lift over the threshold are embedded.
+        let promising: Vec<Lead> = candidates
+            .into_values()
+            .filter(|lead| {
+                duplicates::score(&target, lead, None).0 + duplicates::MAX_EMBEDDING_BONUS
+                    >= min_score
+            })
+            .collect();
+        let mut texts = vec![duplicates::person_text(&target)];
+        texts.extend(promising.iter().map(duplicates::person_text));
+        let vectors = self.index.embed(texts).await?;
+        let mut found: Vec<(f32, Vec<String>, Lead)> = promising
+            .into_iter()
+            .zip(vectors.iter().skip(1))
+            .filter_map(|(lead, vector)| {
+                let cosine = aida_ai::embed::cosine(&vectors[0], vector);
+                let (score, reasons) = duplicates::score(&target, &lead, Some(cosine));
+                (score >= min_score).then_some((score, reasons, lead))
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.id.cmp(&b.2.id)));
+        found.truncate(MAX_DUPLICATES);
+        Ok(Response::new(pb::FindDuplicateLeadsResponse {
+            duplicates: found
+                .into_iter()
+                .map(|(score, reasons, lead)| pb::DuplicateCandidate {
+                    lead: Some(visible(&lead, &access)),
+                    score,
+                    reasons,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn merge_leads(
+        &self,
+        request: Request<pb::MergeLeadsRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let access = Access::of(&context);
+        let request = request.into_inner();
+        let survivor_id = domain::parse_id("survivor_id", &request.survivor_id)?;
+        let merged_ids = merged_ids(survivor_id, &request.merged_ids)?;
+        let request_id = domain::clean_request_id(&request.request_id)?;
+        let claim = request_id.as_deref().map(|request_id| MergeClaim {
+            request_id,
+            fingerprint: merge_fingerprint(survivor_id, &merged_ids),
+        });
+        let (survivor, merged_now) = self
+            .store
+            .merge(
+                &context.tenant_id,
+                survivor_id,
+                &merged_ids,
+                claim,
+                &context.subject,
+                |survivor, merged| plan_merge(&context, &access, survivor, merged),
+            )
+            .await?;
+        if merged_now {
+            self.relay.wake();
+            let mut touched = vec![survivor_id];
+            touched.extend_from_slice(&merged_ids);
+            self.index.refresh(&context.tenant_id, &touched).await;
+        }
+        let survivor = reachable(survivor, &access)?;
+        Ok(Response::new(visible(&survivor, &access)))
+    }
+}
+
+/// The merged ids of a request: 1 to 20 distinct lead ids, none the survivor.
+fn merged_ids(survivor: Uuid, raw: &[String]) -> Result<Vec<Uuid>, Error> {
+    if raw.is_empty() || raw.len() > MAX_MERGED {
+        return Err(Error::invalid(
+            "merged_ids",
+            format!("1 to {MAX_MERGED} lead ids are required"),
+        ));
+    }
+    let mut ids = Vec::with_capacity(raw.len());
+    for text in raw {
+        let id = domain::parse_id("merged_ids", text)?;
+        if id == survivor {
+            return Err(Error::invalid(
+                "merged_ids",
+                "the survivor cannot be merged into itself",
+            ));
+        }
+        if ids.contains(&id) {
+            return Err(Error::invalid(
+                "merged_ids",
+                format!("{id} appears more than once"),
+            ));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn merge_fingerprint(survivor: Uuid, merged: &[Uuid]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(survivor.as_bytes());
+    for id in merged {
+        hasher.update(id.as_bytes());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The survivor keeps its values and takes, in the order given, the first non-empty value
+/// of the merged leads for each of its empty fields; attributes are united (the survivor's
+/// value wins a shared key).
+fn merged_fields(survivor: &LeadFields, merged: &[Lead]) -> LeadFields {
+    let mut fields = survivor.clone();
+    for other in merged {
+        let o = &other.fields;
+        for (mine, theirs) in [
+            (&mut fields.email, &o.email),
+            (&mut fields.first_name, &o.first_name),
+            (&mut fields.last_name, &o.last_name),
+            (&mut fields.company, &o.company),
+            (&mut fields.title, &o.title),
+            (&mut fields.phone, &o.phone),
+            (&mut fields.owner_id, &o.owner_id),
+        ] {
+            if mine.is_empty() && !theirs.is_empty() {
+                mine.clone_from(theirs);
+            }
+        }
+        for (key, value) in &o.attributes {
+            fields
+                .attributes
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
+    fields
+}
+
+fn plan_merge(
+    context: &AuthContext,
+    access: &Access,
+    survivor: Lead,
+    merged: Vec<Lead>,
+) -> Result<MergePlan, Error> {
+    let survivor = reachable(survivor, access)?;
+    survivor.check_not_merged()?;
+    let mut merged = merged
+        .into_iter()
+        .map(|lead| reachable(lead, access))
+        .collect::<Result<Vec<_>, _>>()?;
+    for lead in &merged {
+        lead.check_not_merged()?;
+    }
+    let mut fields = merged_fields(&survivor.fields, &merged);
+    // More attributes than a lead may hold: the survivor's first, then in merge order.
+    while fields.attributes.len() > domain::MAX_ATTRIBUTES {
+        let extra = fields
+            .attributes
+            .keys()
+            .rev()
+            .find(|key| !survivor.fields.attributes.contains_key(*key))
+            .cloned();
+        match extra {
+            Some(key) => fields.attributes.remove(&key),
+            None => break,
+        };
+    }
+    let now = now_micros();
+    let changed = changed_fields(&survivor, &fields, false);
+    let survivor_changed = !changed.is_empty();
+    let updated = if survivor_changed {
+        Lead {
+            fields,
+            version: survivor.version + 1,
+            update_time: now,
+            ..survivor.clone()
+        }
+    } else {
+        survivor.clone()
+    };
+    for lead in &mut merged {
+        lead.status = LeadStatus::Merged;
+        lead.merged_into = Some(survivor.id);
+        lead.version += 1;
+        lead.update_time = now;
+    }
+    let mut events = vec![envelope(
+        context,
+        "leads.merged",
+        subject_of(survivor.id),
+        now,
+        Payload::LeadMerged(LeadMerged {
+            survivor: Some(to_proto(&updated)),
+            merged: merged.iter().map(to_proto).collect(),
+        }),
+    )];
+    if survivor_changed {
+        events.push(envelope(
+            context,
+            "leads.updated",
+            subject_of(survivor.id),
+            now,
+            Payload::LeadUpdated(LeadUpdated {
+                lead: Some(to_proto(&updated)),
+                previous_status: status_to_proto(survivor.status) as i32,
+                changed_fields: changed,
+            }),
+        ));
+    }
+    Ok(MergePlan {
+        survivor: updated,
+        survivor_changed,
+        merged,
+        events,
+    })
 }

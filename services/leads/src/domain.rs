@@ -69,14 +69,17 @@ pub enum Status {
     Qualified,
     Rejected,
     Converted,
+    /// Merged into another lead; kept for lineage.
+    Merged,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::New,
         Status::Qualified,
         Status::Rejected,
         Status::Converted,
+        Status::Merged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Status {
             Status::Qualified => "QUALIFIED",
             Status::Rejected => "REJECTED",
             Status::Converted => "CONVERTED",
+            Status::Merged => "MERGED",
         }
     }
 
@@ -123,9 +127,25 @@ pub struct Lead {
     pub version: i64,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// The survivor this lead was merged into (status MERGED).
+    pub merged_into: Option<Uuid>,
 }
 
 impl Lead {
+    /// Refuses any change to a merged lead: its survivor holds the person now.
+    pub fn check_not_merged(&self) -> Result<(), Error> {
+        match self.merged_into {
+            Some(survivor) => Err(Error::FailedPrecondition {
+                reason: "LEAD_MERGED",
+                message: format!(
+                    "lead {} was merged into {survivor}; change that lead",
+                    self.id
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Opaque version tag for optimistic concurrency (AIP-154).
     pub fn etag(&self) -> String {
         format!("v{}", self.version)
@@ -157,6 +177,7 @@ impl Lead {
             )),
             Status::Qualified => Err(illegal(self, "qualify", "the lead is already qualified")),
             Status::Converted => Err(illegal(self, "qualify", "the lead was converted to a deal")),
+            Status::Merged => Err(illegal(self, "qualify", "the lead was merged into another")),
         }
     }
 
@@ -166,6 +187,7 @@ impl Lead {
             Status::New | Status::Qualified => Ok(Status::Rejected),
             Status::Rejected => Err(illegal(self, "reject", "the lead is already rejected")),
             Status::Converted => Err(illegal(self, "reject", "the lead was converted to a deal")),
+            Status::Merged => Err(illegal(self, "reject", "the lead was merged into another")),
         }
     }
 
@@ -186,6 +208,7 @@ impl Lead {
                     match other {
                         Status::Qualified => "QualifyLead",
                         Status::Rejected => "RejectLead",
+                        Status::Merged => "MergeLeads",
                         _ => "deal",
                     }
                 ),
@@ -500,6 +523,7 @@ mod tests {
             version: 3,
             create_time: Utc::now(),
             update_time: Utc::now(),
+            merged_into: None,
         }
     }
 

@@ -1,10 +1,14 @@
 //! LeadService: captures prospects, qualifies or rejects them, lists them; every change
 //! commits with its event (`leads.captured`, `leads.qualified`, `leads.rejected`,
-//! `leads.updated`, `leads.deleted`) through the transactional outbox.
+//! `leads.updated`, `leads.deleted`, `leads.merged`) through the transactional outbox.
+//! Leads are searchable by meaning ([`index`]: embeddings in the vector store, healed by a
+//! background re-indexer), duplicates are found by [`duplicates`] and merged.
 
 mod api;
 pub mod domain;
+pub mod duplicates;
 mod handler;
+pub mod index;
 mod store;
 
 use std::sync::Arc;
@@ -40,6 +44,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let store = LeadStore::new(context.db.clone());
+    let index = Arc::new(
+        index::SearchIndex::open(&context.settings, store.clone())
+            .map_err(|error| StartError::Server(error.to_string()))?,
+    );
+    // The re-indexer heals what a crash between commit and indexing left behind, at start
+    // and then periodically; it stops with the server.
+    let indexer_shutdown = CancellationToken::new();
+    let indexer = tokio::spawn(index.clone().run(
+        Duration::from_secs(context.settings.ai.reindex_interval_secs.max(1)),
+        indexer_shutdown.clone(),
+    ));
     let relay_shutdown = CancellationToken::new();
     let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
     let conversions = tokio::spawn(consumer::run(
@@ -74,9 +90,10 @@ pub async fn serve(
     });
 
     let api = LeadApi::new(
-        LeadStore::new(context.db.clone()),
+        store,
         context.relay.clone(),
         context.page_tokens.clone(),
+        index,
     );
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
     let router = server::builder(context.verifier.clone())
@@ -90,5 +107,7 @@ pub async fn serve(
     let _ = conversions.await;
     relay_shutdown.cancel();
     let _ = relay.await;
+    indexer_shutdown.cancel();
+    let _ = indexer.await;
     served.map_err(|error| StartError::Server(error.to_string()))
 }

@@ -63,6 +63,20 @@ impl TestApp {
         self.server.stop().await;
     }
 
+    /// Stops the server and starts a new one on the same database, bus and data directory.
+    pub async fn restart(&mut self) {
+        self.server.stop().await;
+        let context = self
+            .env
+            .context(aida_leads::SERVICE, aida_leads::migrations())
+            .await;
+        self.db = context.db.clone();
+        self.server = RunningServer::start(|listener, shutdown| {
+            aida_leads::serve(context, listener, shutdown)
+        })
+        .await;
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let count: Count = self
             .db
