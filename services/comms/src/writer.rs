@@ -2,7 +2,6 @@
 //! for similar leads from the vector store, and the link from a person's review of a draft
 //! to the writer's earned autonomy.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use aida_ai::embed::{self, Embedder};
@@ -432,10 +431,7 @@ impl Writer {
             }
             None => Arc::new(Offline),
         };
-        let model_dir = ai
-            .model_dir
-            .clone()
-            .unwrap_or_else(|| aida_ai::models::model_dir(&settings.data_dir));
+        let model_dir = ai.model_dir(&settings.data_dir);
         let embedder: Arc<dyn Embedder> = Arc::from(embed::load(&model_dir));
         let vectors: Arc<dyn VectorStore> = match &ai.chroma_url {
             Some(url) => Arc::new(
@@ -443,10 +439,8 @@ impl Writer {
                     .map_err(|error| StartError::Server(format!("ai.chroma_url: {error}")))?,
             ),
             None => {
-                let dir: PathBuf = ai
-                    .vector_dir
-                    .clone()
-                    .unwrap_or_else(|| settings.data_dir.join("vectors"));
+                // Lead search keeps its index in `leads/`.
+                let dir = ai.vector_dir(&settings.data_dir).join("comms");
                 Arc::new(
                     Embedded::open(&dir)
                         .map_err(|error| StartError::Server(format!("ai.vector_dir: {error}")))?,

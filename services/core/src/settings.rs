@@ -34,22 +34,6 @@ pub struct Settings {
     pub ai: AiSettings,
     pub edge: EdgeSettings,
     pub tls: TlsSettings,
-    pub ai: AiSettings,
-}
-
-/// Embeddings and the vector store (semantic lead search, duplicate detection).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiSettings {
-    /// The sentence-embedding model (default `<data_dir>/models/all-MiniLM-L6-v2`); when it
-    /// is absent the services fall back to lexical hashing and say so.
-    pub model_dir: Option<PathBuf>,
-    /// `http://host:8000` of a Chroma server; unset: the embedded index under `vector_dir`.
-    pub chroma_url: Option<String>,
-    /// Where the embedded vector index lives (default `<data_dir>/vectors`).
-    pub vector_dir: Option<PathBuf>,
-    /// How often LeadService re-indexes leads whose indexed version is stale.
-    pub reindex_interval_secs: u64,
 }
 
 impl AiSettings {
@@ -91,6 +75,8 @@ pub struct AiSettings {
     pub sender_name: String,
     /// The sender's company named in drafts.
     pub sender_company: String,
+    /// How often LeadService re-indexes leads whose indexed version is stale.
+    pub reindex_interval_secs: u64,
 }
 
 /// Mutual TLS between the services and from the edge to them.
@@ -325,7 +311,6 @@ struct Defaults {
     ai: AiSettings,
     edge: EdgeSettings,
     tls: TlsSettings,
-    ai: AiSettings,
 }
 
 impl Default for Defaults {
@@ -398,6 +383,7 @@ impl Default for Defaults {
                 vector_dir: None,
                 sender_name: "The AIDA team".into(),
                 sender_company: String::new(),
+                reindex_interval_secs: 60,
             },
             edge: EdgeSettings {
                 port: 8080,
@@ -418,12 +404,6 @@ impl Default for Defaults {
                 enabled: None,
                 dir: None,
                 reload_secs: 10,
-            },
-            ai: AiSettings {
-                model_dir: None,
-                chroma_url: None,
-                vector_dir: None,
-                reindex_interval_secs: 60,
             },
         }
     }
