@@ -706,6 +706,28 @@ impl Autonomy {
         Ok(())
     }
 
+    /// A person moves `key`'s level with `moves` (a sign-off, a revival); a refusal is
+    /// FAILED_PRECONDITION.
+    async fn moved_by_person<F>(
+        &self,
+        context: &AuthContext,
+        key: &Key,
+        moves: F,
+    ) -> Result<GrantRecord, Error>
+    where
+        F: FnOnce(&mut Grant, &str, DateTime<Utc>) -> Result<Transition, Refused>,
+    {
+        let (record, _) = self
+            .change(context, key, |record, changes| {
+                let transition =
+                    moves(&mut record.grant, &context.subject, changes.now).map_err(refused)?;
+                changes.transition(&transition, String::new());
+                Ok(())
+            })
+            .await?;
+        Ok(record)
+    }
+
     /// Reports an incident on `key` (see ReportIncident).
     pub async fn incident(
         &self,
@@ -1038,16 +1060,9 @@ impl AutonomyService for AutonomyApi {
         let context = AuthContext::of(&request)?.clone();
         let input = request.get_ref();
         let key = key(&input.agent, &input.action, &input.segment)?;
-        let (record, _) = self
+        let record = self
             .0
-            .change(&context, &key, |record, changes| {
-                let transition = record
-                    .grant
-                    .sign_off(&context.subject, changes.now)
-                    .map_err(refused)?;
-                changes.transition(&transition, String::new());
-                Ok(())
-            })
+            .moved_by_person(&context, &key, |grant, by, now| grant.sign_off(by, now))
             .await?;
         Ok(Response::new(self.0.reply(&context, &record).await?))
     }
@@ -1144,16 +1159,9 @@ impl AutonomyService for AutonomyApi {
         let context = AuthContext::of(&request)?.clone();
         let input = request.get_ref();
         let key = key(&input.agent, &input.action, &input.segment)?;
-        let (record, _) = self
+        let record = self
             .0
-            .change(&context, &key, |record, changes| {
-                let transition = record
-                    .grant
-                    .revive(&context.subject, changes.now)
-                    .map_err(refused)?;
-                changes.transition(&transition, String::new());
-                Ok(())
-            })
+            .moved_by_person(&context, &key, |grant, by, now| grant.revive(by, now))
             .await?;
         Ok(Response::new(self.0.reply(&context, &record).await?))
     }

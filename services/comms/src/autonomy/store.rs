@@ -443,32 +443,22 @@ impl AutonomyStore {
         tenant: &str,
         since: DateTime<Utc>,
     ) -> Result<PeopleOutcomes, Error> {
-        let sent: Count = self
-            .db
-            .fetch_one(
-                Sql::new("SELECT COUNT(*) AS count FROM messages WHERE tenant_id = $1 AND create_time >= $2 AND status = $3")
-                    .bind(tenant)
-                    .bind(since)
-                    .bind(MessageStatus::Sent.as_str()),
-            )
-            .await?;
+        let messages = |condition: &str, status: MessageStatus| {
+            Sql::new(format!(
+                "SELECT COUNT(*) AS count FROM messages WHERE tenant_id = $1 AND create_time >= $2 AND status = $3{condition}"
+            ))
+            .bind(tenant)
+            .bind(since)
+            .bind(status.as_str())
+        };
+        let sent: Count = self.db.fetch_one(messages("", MessageStatus::Sent)).await?;
         let replied: Count = self
             .db
-            .fetch_one(
-                Sql::new("SELECT COUNT(*) AS count FROM messages WHERE tenant_id = $1 AND create_time >= $2 AND status = $3 AND replied")
-                    .bind(tenant)
-                    .bind(since)
-                    .bind(MessageStatus::Sent.as_str()),
-            )
+            .fetch_one(messages(" AND replied", MessageStatus::Sent))
             .await?;
         let failed: Count = self
             .db
-            .fetch_one(
-                Sql::new("SELECT COUNT(*) AS count FROM messages WHERE tenant_id = $1 AND create_time >= $2 AND status = $3")
-                    .bind(tenant)
-                    .bind(since)
-                    .bind(MessageStatus::Failed.as_str()),
-            )
+            .fetch_one(messages("", MessageStatus::Failed))
             .await?;
         let unsubscribed: Count = self
             .db
