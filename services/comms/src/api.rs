@@ -332,6 +332,21 @@ impl Comms {
         if draft.state != DraftState::Pending {
             return Err(draft_closed(&draft));
         }
+        // The writer's level at the moment of acting: at L0 (shadow, or switched off) its
+        // drafts are kept in the log and never reach a person outside.
+        let level = self
+            .autonomy
+            .effective_level(&context.tenant_id, &draft_key(&draft))
+            .await?;
+        if level == aida_ai::autonomy::Level::Shadow {
+            return Err(Error::FailedPrecondition {
+                reason: "AUTONOMY_SHADOW",
+                message: format!(
+                    "the writer is at L0 (shadow or switched off) for {}: its drafts are logged, not sent",
+                    draft.action()
+                ),
+            });
+        }
         Ok(draft)
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use aida_core::testing::{Backend, RunningServer, TestEnv};
 use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
 use aida_proto::aida::ai::v1::{
-    AutonomyLevel, Decision, GetAutonomyRequest, ListDecisionsRequest, ListTransitionsRequest,
-    Outcome, Review,
+    AutonomyLevel, Decision, GetAutonomyRequest, KillAutonomyRequest, ListDecisionsRequest,
+    ListTransitionsRequest, Outcome, Review, ReviveAutonomyRequest,
 };
 use aida_proto::aida::comms::v1::comms_service_client::CommsServiceClient;
 use aida_proto::aida::comms::v1::{
@@ -286,6 +286,43 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
     assert_eq!(message.body, "Hi Lin, a shorter note from me.");
     assert!(app.draft(&draft.id).await.edited);
 
+    // Switched off, the writer's drafts are logged and never sent; revived, they go again.
+    let held = app
+        .generate(&lead, Purpose::FollowUp)
+        .await
+        .expect("generate");
+    app.autonomy()
+        .await
+        .kill_autonomy(app.env.request(
+            TENANT,
+            KillAutonomyRequest {
+                agent: "outreach".into(),
+                action: "send_follow_up".into(),
+                segment: "all".into(),
+                reason: "checking the wording".into(),
+            },
+        ))
+        .await
+        .expect("kill");
+    let refused = app.send_draft(&lead, &held, "").await.expect_err("killed");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("L0"), "{}", refused.message());
+    app.autonomy()
+        .await
+        .revive_autonomy(app.env.request(
+            TENANT,
+            ReviveAutonomyRequest {
+                agent: "outreach".into(),
+                action: "send_follow_up".into(),
+                segment: "all".into(),
+            },
+        ))
+        .await
+        .expect("revive");
+    app.send_draft(&lead, &held, "")
+        .await
+        .expect("sent after revival");
+
     let other = app
         .generate(&lead, Purpose::MeetingRequest)
         .await
@@ -310,9 +347,11 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
     assert_eq!(status.code(), Code::FailedPrecondition);
 
     let follow_up = app.decisions("send_follow_up").await;
-    assert_eq!(follow_up.len(), 1);
-    assert_eq!(follow_up[0].review, Review::Edited as i32);
-    assert!(follow_up[0].counted, "an edit counts even when fast");
+    assert_eq!(follow_up.len(), 2);
+    // Newest first: the revived writer's draft, then the edited one.
+    assert_eq!(follow_up[0].review, Review::ApprovedUnchanged as i32);
+    assert_eq!(follow_up[1].review, Review::Edited as i32);
+    assert!(follow_up[1].counted, "an edit counts even when fast");
     let meeting = app.decisions("send_meeting_request").await;
     assert_eq!(meeting.len(), 1);
     assert_eq!(meeting[0].review, Review::Rejected as i32);
