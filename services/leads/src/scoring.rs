@@ -1,7 +1,8 @@
 //! Lead scoring: every lead carries a score (0–100), a tier and the factors behind it,
 //! from [`aida_ai::scoring`], kept current by three durable consumers:
 //!
-//! - `CRM_LEADS` (`leads.captured`, `leads.updated`, `leads.merged`): the lead changed, score it.
+//! - `CRM_LEADS` (`leads.captured`, `leads.updated`, `leads.merged`): the lead changed, score it;
+//!   `leads.deleted`: erase its score, engagement and outcome.
 //! - `CRM_COMMS` (`comms.sent`, `comms.opened`, `comms.clicked`, `comms.replied`): bump the
 //!   lead's engagement counters (once per event: the inbox claims the event id in the same
 //!   transaction), then score it.
@@ -584,6 +585,28 @@ impl Scorer {
         Ok(true)
     }
 
+    /// Erases what scoring holds about a deleted lead: its score, engagement, outcome and
+    /// outcome vector (the lead's text).
+    pub async fn forget(&self, tenant: &str, lead_id: Uuid) -> Result<(), Error> {
+        let _writing = self.writing.lock().await;
+        let mut tx = self.db.begin().await?;
+        for table in ["lead_scores", "lead_engagement", "lead_outcomes"] {
+            tx.execute(
+                Sql::new(format!(
+                    "DELETE FROM {table} WHERE tenant_id = $1 AND lead_id = $2"
+                ))
+                .bind(tenant)
+                .bind(lead_id),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.vectors
+            .delete(&ai::outcomes_namespace(tenant), &[lead_id.to_string()])
+            .await
+            .map_err(|e| unavailable("vector store", e))
+    }
+
     /// Scores every live lead of the event's tenant again (after a retraining).
     async fn rescore_tenant(&self, event: &EventEnvelope) -> Result<(), Error> {
         let ids: Vec<IdRow> = self
@@ -644,6 +667,12 @@ impl EventHandler for ScoringHandler {
             Some(Payload::LeadMerged(merged)) => {
                 if let Some(id) = lead_of(&merged.survivor)? {
                     scorer.rescore(event, id).await?;
+                }
+                return Ok(());
+            }
+            Some(Payload::LeadDeleted(deleted)) => {
+                if let Some(id) = lead_id_of(&deleted.lead_id)? {
+                    scorer.forget(&event.tenant_id, id).await?;
                 }
                 return Ok(());
             }

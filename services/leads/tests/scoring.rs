@@ -14,7 +14,8 @@ use aida_proto::aida::events::v1::{
     DealLost, DealWon, EventEnvelope, MessageClicked, MessageOpened, MessageReplied, MessageSent,
 };
 use aida_proto::aida::leads::v1::{
-    CaptureLeadRequest, GetLeadRequest, GetLeadScoreRequest, Lead, LeadScore, Tier,
+    CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, GetLeadScoreRequest, Lead, LeadScore,
+    ListLeadsRequest, Tier,
 };
 use prost::Message;
 use support::{Backend, TestApp, violated_fields};
@@ -158,6 +159,39 @@ async fn a_captured_lead_is_scored_published_and_served_to_its_tenant_only(backe
     assert_eq!(violated_fields(&bad), vec!["lead_id".to_owned()]);
     let missing = score_of(&app, "t1", "").await.expect_err("no id");
     assert_eq!(missing.code(), Code::InvalidArgument);
+
+    let listed = app
+        .client()
+        .await
+        .list_leads(app.request("t1", ListLeadsRequest::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed.leads[0].score.as_ref().map(|s| s.score),
+        Some(score.score),
+        "listed leads carry their score"
+    );
+
+    // A deleted lead's score, engagement and outcome are erased.
+    app.client()
+        .await
+        .delete_lead(app.request(
+            "t1",
+            DeleteLeadRequest {
+                id: lead.id.clone(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .expect("delete");
+    let erased = eventually(Duration::from_secs(20), || async {
+        app.count("lead_scores").await == 0
+    })
+    .await;
+    assert!(erased, "the score is erased with the lead");
+    let gone = score_of(&app, "t1", &lead.id).await.expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
 }
 
 async fn engagement_raises_the_score_and_a_redelivered_event_counts_once(backend: Backend) {
