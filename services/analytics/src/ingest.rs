@@ -172,7 +172,8 @@ pub fn to_row(
             | Payload::AnalyticsAlerted(_)
             | Payload::AutonomyChanged(_)
             | Payload::AutonomyProposed(_)
-            | Payload::LeadMerged(_),
+            | Payload::LeadMerged(_)
+            | Payload::LeadScored(_),
         ) => return Ok(None),
         None => {
             return Err(HandlerError::Poison(format!(

@@ -38,6 +38,7 @@ const ALERT_WRITERS: &[&str] = &["admin", "manager", "analyst"];
 pub const TABLE: &[(&str, Option<&[&str]>)] = &[
     ("aida.leads.v1.LeadService/CaptureLead", Some(SELLERS)),
     ("aida.leads.v1.LeadService/GetLead", Some(ALL)),
+    ("aida.leads.v1.LeadService/GetLeadScore", Some(ALL)),
     ("aida.leads.v1.LeadService/ListLeads", Some(ALL)),
     ("aida.leads.v1.LeadService/UpdateLead", Some(SELLERS)),
     ("aida.leads.v1.LeadService/QualifyLead", Some(SELLERS)),

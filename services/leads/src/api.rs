@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::domain::{self, Lead, LeadFields, Source, Status as LeadStatus};
 use crate::duplicates;
 use crate::index::{self, SearchIndex};
+use crate::scoring::Scores;
 use crate::store::{self, CaptureRequest, Change, LeadStore, MergeClaim, MergePlan};
 
 const DEFAULT_SEARCH_RESULTS: u32 = 10;
@@ -60,6 +61,7 @@ pub struct LeadApi {
     relay: Relay,
     page_tokens: PageTokens,
     index: Arc<SearchIndex>,
+    scores: Scores,
 }
 
 impl LeadApi {
@@ -68,12 +70,14 @@ impl LeadApi {
         relay: Relay,
         page_tokens: PageTokens,
         index: Arc<SearchIndex>,
+        scores: Scores,
     ) -> Self {
         Self {
             store,
             relay,
             page_tokens,
             index,
+            scores,
         }
     }
 }
@@ -189,6 +193,41 @@ pub fn to_proto(lead: &Lead) -> pb::Lead {
             .merged_into
             .map(|id| id.to_string())
             .unwrap_or_default(),
+        score: None,
+    }
+}
+
+/// The proto form of a lead's score.
+pub fn score_to_proto(score: &aida_ai::scoring::Score) -> pb::LeadScore {
+    use aida_ai::scoring::Tier;
+    let tier = match score.tier {
+        Tier::A => pb::Tier::A,
+        Tier::B => pb::Tier::B,
+        Tier::C => pb::Tier::C,
+        Tier::D => pb::Tier::D,
+    };
+    pb::LeadScore {
+        score: i32::from(score.score),
+        tier: tier as i32,
+        factors: score
+            .factors
+            .iter()
+            .map(|factor| pb::ScoreFactor {
+                feature: factor.feature.clone(),
+                value: factor.value,
+                contribution: factor.contribution,
+            })
+            .collect(),
+        similar_won: score
+            .similar_won
+            .iter()
+            .map(|(lead_id, similarity)| pb::SimilarLead {
+                lead_id: lead_id.clone(),
+                similarity: *similarity,
+            })
+            .collect(),
+        model_version: score.model_version.clone(),
+        scored_at: Some(timestamp(score.scored_at)),
     }
 }
 
@@ -376,7 +415,31 @@ impl LeadService for LeadApi {
         let id = domain::parse_id("id", &request.get_ref().id)?;
         let access = Access::of(context);
         let lead = reachable(self.store.get(&context.tenant_id, id).await?, &access)?;
-        Ok(Response::new(visible(&lead, &access)))
+        let mut proto = visible(&lead, &access);
+        proto.score = self
+            .scores
+            .get(&context.tenant_id, id)
+            .await?
+            .as_ref()
+            .map(score_to_proto);
+        Ok(Response::new(proto))
+    }
+
+    async fn get_lead_score(
+        &self,
+        request: Request<pb::GetLeadScoreRequest>,
+    ) -> Result<Response<pb::LeadScore>, Status> {
+        let context = AuthContext::of(&request)?;
+        let id = domain::parse_id("lead_id", &request.get_ref().lead_id)?;
+        let access = Access::of(context);
+        // The lead decides visibility: another tenant's (or owner's) lead is NOT_FOUND.
+        reachable(self.store.get(&context.tenant_id, id).await?, &access)?;
+        let score = self
+            .scores
+            .get(&context.tenant_id, id)
+            .await?
+            .ok_or_else(|| Error::not_found("lead score", id.to_string()))?;
+        Ok(Response::new(score_to_proto(&score)))
     }
 
     async fn list_leads(
@@ -412,11 +475,22 @@ impl LeadService for LeadApi {
             )?,
             _ => String::new(),
         };
+        let ids: Vec<Uuid> = page.leads.iter().map(|lead| lead.id).collect();
+        let mut scores: HashMap<Uuid, aida_ai::scoring::Score> = self
+            .scores
+            .get_many(&context.tenant_id, &ids)
+            .await?
+            .into_iter()
+            .collect();
         Ok(Response::new(pb::ListLeadsResponse {
             leads: page
                 .leads
                 .iter()
-                .map(|lead| visible(lead, &access))
+                .map(|lead| {
+                    let mut proto = visible(lead, &access);
+                    proto.score = scores.remove(&lead.id).as_ref().map(score_to_proto);
+                    proto
+                })
                 .collect(),
             next_page_token,
             total_size: i32::try_from(page.total).unwrap_or(i32::MAX),

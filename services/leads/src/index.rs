@@ -103,6 +103,16 @@ impl SearchIndex {
         }
     }
 
+    /// The embedder, shared with lead scoring.
+    pub fn embedder(&self) -> Arc<dyn Embedder> {
+        self.embedder.clone()
+    }
+
+    /// The vector store, shared with lead scoring (which keeps its own collection).
+    pub fn vectors(&self) -> Arc<dyn VectorStore> {
+        self.vectors.clone()
+    }
+
     pub fn model_version(&self) -> &str {
         self.embedder.model_version()
     }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod duplicates;
 mod handler;
 pub mod index;
+pub mod scoring;
 mod store;
 
 use std::sync::Arc;
@@ -76,6 +77,41 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    // Scoring follows lead changes, engagement and outcomes on three streams, one durable
+    // consumer (and inbox) each.
+    let scorer = Arc::new(scoring::Scorer::new(
+        LeadStore::new(context.db.clone()),
+        context.db.clone(),
+        context.relay.clone(),
+        index.embedder(),
+        index.vectors(),
+        aida_ai::scoring::TrainConfig::default(),
+    ));
+    let mut scoring_consumers = Vec::new();
+    for (consumer, stream) in [
+        (scoring::LEADS_CONSUMER, "CRM_LEADS"),
+        (scoring::COMMS_CONSUMER, "CRM_COMMS"),
+        (scoring::OUTCOMES_CONSUMER, "CRM_DEALS"),
+    ] {
+        scoring_consumers.push(tokio::spawn(consumer::run(
+            context.bus.clone(),
+            ConsumerOptions {
+                spec: ConsumerSpec::durable(
+                    consumer,
+                    stream,
+                    None,
+                    Duration::from_secs(context.settings.bus.ack_wait_secs),
+                ),
+                max_deliver: context.settings.bus.max_deliver,
+            },
+            Arc::new(scoring::ScoringHandler {
+                scorer: scorer.clone(),
+                consumer,
+            }),
+            shutdown.clone(),
+        )));
+    }
+
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<LeadServiceServer<LeadApi>>()
@@ -94,6 +130,7 @@ pub async fn serve(
         context.relay.clone(),
         context.page_tokens.clone(),
         index,
+        scoring::Scores::new(context.db.clone()),
     );
     let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
     let router = server::builder(context.verifier.clone())
@@ -105,6 +142,9 @@ pub async fn serve(
 
     // The server has drained: flush what the last calls committed, then stop the relay.
     let _ = conversions.await;
+    for consumer in scoring_consumers {
+        let _ = consumer.await;
+    }
     relay_shutdown.cancel();
     let _ = relay.await;
     indexer_shutdown.cancel();

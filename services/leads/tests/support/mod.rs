@@ -86,8 +86,18 @@ impl TestApp {
         count.count
     }
 
-    /// Every event in CRM_LEADS, decoded.
+    /// Every event in CRM_LEADS but the scores (`leads.scored`, published asynchronously
+    /// after each change), decoded.
     pub async fn lead_events(&self) -> Vec<(String, String, EventEnvelope)> {
+        self.all_lead_events()
+            .await
+            .into_iter()
+            .filter(|(event_type, _, _)| event_type != "leads.scored")
+            .collect()
+    }
+
+    /// Every event in CRM_LEADS, decoded.
+    pub async fn all_lead_events(&self) -> Vec<(String, String, EventEnvelope)> {
         self.env
             .bus
             .stored("CRM_LEADS")
