@@ -501,6 +501,15 @@ fn key(agent: &str, action: &str, segment: &str) -> Result<Key, Error> {
     Ok(key)
 }
 
+/// A key and the reason a person gives for changing it (1–1000 characters).
+fn key_with_reason(agent: &str, action: &str, segment: &str, reason: &str) -> Result<Key, Error> {
+    let mut violations = Vec::new();
+    let key = check_key(agent, action, segment, &mut violations);
+    check_text("reason", reason, 1000, true, &mut violations);
+    valid(violations)?;
+    Ok(key)
+}
+
 fn review_from_proto(value: i32, violations: &mut Vec<FieldViolation>) -> Option<Review> {
     let review = match pb::Review::try_from(value) {
         Ok(pb::Review::ApprovedUnchanged) => Review::ApprovedUnchanged,
@@ -1073,10 +1082,7 @@ impl AutonomyService for AutonomyApi {
     ) -> Result<Response<pb::Autonomy>, Status> {
         let context = AuthContext::of(&request)?.clone();
         let input = request.get_ref();
-        let mut violations = Vec::new();
-        let key = check_key(&input.agent, &input.action, &input.segment, &mut violations);
-        check_text("reason", &input.reason, 1000, true, &mut violations);
-        valid(violations)?;
+        let key = key_with_reason(&input.agent, &input.action, &input.segment, &input.reason)?;
         let (record, _) = self
             .0
             .change(&context, &key, |record, changes| {
@@ -1135,10 +1141,7 @@ impl AutonomyService for AutonomyApi {
     ) -> Result<Response<pb::Autonomy>, Status> {
         let context = AuthContext::of(&request)?.clone();
         let input = request.get_ref();
-        let mut violations = Vec::new();
-        let key = check_key(&input.agent, &input.action, &input.segment, &mut violations);
-        check_text("reason", &input.reason, 1000, true, &mut violations);
-        valid(violations)?;
+        let key = key_with_reason(&input.agent, &input.action, &input.segment, &input.reason)?;
         let (record, _) = self
             .0
             .change(&context, &key, |record, changes| {
