@@ -291,6 +291,30 @@ pub struct PeopleOutcomes {
     pub unsubscribed: i64,
 }
 
+/// A page of a key's ledger table (`autonomy_decisions`, `autonomy_transitions`), newest
+/// first, before the id `before`.
+fn ledger_page(
+    columns: &str,
+    table: &str,
+    tenant: &str,
+    key: &Key,
+    limit: u32,
+    before: Option<Uuid>,
+) -> Sql {
+    let mut sql = Sql::new(format!(
+        "SELECT {columns} FROM {table} WHERE tenant_id = $1"
+    ))
+    .bind(tenant);
+    key_clause(&mut sql, key);
+    if let Some(before) = before {
+        sql.push(" AND id < ");
+        sql.push_arg(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ");
+    sql.push_arg(i64::from(limit));
+    sql
+}
+
 fn lock_clause(engine: Engine) -> &'static str {
     match engine {
         Engine::Postgres => " FOR UPDATE",
@@ -398,17 +422,14 @@ impl AutonomyStore {
         limit: u32,
         before: Option<Uuid>,
     ) -> Result<Vec<DecisionRecord>, Error> {
-        let mut sql = Sql::new(format!(
-            "SELECT {DECISION_COLUMNS} FROM autonomy_decisions WHERE tenant_id = $1"
-        ))
-        .bind(tenant);
-        key_clause(&mut sql, key);
-        if let Some(before) = before {
-            sql.push(" AND id < ");
-            sql.push_arg(before);
-        }
-        sql.push(" ORDER BY id DESC LIMIT ");
-        sql.push_arg(i64::from(limit));
+        let sql = ledger_page(
+            DECISION_COLUMNS,
+            "autonomy_decisions",
+            tenant,
+            key,
+            limit,
+            before,
+        );
         let rows: Vec<DecisionRow> = self.db.fetch_all(sql).await?;
         rows.into_iter().map(DecisionRecord::try_from).collect()
     }
@@ -421,17 +442,14 @@ impl AutonomyStore {
         limit: u32,
         before: Option<Uuid>,
     ) -> Result<Vec<StoredTransition>, Error> {
-        let mut sql = Sql::new(format!(
-            "SELECT {TRANSITION_COLUMNS} FROM autonomy_transitions WHERE tenant_id = $1"
-        ))
-        .bind(tenant);
-        key_clause(&mut sql, key);
-        if let Some(before) = before {
-            sql.push(" AND id < ");
-            sql.push_arg(before);
-        }
-        sql.push(" ORDER BY id DESC LIMIT ");
-        sql.push_arg(i64::from(limit));
+        let sql = ledger_page(
+            TRANSITION_COLUMNS,
+            "autonomy_transitions",
+            tenant,
+            key,
+            limit,
+            before,
+        );
         let rows: Vec<TransitionRow> = self.db.fetch_all(sql).await?;
         rows.into_iter().map(StoredTransition::try_from).collect()
     }
