@@ -41,6 +41,7 @@ use crate::writer::{self, DraftState, Writer};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
+const MAX_DRAFT_PAGE_SIZE: u32 = 200;
 const TEMPLATE_WRITABLE: [&str; 4] = ["name", "channel", "subject", "body"];
 
 /// What CommsService and TrackingService share.
@@ -191,27 +192,30 @@ fn system_context(tenant: &str, subject: &str) -> AuthContext {
     }
 }
 
-fn draft_key(draft: &writer::Draft) -> Key {
+pub(crate) fn draft_key(draft: &writer::Draft) -> Key {
     Key {
         agent: writer::AGENT.into(),
         action: draft.action(),
-        segment: writer::SEGMENT.into(),
+        segment: draft.segment.clone(),
     }
 }
 
-fn draft_closed(draft: &writer::Draft) -> Error {
+pub(crate) fn draft_closed(draft: &writer::Draft) -> Error {
     Error::FailedPrecondition {
         reason: "DRAFT_CLOSED",
         message: format!(
             "draft {} was already {}",
             draft.id,
-            draft.state.as_str().to_lowercase()
+            match draft.state {
+                DraftState::Sending => "being sent".to_owned(),
+                state => state.as_str().to_lowercase(),
+            }
         ),
     }
 }
 
 /// The review a person gave `draft` at `now`, for the writer's ledger.
-fn review_of(
+pub(crate) fn review_of(
     draft: &writer::Draft,
     review: Review,
     sent: bool,
@@ -286,6 +290,8 @@ fn draft_to_proto(draft: &writer::Draft) -> pb::Draft {
             DraftState::Pending => pb::DraftState::Pending,
             DraftState::Sent => pb::DraftState::Sent,
             DraftState::Discarded => pb::DraftState::Discarded,
+            DraftState::Scheduled | DraftState::Sending => pb::DraftState::Scheduled,
+            DraftState::Vetoed => pb::DraftState::Vetoed,
         } as i32,
         autonomy_level: i32::from(draft.autonomy_level) + 1,
         message_id: draft
@@ -296,10 +302,208 @@ fn draft_to_proto(draft: &writer::Draft) -> pb::Draft {
         approver: draft.approver.clone(),
         create_time: Some(timestamp(draft.create_time)),
         update_time: Some(timestamp(draft.update_time)),
+        segment: draft.segment.clone(),
+        requester: draft.requester.clone(),
+        scheduled_send_time: draft.send_after.map(timestamp),
     }
 }
 
 impl Comms {
+    /// Sends to `lead` what `request` (already validated) asks for: the checks every
+    /// message passes (rejected lead, address, suppression, frequency cap), then delivery,
+    /// the message's record and `comms.sent`, and the draft's closing.
+    pub(crate) async fn send_to(
+        &self,
+        context: &AuthContext,
+        lead: &PbLead,
+        channel: Channel,
+        template: Option<&Template>,
+        request: &pb::SendMessageRequest,
+        draft: Option<&writer::Draft>,
+    ) -> Result<Message, Error> {
+        let comms = self;
+        let lead_id = parse_id("lead_id", &lead.id, "lead")?;
+        if lead.status == PbLeadStatus::Rejected as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "LEAD_REJECTED",
+                message: format!("lead {lead_id} was rejected; it is not contacted"),
+            });
+        }
+        let to = match channel {
+            Channel::Email => lead.email.clone(),
+            Channel::Sms => lead.phone.clone(),
+        };
+        if to.is_empty() {
+            return Err(Error::FailedPrecondition {
+                reason: "NO_ADDRESS",
+                message: format!(
+                    "lead {lead_id} has no {}",
+                    if channel == Channel::Email {
+                        "e-mail address"
+                    } else {
+                        "phone number"
+                    }
+                ),
+            });
+        }
+        if comms
+            .store
+            .is_suppressed(&context.tenant_id, &normalize_address(&to))
+            .await?
+        {
+            if let Some(draft) = draft {
+                // The writer's draft tried to reach a suppressed person: a critical incident.
+                comms
+                    .autonomy
+                    .incident(
+                        context,
+                        &draft_key(draft),
+                        aida_ai::autonomy::Incident::Critical,
+                        &format!("draft {} was addressed to a suppressed recipient", draft.id),
+                    )
+                    .await?;
+            }
+            return Err(Error::FailedPrecondition {
+                reason: "SUPPRESSED",
+                message: format!("{to} is on the suppression list"),
+            });
+        }
+        let now = now_micros();
+        let recent = comms
+            .store
+            .recent_messages(
+                &context.tenant_id,
+                lead_id,
+                now - chrono::Duration::hours(24),
+            )
+            .await?;
+        if recent >= i64::from(comms.settings.max_messages_per_lead_per_day) {
+            return Err(Error::FailedPrecondition {
+                reason: "FREQUENCY_CAP",
+                message: format!(
+                    "lead {lead_id} already received {recent} messages in 24 hours (cap {})",
+                    comms.settings.max_messages_per_lead_per_day
+                ),
+            });
+        }
+
+        let mut variables: BTreeMap<String, String> = BTreeMap::from([
+            ("first_name".to_owned(), lead.first_name.clone()),
+            ("last_name".to_owned(), lead.last_name.clone()),
+            ("company".to_owned(), lead.company.clone()),
+            ("title".to_owned(), lead.title.clone()),
+            ("email".to_owned(), lead.email.clone()),
+        ]);
+        variables.extend(request.variables.clone());
+        let (subject, body) = match template {
+            Some(template) => (
+                render(&template.subject, &variables, "subject")?,
+                render(&template.body, &variables, "body")?,
+            ),
+            None => (request.subject.trim().to_owned(), request.body.clone()),
+        };
+        let links: Vec<String> = if channel == Channel::Email {
+            find_urls(&body)
+                .into_iter()
+                .map(|(start, end)| body[start..end].to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let message = Message {
+            id: Uuid::now_v7(),
+            tenant_id: context.tenant_id.clone(),
+            lead_id,
+            channel,
+            to: to.clone(),
+            subject,
+            body,
+            template_id: template
+                .map(|template| template.id.to_string())
+                .unwrap_or_default(),
+            links,
+            status: MessageStatus::Sending,
+            failure_reason: String::new(),
+            open_count: 0,
+            machine_open_count: 0,
+            click_count: 0,
+            replied: false,
+            send_time: None,
+            first_open_time: None,
+            reply_time: None,
+            request_id: request.request_id.clone(),
+            create_time: now,
+        };
+        if let Some(first) = comms.store.insert_sending(&message).await? {
+            // Sent before under this request id (a retry, or an agent resuming after a
+            // stop): the draft closes now if it did not then.
+            if let Some(draft) = draft {
+                match comms.close_sent_draft(context, draft, &first).await {
+                    Ok(())
+                    | Err(Error::FailedPrecondition {
+                        reason: "DRAFT_CLOSED",
+                        ..
+                    }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            return Ok(first);
+        }
+
+        let delivered = match channel {
+            Channel::Email => {
+                let name = format!("{} {}", lead.first_name, lead.last_name)
+                    .trim()
+                    .to_owned();
+                let email = comms.compose_email(&message, &name)?;
+                comms.email.send(email).await
+            }
+            Channel::Sms => {
+                comms
+                    .sms
+                    .send(&message.id.to_string(), &message.to, &message.body)
+                    .await
+            }
+        };
+        let finished = comms
+            .store
+            .modify_message(&context.tenant_id, message.id, |current| {
+                let mut next = current.clone();
+                let event = match &delivered {
+                    Ok(()) => {
+                        let sent_at = now_micros();
+                        next.status = MessageStatus::Sent;
+                        next.send_time = Some(sent_at);
+                        Some(envelope(
+                            context,
+                            "comms.sent",
+                            format!("messages/{}", next.id),
+                            sent_at,
+                            Payload::MessageSent(MessageSent {
+                                message_id: next.id.to_string(),
+                                lead_id: next.lead_id.to_string(),
+                                channel: channel_to_proto(next.channel) as i32,
+                                template_id: next.template_id.clone(),
+                            }),
+                        ))
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = %next.id, %error, "delivery failed");
+                        next.status = MessageStatus::Failed;
+                        next.failure_reason = error.to_string();
+                        None
+                    }
+                };
+                Ok(Some((next, event)))
+            })
+            .await?;
+        comms.relay.wake();
+        if let Some(draft) = draft {
+            comms.close_sent_draft(context, draft, &finished).await?;
+        }
+        Ok(finished)
+    }
+
     /// The pending draft `request` names, checked against the lead and channel.
     async fn open_draft(
         &self,
@@ -329,7 +533,7 @@ impl Comms {
         if request.channel == pb::Channel::Sms as i32 {
             return Err(Error::invalid("channel", "a draft is an e-mail"));
         }
-        if draft.state != DraftState::Pending {
+        if !matches!(draft.state, DraftState::Pending | DraftState::Scheduled) {
             return Err(draft_closed(&draft));
         }
         // The writer's level at the moment of acting: at L0 (shadow, or switched off) its
@@ -347,12 +551,33 @@ impl Comms {
                 ),
             });
         }
+        let mut draft = draft;
+        if draft.state == DraftState::Scheduled {
+            // A person takes the scheduled draft over from the agent: from now on it is
+            // theirs to send, and the agent's scheduler no longer sees it.
+            if !self
+                .writer
+                .drafts
+                .shift(
+                    &draft,
+                    DraftState::Scheduled,
+                    DraftState::Pending,
+                    None,
+                    now_micros(),
+                )
+                .await?
+            {
+                let current = self.writer.drafts.get(&context.tenant_id, draft.id).await?;
+                return Err(draft_closed(&current));
+            }
+            draft.state = DraftState::Pending;
+        }
         Ok(draft)
     }
 
     /// A draft was sent as `message`: it closes, and the person's review (unchanged or
     /// edited) and a bounce go into the writer's ledger.
-    async fn close_sent_draft(
+    pub(crate) async fn close_sent_draft(
         &self,
         context: &AuthContext,
         draft: &writer::Draft,
@@ -365,6 +590,7 @@ impl Comms {
             .drafts
             .close(
                 draft,
+                draft.state,
                 DraftState::Sent,
                 Some(message.id),
                 edited,
@@ -823,177 +1049,16 @@ impl CommsService for CommsApi {
         }
 
         let lead = comms.lead(&context, lead_id).await?;
-        if lead.status == PbLeadStatus::Rejected as i32 {
-            return Err(Error::FailedPrecondition {
-                reason: "LEAD_REJECTED",
-                message: format!("lead {lead_id} was rejected; it is not contacted"),
-            }
-            .into());
-        }
-        let to = match channel {
-            Channel::Email => lead.email.clone(),
-            Channel::Sms => lead.phone.clone(),
-        };
-        if to.is_empty() {
-            return Err(Error::FailedPrecondition {
-                reason: "NO_ADDRESS",
-                message: format!(
-                    "lead {lead_id} has no {}",
-                    if channel == Channel::Email {
-                        "e-mail address"
-                    } else {
-                        "phone number"
-                    }
-                ),
-            }
-            .into());
-        }
-        if comms
-            .store
-            .is_suppressed(&context.tenant_id, &normalize_address(&to))
-            .await?
-        {
-            if let Some(draft) = &draft {
-                // The writer's draft tried to reach a suppressed person: a critical incident.
-                comms
-                    .autonomy
-                    .incident(
-                        &context,
-                        &draft_key(draft),
-                        aida_ai::autonomy::Incident::Critical,
-                        &format!("draft {} was addressed to a suppressed recipient", draft.id),
-                    )
-                    .await?;
-            }
-            return Err(Error::FailedPrecondition {
-                reason: "SUPPRESSED",
-                message: format!("{to} is on the suppression list"),
-            }
-            .into());
-        }
-        let now = now_micros();
-        let recent = comms
-            .store
-            .recent_messages(
-                &context.tenant_id,
-                lead_id,
-                now - chrono::Duration::hours(24),
+        let finished = comms
+            .send_to(
+                &context,
+                &lead,
+                channel,
+                template.as_ref(),
+                &request,
+                draft.as_ref(),
             )
             .await?;
-        if recent >= i64::from(comms.settings.max_messages_per_lead_per_day) {
-            return Err(Error::FailedPrecondition {
-                reason: "FREQUENCY_CAP",
-                message: format!(
-                    "lead {lead_id} already received {recent} messages in 24 hours (cap {})",
-                    comms.settings.max_messages_per_lead_per_day
-                ),
-            }
-            .into());
-        }
-
-        let mut variables: BTreeMap<String, String> = BTreeMap::from([
-            ("first_name".to_owned(), lead.first_name.clone()),
-            ("last_name".to_owned(), lead.last_name.clone()),
-            ("company".to_owned(), lead.company.clone()),
-            ("title".to_owned(), lead.title.clone()),
-            ("email".to_owned(), lead.email.clone()),
-        ]);
-        variables.extend(request.variables.clone());
-        let (subject, body) = match &template {
-            Some(template) => (
-                render(&template.subject, &variables, "subject")?,
-                render(&template.body, &variables, "body")?,
-            ),
-            None => (request.subject.trim().to_owned(), request.body.clone()),
-        };
-        let links: Vec<String> = if channel == Channel::Email {
-            find_urls(&body)
-                .into_iter()
-                .map(|(start, end)| body[start..end].to_owned())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let message = Message {
-            id: Uuid::now_v7(),
-            tenant_id: context.tenant_id.clone(),
-            lead_id,
-            channel,
-            to: to.clone(),
-            subject,
-            body,
-            template_id: template
-                .as_ref()
-                .map(|template| template.id.to_string())
-                .unwrap_or_default(),
-            links,
-            status: MessageStatus::Sending,
-            failure_reason: String::new(),
-            open_count: 0,
-            machine_open_count: 0,
-            click_count: 0,
-            replied: false,
-            send_time: None,
-            first_open_time: None,
-            reply_time: None,
-            request_id: request.request_id.clone(),
-            create_time: now,
-        };
-        if let Some(first) = comms.store.insert_sending(&message).await? {
-            return Ok(Response::new(message_to_proto(&first)));
-        }
-
-        let delivered = match channel {
-            Channel::Email => {
-                let name = format!("{} {}", lead.first_name, lead.last_name)
-                    .trim()
-                    .to_owned();
-                let email = comms.compose_email(&message, &name)?;
-                comms.email.send(email).await
-            }
-            Channel::Sms => {
-                comms
-                    .sms
-                    .send(&message.id.to_string(), &message.to, &message.body)
-                    .await
-            }
-        };
-        let finished = comms
-            .store
-            .modify_message(&context.tenant_id, message.id, |current| {
-                let mut next = current.clone();
-                let event = match &delivered {
-                    Ok(()) => {
-                        let sent_at = now_micros();
-                        next.status = MessageStatus::Sent;
-                        next.send_time = Some(sent_at);
-                        Some(envelope(
-                            &context,
-                            "comms.sent",
-                            format!("messages/{}", next.id),
-                            sent_at,
-                            Payload::MessageSent(MessageSent {
-                                message_id: next.id.to_string(),
-                                lead_id: next.lead_id.to_string(),
-                                channel: channel_to_proto(next.channel) as i32,
-                                template_id: next.template_id.clone(),
-                            }),
-                        ))
-                    }
-                    Err(error) => {
-                        tracing::warn!(message = %next.id, %error, "delivery failed");
-                        next.status = MessageStatus::Failed;
-                        next.failure_reason = error.to_string();
-                        None
-                    }
-                };
-                Ok(Some((next, event)))
-            })
-            .await?;
-        comms.relay.wake();
-        if let Some(draft) = &draft {
-            comms.close_sent_draft(&context, draft, &finished).await?;
-        }
         Ok(Response::new(message_to_proto(&finished)))
     }
 
@@ -1253,6 +1318,7 @@ impl CommsService for CommsApi {
             }
             .into());
         }
+        let segment = writer::segment_of(&lead);
         let level = comms
             .autonomy
             .effective_level(
@@ -1260,34 +1326,27 @@ impl CommsService for CommsApi {
                 &Key {
                     agent: writer::AGENT.into(),
                     action: writer::action(purpose),
-                    segment: writer::SEGMENT.into(),
+                    segment: segment.clone(),
                 },
             )
             .await?;
-        let (written, provenance) = comms
+        let stored = comms
             .writer
-            .write(&context.tenant_id, &lead, purpose, tone)
+            .draft(
+                &context.tenant_id,
+                &lead,
+                writer::Request {
+                    purpose,
+                    tone,
+                    segment,
+                    level,
+                    requester: context.subject.clone(),
+                    request_id: input.request_id,
+                    state: DraftState::Pending,
+                    send_delay: None,
+                },
+            )
             .await?;
-        let now = now_micros();
-        let draft = writer::Draft {
-            id: Uuid::now_v7(),
-            tenant_id: context.tenant_id.clone(),
-            lead_id,
-            purpose,
-            tone,
-            subject: written.subject,
-            body: written.body,
-            provenance,
-            state: DraftState::Pending,
-            autonomy_level: level.number(),
-            message_id: None,
-            edited: false,
-            approver: String::new(),
-            request_id: input.request_id,
-            create_time: now,
-            update_time: now,
-        };
-        let stored = comms.writer.drafts.insert(&draft).await?;
         Ok(Response::new(draft_to_proto(&stored)))
     }
 
@@ -1313,7 +1372,16 @@ impl CommsService for CommsApi {
             .drafts
             .close(
                 &draft,
-                DraftState::Discarded,
+                if draft.state == DraftState::Scheduled {
+                    DraftState::Scheduled
+                } else {
+                    DraftState::Pending
+                },
+                if draft.state == DraftState::Scheduled {
+                    DraftState::Vetoed
+                } else {
+                    DraftState::Discarded
+                },
                 None,
                 false,
                 &context.subject,
@@ -1321,14 +1389,23 @@ impl CommsService for CommsApi {
             )
             .await?
         {
-            return Err(draft_closed(&draft).into());
+            let current = self
+                .0
+                .writer
+                .drafts
+                .get(&context.tenant_id, draft.id)
+                .await?;
+            return Err(draft_closed(&current).into());
         }
+        // Discarding a scheduled draft stops the agent: a veto.
+        let review = if draft.state == DraftState::Scheduled {
+            Review::Vetoed
+        } else {
+            Review::Rejected
+        };
         self.0
             .autonomy
-            .review(
-                &context,
-                review_of(&draft, Review::Rejected, false, now, None),
-            )
+            .review(&context, review_of(&draft, review, false, now, None))
             .await?;
         let closed = self
             .0
@@ -1353,6 +1430,87 @@ impl CommsService for CommsApi {
             .delete_suppression(&context.tenant_id, &address)
             .await?;
         Ok(Response::new(()))
+    }
+
+    async fn list_drafts(
+        &self,
+        request: Request<pb::ListDraftsRequest>,
+    ) -> Result<Response<pb::ListDraftsResponse>, Status> {
+        let context = AuthContext::of(&request)?;
+        let list = request.get_ref();
+        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_DRAFT_PAGE_SIZE)?;
+        let order = query::parse_order_by("", writer::DRAFT_FIELDS, "create_time desc")?;
+        let cursor = query::Cursor::new(&list.filter, &order);
+        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
+        let (drafts, has_more) = self
+            .0
+            .writer
+            .drafts
+            .list(
+                &context.tenant_id,
+                &list.filter,
+                &order,
+                size,
+                after.as_ref(),
+            )
+            .await?;
+        let next_page_token = match drafts.last() {
+            Some(last) if has_more => cursor.next(
+                &self.0.page_tokens,
+                vec![KeyValue::Time(last.create_time)],
+                last.id,
+            )?,
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDraftsResponse {
+            drafts: drafts.iter().map(draft_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn veto_draft(
+        &self,
+        request: Request<pb::VetoDraftRequest>,
+    ) -> Result<Response<pb::Draft>, Status> {
+        let context = AuthContext::of(&request)?.clone();
+        let draft = self.draft_of(&context, &request.get_ref().id).await?;
+        let drafts = &self.0.writer.drafts;
+        if draft.state == DraftState::Pending {
+            return Err(Error::FailedPrecondition {
+                reason: "NOT_SCHEDULED",
+                message: format!(
+                    "draft {} waits for a person and is not scheduled: discard it instead",
+                    draft.id
+                ),
+            }
+            .into());
+        }
+        let now = now_micros();
+        if draft.state != DraftState::Scheduled
+            || !drafts
+                .close(
+                    &draft,
+                    DraftState::Scheduled,
+                    DraftState::Vetoed,
+                    None,
+                    false,
+                    &context.subject,
+                    now,
+                )
+                .await?
+        {
+            let current = drafts.get(&context.tenant_id, draft.id).await?;
+            return Err(draft_closed(&current).into());
+        }
+        self.0
+            .autonomy
+            .review(
+                &context,
+                review_of(&draft, Review::Vetoed, false, now, None),
+            )
+            .await?;
+        let vetoed = drafts.get(&context.tenant_id, draft.id).await?;
+        Ok(Response::new(draft_to_proto(&vetoed)))
     }
 }
 

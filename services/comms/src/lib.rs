@@ -5,6 +5,7 @@
 //! The same server hosts AutonomyService ([`autonomy`]): the earned autonomy of the AI
 //! agents that write and send, with `comms.autonomy_changed` and `comms.autonomy_proposed`.
 
+pub mod agent;
 mod api;
 pub mod autonomy;
 pub mod domain;
@@ -13,7 +14,10 @@ mod store;
 pub mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use aida_core::bus::ConsumerSpec;
+use aida_core::consumer::{self, ConsumerOptions};
 use aida_core::db::Migrations;
 use aida_core::pagination::PageTokens;
 use aida_core::runtime::{ServiceContext, StartError};
@@ -124,6 +128,33 @@ pub async fn serve(
 
     let relay_shutdown = CancellationToken::new();
     let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
+    // The outreach agent follows CRM_LEADS and sends what is due, as far as it has earned.
+    let mut agent_tasks = Vec::new();
+    if context.settings.comms.outreach_agent {
+        let outreach = Arc::new(agent::Outreach::new(
+            comms.clone(),
+            agent::LeadBook::new(context.db.clone()),
+            autonomy::budget(&context.settings.comms),
+        ));
+        agent_tasks.push(tokio::spawn(consumer::run(
+            context.bus.clone(),
+            ConsumerOptions {
+                spec: ConsumerSpec::durable(
+                    agent::CONSUMER,
+                    "CRM_LEADS",
+                    None,
+                    Duration::from_secs(context.settings.bus.ack_wait_secs),
+                ),
+                max_deliver: context.settings.bus.max_deliver,
+            },
+            outreach.clone(),
+            relay_shutdown.clone(),
+        )));
+        agent_tasks.push(tokio::spawn(outreach.run(
+            Duration::from_secs(context.settings.comms.outreach_tick_secs),
+            relay_shutdown.clone(),
+        )));
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CommsServiceServer<CommsApi>>()
@@ -159,5 +190,8 @@ pub async fn serve(
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
     relay_shutdown.cancel();
     let _ = relay.await;
+    for task in agent_tasks {
+        let _ = task.await;
+    }
     served.map_err(|error| StartError::Server(error.to_string()))
 }

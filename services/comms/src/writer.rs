@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use aida_ai::autonomy::Level;
 use aida_ai::embed::{self, Embedder};
 use aida_ai::generate::{
     self, ContentGenerator, Example, GenerationRequest, LeadFacts, Offline, OpenRouter,
@@ -12,6 +13,7 @@ use aida_ai::generate::{
 use aida_ai::vector::{self, Chroma, ChromaConfig, Embedded, Item, Namespace, VectorStore};
 use aida_core::Error;
 use aida_core::db::{Database, Sql};
+use aida_core::query::{self, After, Field, FieldKind, OrderTerm};
 use aida_core::runtime::StartError;
 use aida_core::settings::Settings;
 use aida_proto::aida::leads::v1::{Lead as PbLead, LeadSource};
@@ -20,9 +22,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-/// The autonomy key of a draft: agent `outreach`, action `send_<purpose>`, segment `all`.
+/// The autonomy key of a draft: agent `outreach`, action `send_<purpose>`, segment the
+/// lead's tier when the draft was written ([`segment_of`]).
 pub const AGENT: &str = "outreach";
-pub const SEGMENT: &str = "all";
+/// The segment of a lead not scored yet.
+pub const UNSCORED: &str = "unscored";
 /// Examples of replied messages given to the writer at most.
 const EXAMPLES: usize = 3;
 /// Past messages to the lead given to the writer at most.
@@ -34,6 +38,11 @@ pub enum DraftState {
     Pending,
     Sent,
     Discarded,
+    /// The outreach agent sends it at `send_after` unless vetoed.
+    Scheduled,
+    /// The outreach agent is sending it (shown as scheduled).
+    Sending,
+    Vetoed,
 }
 
 impl DraftState {
@@ -42,6 +51,9 @@ impl DraftState {
             DraftState::Pending => "PENDING",
             DraftState::Sent => "SENT",
             DraftState::Discarded => "DISCARDED",
+            DraftState::Scheduled => "SCHEDULED",
+            DraftState::Sending => "SENDING",
+            DraftState::Vetoed => "VETOED",
         }
     }
 
@@ -50,6 +62,9 @@ impl DraftState {
             "PENDING" => Some(DraftState::Pending),
             "SENT" => Some(DraftState::Sent),
             "DISCARDED" => Some(DraftState::Discarded),
+            "SCHEDULED" => Some(DraftState::Scheduled),
+            "SENDING" => Some(DraftState::Sending),
+            "VETOED" => Some(DraftState::Vetoed),
             _ => None,
         }
     }
@@ -90,6 +105,12 @@ pub struct Draft {
     pub request_id: String,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    /// The autonomy segment: the lead's tier when written.
+    pub segment: String,
+    /// Who asked for it: a person's subject or [`crate::agent::SUBJECT`].
+    pub requester: String,
+    /// When the outreach agent sends a scheduled draft.
+    pub send_after: Option<DateTime<Utc>>,
 }
 
 impl Draft {
@@ -101,6 +122,72 @@ impl Draft {
 
 pub fn action(purpose: Purpose) -> String {
     format!("send_{}", purpose.as_str())
+}
+
+/// The autonomy segment of a lead: its tier (`tier_a` … `tier_d`), or `unscored`.
+pub fn segment_of(lead: &PbLead) -> String {
+    use aida_proto::aida::leads::v1::Tier;
+    let tier = lead
+        .score
+        .as_ref()
+        .and_then(|score| Tier::try_from(score.tier).ok())
+        .unwrap_or(Tier::Unspecified);
+    match tier {
+        Tier::Unspecified => UNSCORED.to_owned(),
+        tier => tier.as_str_name().to_lowercase(),
+    }
+}
+
+/// How drafts can be filtered in ListDrafts.
+pub const DRAFT_FIELDS: &[Field] = &[
+    Field {
+        name: "lead_id",
+        column: "lead_id",
+        kind: FieldKind::Uuid,
+        sortable: false,
+    },
+    Field {
+        name: "state",
+        column: "state",
+        kind: FieldKind::Enum(state_filter),
+        sortable: false,
+    },
+    Field {
+        name: "purpose",
+        column: "purpose",
+        kind: FieldKind::Enum(purpose_filter),
+        sortable: false,
+    },
+    Field {
+        name: "segment",
+        column: "segment",
+        kind: FieldKind::Text,
+        sortable: false,
+    },
+    Field {
+        name: "requester",
+        column: "requester",
+        kind: FieldKind::Text,
+        sortable: false,
+    },
+    Field {
+        name: "create_time",
+        column: "create_time",
+        kind: FieldKind::Timestamp,
+        sortable: true,
+    },
+];
+
+fn state_filter(value: &str) -> Option<&'static str> {
+    let value = value.trim_start_matches("DRAFT_STATE_");
+    DraftState::parse(value)
+        .filter(|state| *state != DraftState::Sending)
+        .map(DraftState::as_str)
+}
+
+fn purpose_filter(value: &str) -> Option<&'static str> {
+    let value = value.trim_start_matches("PURPOSE_").to_lowercase();
+    parse_purpose(&value).map(Purpose::as_str)
 }
 
 fn parse_purpose(value: &str) -> Option<Purpose> {
@@ -121,7 +208,7 @@ fn parse_tone(value: &str) -> Option<Tone> {
 }
 
 const DRAFT_COLUMNS: &str = "tenant_id, id, lead_id, purpose, tone, subject, body, provenance, state, autonomy_level, \
-     message_id, edited, approver, request_id, create_time, update_time";
+     message_id, edited, approver, request_id, create_time, update_time, segment, requester, send_after";
 
 #[derive(sqlx::FromRow)]
 struct DraftRow {
@@ -141,6 +228,9 @@ struct DraftRow {
     request_id: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    segment: String,
+    requester: String,
+    send_after: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<DraftRow> for Draft {
@@ -165,6 +255,9 @@ impl TryFrom<DraftRow> for Draft {
             request_id: row.request_id,
             create_time: row.create_time,
             update_time: row.update_time,
+            segment: row.segment,
+            requester: row.requester,
+            send_after: row.send_after,
         })
     }
 }
@@ -186,7 +279,7 @@ impl DraftStore {
             .db
             .execute(
                 Sql::new(format!(
-                    "INSERT INTO drafts ({DRAFT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                    "INSERT INTO drafts ({DRAFT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                 ))
                 .bind(draft.tenant_id.as_str())
                 .bind(draft.id)
@@ -203,7 +296,10 @@ impl DraftStore {
                 .bind(draft.approver.as_str())
                 .bind(draft.request_id.as_str())
                 .bind(draft.create_time)
-                .bind(draft.update_time),
+                .bind(draft.update_time)
+                .bind(draft.segment.as_str())
+                .bind(draft.requester.as_str())
+                .bind(draft.send_after),
             )
             .await;
         match inserted {
@@ -263,10 +359,12 @@ impl DraftStore {
         row.map(Draft::try_from).transpose()
     }
 
-    /// Moves a pending draft to `state`; false when it was no longer pending.
+    /// Moves the draft from `from` to `state`, for good; false when it had moved on.
+    #[allow(clippy::too_many_arguments)]
     pub async fn close(
         &self,
         draft: &Draft,
+        from: DraftState,
         state: DraftState,
         message_id: Option<Uuid>,
         edited: bool,
@@ -276,7 +374,7 @@ impl DraftStore {
         let updated = self
             .db
             .execute(
-                Sql::new("UPDATE drafts SET state = $3, message_id = $4, edited = $5, approver = $6, update_time = $7 WHERE tenant_id = $1 AND id = $2 AND state = $8")
+                Sql::new("UPDATE drafts SET state = $3, message_id = $4, edited = $5, approver = $6, update_time = $7, send_after = NULL WHERE tenant_id = $1 AND id = $2 AND state = $8")
                     .bind(draft.tenant_id.as_str())
                     .bind(draft.id)
                     .bind(state.as_str())
@@ -284,10 +382,141 @@ impl DraftStore {
                     .bind(edited)
                     .bind(approver)
                     .bind(now)
-                    .bind(DraftState::Pending.as_str()),
+                    .bind(from.as_str()),
             )
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Moves the draft from `from` to `to` (still open), sending at `send_after` if any;
+    /// false when it had moved on.
+    pub async fn shift(
+        &self,
+        draft: &Draft,
+        from: DraftState,
+        to: DraftState,
+        send_after: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let updated = self
+            .db
+            .execute(
+                Sql::new("UPDATE drafts SET state = $3, send_after = $4, update_time = $5 WHERE tenant_id = $1 AND id = $2 AND state = $6")
+                    .bind(draft.tenant_id.as_str())
+                    .bind(draft.id)
+                    .bind(to.as_str())
+                    .bind(send_after)
+                    .bind(now)
+                    .bind(from.as_str()),
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Scheduled drafts of every tenant due at `now`, and drafts left sending by a process
+    /// that stopped (claimed before `stale`), oldest first.
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        stale: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Draft>, Error> {
+        let rows: Vec<DraftRow> = self
+            .db
+            .fetch_all(
+                Sql::new(format!(
+                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE (state = $1 AND send_after <= $2) OR (state = $3 AND update_time <= $4) ORDER BY send_after LIMIT $5"
+                ))
+                .bind(DraftState::Scheduled.as_str())
+                .bind(now)
+                .bind(DraftState::Sending.as_str())
+                .bind(stale)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        rows.into_iter().map(Draft::try_from).collect()
+    }
+
+    /// Drafts of `action` the agent `requester` sent on its own since `since`, every segment.
+    pub async fn sent_by_since(
+        &self,
+        tenant: &str,
+        requester: &str,
+        purpose: Purpose,
+        since: DateTime<Utc>,
+    ) -> Result<u32, Error> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            sent: i64,
+        }
+        let row: Row = self
+            .db
+            .fetch_one(
+                Sql::new("SELECT COUNT(*) AS sent FROM drafts WHERE tenant_id = $1 AND requester = $2 AND purpose = $3 AND state = $4 AND approver = $5 AND update_time >= $6")
+                    .bind(tenant)
+                    .bind(requester)
+                    .bind(purpose.as_str())
+                    .bind(DraftState::Sent.as_str())
+                    .bind(requester)
+                    .bind(since),
+            )
+            .await?;
+        Ok(u32::try_from(row.sent).unwrap_or(u32::MAX))
+    }
+
+    /// Whether `lead` has a draft for `purpose` from `requester` in any state.
+    pub async fn exists_for(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        purpose: Purpose,
+        requester: &str,
+    ) -> Result<bool, Error> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            drafts: i64,
+        }
+        let row: Row = self
+            .db
+            .fetch_one(
+                Sql::new("SELECT COUNT(*) AS drafts FROM drafts WHERE tenant_id = $1 AND lead_id = $2 AND purpose = $3 AND requester = $4")
+                    .bind(tenant)
+                    .bind(lead)
+                    .bind(purpose.as_str())
+                    .bind(requester),
+            )
+            .await?;
+        Ok(row.drafts > 0)
+    }
+
+    /// The tenant's drafts, filtered and ordered (ListDrafts).
+    pub async fn list(
+        &self,
+        tenant: &str,
+        filter: &str,
+        order: &[OrderTerm],
+        limit: u32,
+        after: Option<&After>,
+    ) -> Result<(Vec<Draft>, bool), Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1"
+        ))
+        .bind(tenant);
+        query::push_filter(&mut sql, self.db.engine(), filter, DRAFT_FIELDS)?;
+        if let Some(after) = after {
+            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
+        }
+        query::push_order_by(&mut sql, order, "id");
+        sql.push(" LIMIT ");
+        sql.push_arg(i64::from(limit) + 1);
+        let rows: Vec<DraftRow> = self.db.fetch_all(sql).await?;
+        let has_more = rows.len() > limit as usize;
+        let drafts = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(Draft::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((drafts, has_more))
     }
 
     /// The lead's latest e-mails, oldest first: what the writer should not repeat.
@@ -402,6 +631,22 @@ pub fn lead_facts(lead: &PbLead) -> LeadFacts {
     }
 }
 
+/// What a new draft is for, and where it starts.
+pub struct Request {
+    pub purpose: Purpose,
+    pub tone: Tone,
+    /// The autonomy segment ([`segment_of`] the lead).
+    pub segment: String,
+    /// The writer's effective level for the key when asked.
+    pub level: Level,
+    pub requester: String,
+    /// Idempotency key: a draft with the same one is returned instead.
+    pub request_id: String,
+    pub state: DraftState,
+    /// For a scheduled draft: how long after it is written the agent sends it.
+    pub send_delay: Option<chrono::Duration>,
+}
+
 /// The writer and what it reads.
 pub struct Writer {
     pub generator: Arc<dyn ContentGenerator>,
@@ -495,6 +740,42 @@ impl Writer {
             )
             .await
             .map_err(vector_error)
+    }
+
+    /// Writes a draft for `lead` and stores it with its provenance (see [`Writer::write`]).
+    pub async fn draft(
+        &self,
+        tenant: &str,
+        lead: &PbLead,
+        request: Request,
+    ) -> Result<Draft, Error> {
+        let lead_id = Uuid::parse_str(&lead.id).map_err(Error::internal)?;
+        let (written, provenance) = self
+            .write(tenant, lead, request.purpose, request.tone)
+            .await?;
+        let now = aida_core::events::now_micros();
+        let draft = Draft {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_owned(),
+            lead_id,
+            purpose: request.purpose,
+            tone: request.tone,
+            subject: written.subject,
+            body: written.body,
+            provenance,
+            state: request.state,
+            autonomy_level: request.level.number(),
+            message_id: None,
+            edited: false,
+            approver: String::new(),
+            request_id: request.request_id,
+            create_time: now,
+            update_time: now,
+            segment: request.segment,
+            requester: request.requester,
+            send_after: request.send_delay.map(|delay| now + delay),
+        };
+        self.drafts.insert(&draft).await
     }
 
     /// Writes a draft for `lead`: its history, and the replied messages of the most

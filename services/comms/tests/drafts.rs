@@ -134,23 +134,42 @@ impl App {
         AutonomyServiceClient::new(self.comms.channel().await)
     }
 
-    async fn decisions(&self, action: &str) -> Vec<Decision> {
-        self.autonomy()
-            .await
-            .list_decisions(self.env.request(
-                TENANT,
-                ListDecisionsRequest {
-                    agent: "outreach".into(),
-                    action: action.into(),
-                    segment: "all".into(),
-                    page_size: 100,
-                    page_token: String::new(),
-                },
-            ))
-            .await
-            .expect("decisions")
-            .into_inner()
-            .decisions
+    /// The ledger of `action` in the segments of `drafts` (a lead's tier, and so its
+    /// segment, can change between two drafts), newest first.
+    async fn decisions(&self, action: &str, drafts: &[&Draft]) -> Vec<Decision> {
+        let mut segments: Vec<&str> = drafts.iter().map(|draft| draft.segment.as_str()).collect();
+        segments.sort_unstable();
+        segments.dedup();
+        let mut decisions = Vec::new();
+        for segment in segments {
+            decisions.extend(
+                self.autonomy()
+                    .await
+                    .list_decisions(self.env.request(
+                        TENANT,
+                        ListDecisionsRequest {
+                            agent: "outreach".into(),
+                            action: action.into(),
+                            segment: segment.into(),
+                            page_size: 100,
+                            page_token: String::new(),
+                        },
+                    ))
+                    .await
+                    .expect("decisions")
+                    .into_inner()
+                    .decisions,
+            );
+        }
+        decisions.sort_by_key(|decision| {
+            std::cmp::Reverse(
+                decision
+                    .create_time
+                    .map(|time| (time.seconds, time.nanos))
+                    .unwrap_or_default(),
+            )
+        });
+        decisions
     }
 }
 
@@ -219,7 +238,7 @@ async fn a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_
         .expect_err("sent once");
     assert_eq!(again.code(), Code::FailedPrecondition);
 
-    let decisions = app.decisions("send_first_touch").await;
+    let decisions = app.decisions("send_first_touch", &[&draft]).await;
     assert_eq!(decisions.len(), 1);
     let decision = &decisions[0];
     assert_eq!(decision.review, Review::ApprovedUnchanged as i32);
@@ -240,7 +259,7 @@ async fn a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_
         ))
         .await
         .expect("reply");
-    let decisions = app.decisions("send_first_touch").await;
+    let decisions = app.decisions("send_first_touch", &[&draft]).await;
     assert_eq!(decisions[0].outcome, Outcome::Replied as i32);
 
     // The replied message is now an example for a similar lead, not for an unrelated one
@@ -298,7 +317,7 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
             KillAutonomyRequest {
                 agent: "outreach".into(),
                 action: "send_follow_up".into(),
-                segment: "all".into(),
+                segment: held.segment.clone(),
                 reason: "checking the wording".into(),
             },
         ))
@@ -314,7 +333,7 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
             ReviveAutonomyRequest {
                 agent: "outreach".into(),
                 action: "send_follow_up".into(),
-                segment: "all".into(),
+                segment: held.segment.clone(),
             },
         ))
         .await
@@ -346,13 +365,13 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
         .expect_err("discarded");
     assert_eq!(status.code(), Code::FailedPrecondition);
 
-    let follow_up = app.decisions("send_follow_up").await;
+    let follow_up = app.decisions("send_follow_up", &[&draft, &held]).await;
     assert_eq!(follow_up.len(), 2);
     // Newest first: the revived writer's draft, then the edited one.
     assert_eq!(follow_up[0].review, Review::ApprovedUnchanged as i32);
     assert_eq!(follow_up[1].review, Review::Edited as i32);
     assert!(follow_up[1].counted, "an edit counts even when fast");
-    let meeting = app.decisions("send_meeting_request").await;
+    let meeting = app.decisions("send_meeting_request", &[&other]).await;
     assert_eq!(meeting.len(), 1);
     assert_eq!(meeting[0].review, Review::Rejected as i32);
     assert!(!meeting[0].sent);
@@ -364,7 +383,7 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
             GetAutonomyRequest {
                 agent: "outreach".into(),
                 action: "send_meeting_request".into(),
-                segment: "all".into(),
+                segment: other.segment.clone(),
             },
         ))
         .await
@@ -409,7 +428,7 @@ async fn a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident(backe
             ListTransitionsRequest {
                 agent: "outreach".into(),
                 action: "send_re_engage".into(),
-                segment: "all".into(),
+                segment: draft.segment.clone(),
                 page_size: 10,
                 page_token: String::new(),
             },

@@ -90,6 +90,8 @@ pub const TABLE: &[(&str, Option<&[&str]>)] = &[
     ("aida.comms.v1.CommsService/GenerateMessage", Some(SELLERS)),
     ("aida.comms.v1.CommsService/GetDraft", Some(COMMS_READERS)),
     ("aida.comms.v1.CommsService/DiscardDraft", Some(SELLERS)),
+    ("aida.comms.v1.CommsService/ListDrafts", Some(COMMS_READERS)),
+    ("aida.comms.v1.CommsService/VetoDraft", Some(SELLERS)),
     ("aida.ai.v1.AutonomyService/GetAutonomy", Some(ALL)),
     ("aida.ai.v1.AutonomyService/ListAutonomy", Some(ALL)),
     ("aida.ai.v1.AutonomyService/ListDecisions", Some(ALL)),

@@ -184,6 +184,18 @@ pub struct CommsSettings {
     /// Earned autonomy: hours an AI agent must spend at L0, L1, L2, L3 before a promotion
     /// from that level is proposed.
     pub autonomy_min_hours_at_level: Vec<u32>,
+    /// The outreach agent: drafts a first touch for every scored lead never contacted, and
+    /// sends it on its own as far as its earned autonomy allows.
+    pub outreach_agent: bool,
+    /// L3: how long a person has to veto the agent's scheduled draft before it is sent.
+    pub outreach_veto_window_secs: u64,
+    /// L4: first touches the agent may send on its own per UTC day (all segments).
+    pub outreach_daily_volume: u32,
+    /// L4: the UTC hours `[start, end)` in which the agent never sends on its own (wraps
+    /// past midnight when start > end; equal hours: no quiet hours).
+    pub outreach_quiet_hours: Vec<u32>,
+    /// How often the agent looks for scheduled drafts that are due.
+    pub outreach_tick_secs: u64,
 }
 
 /// AnalyticsService behaviour.
@@ -366,6 +378,11 @@ impl Default for Defaults {
                 machine_open_window_secs: 2,
                 autonomy_min_decisions: vec![50, 100, 200, 500],
                 autonomy_min_hours_at_level: vec![72, 168, 336, 720],
+                outreach_agent: true,
+                outreach_veto_window_secs: 4 * 3600,
+                outreach_daily_volume: 100,
+                outreach_quiet_hours: vec![20, 7],
+                outreach_tick_secs: 15,
             },
             analytics: AnalyticsSettings {
                 duckdb_path: None,
@@ -501,6 +518,25 @@ impl Settings {
                     message: format!("four values (for L0, L1, L2, L3), not {}", values.len()),
                 });
             }
+        }
+        let quiet = &self.comms.outreach_quiet_hours;
+        if quiet.len() != 2 || quiet.iter().any(|hour| *hour > 23) {
+            return Err(SettingsError::Field {
+                field: "comms.outreach_quiet_hours",
+                message: "two UTC hours from 0 to 23: [start, end)".into(),
+            });
+        }
+        if self.comms.outreach_veto_window_secs > 30 * 24 * 3600 {
+            return Err(SettingsError::Field {
+                field: "comms.outreach_veto_window_secs",
+                message: "at most 30 days (2592000)".into(),
+            });
+        }
+        if self.comms.outreach_tick_secs == 0 {
+            return Err(SettingsError::Field {
+                field: "comms.outreach_tick_secs",
+                message: "at least 1".into(),
+            });
         }
         if let Some(url) = &self.comms.smtp_url {
             let url = url.expose_secret();
@@ -649,6 +685,34 @@ mod tests {
         std::fs::write(&file, "database_url = \"mysql://x\"\n").expect("write");
         let error = Settings::load(Some(&file)).expect_err("bad url");
         assert!(error.to_string().contains("database_url"), "{error}");
+    }
+
+    #[test]
+    fn bad_outreach_settings_name_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (contents, field) in [
+            (
+                "[comms]\noutreach_quiet_hours = [20]\n",
+                "comms.outreach_quiet_hours",
+            ),
+            (
+                "[comms]\noutreach_quiet_hours = [20, 24]\n",
+                "comms.outreach_quiet_hours",
+            ),
+            (
+                "[comms]\noutreach_veto_window_secs = 99999999999\n",
+                "comms.outreach_veto_window_secs",
+            ),
+            (
+                "[comms]\noutreach_tick_secs = 0\n",
+                "comms.outreach_tick_secs",
+            ),
+        ] {
+            let file = dir.path().join("s.toml");
+            std::fs::write(&file, contents).expect("write");
+            let error = Settings::load(Some(&file)).expect_err(contents);
+            assert!(error.to_string().contains(field), "{contents}: {error}");
+        }
     }
 
     #[test]

@@ -59,7 +59,18 @@ pub fn policy(settings: &CommsSettings) -> Policy {
     {
         policy.min_time_at_level[index] = Duration::hours(i64::from(*hours));
     }
+    policy.veto_window =
+        Duration::seconds(i64::try_from(settings.outreach_veto_window_secs).unwrap_or(i64::MAX));
     policy
+}
+
+/// The L4 budget the settings ask for.
+pub fn budget(settings: &CommsSettings) -> Budget {
+    Budget {
+        daily_volume: settings.outreach_daily_volume,
+        quiet_start_hour: settings.outreach_quiet_hours.first().copied().unwrap_or(0),
+        quiet_end_hour: settings.outreach_quiet_hours.get(1).copied().unwrap_or(0),
+    }
 }
 
 /// What AutonomyService needs.

@@ -1,0 +1,16 @@
+-- The outreach agent: the autonomy segment and requester of every draft, the time the agent
+-- will send a scheduled one, and what the agent knows of each lead (kept from CRM_LEADS).
+ALTER TABLE drafts ADD COLUMN segment TEXT NOT NULL DEFAULT 'all';
+ALTER TABLE drafts ADD COLUMN requester TEXT NOT NULL DEFAULT '';
+ALTER TABLE drafts ADD COLUMN send_after TIMESTAMPTZ;
+CREATE INDEX drafts_due ON drafts (state, send_after);
+CREATE INDEX drafts_by_lead ON drafts (tenant_id, lead_id);
+
+CREATE TABLE outreach_leads (
+    tenant_id   TEXT NOT NULL,
+    lead_id     UUID NOT NULL,
+    -- The lead as last announced (aida.leads.v1.Lead, protobuf).
+    lead        BYTEA NOT NULL,
+    update_time TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, lead_id)
+);
