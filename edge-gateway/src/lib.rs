@@ -27,6 +27,7 @@ use aida_core::auth::{AuthContext, TokenVerifier, authorize_fresh};
 use aida_core::bus::{ConsumerSpec, EventBus};
 use aida_core::error::http_status;
 use aida_core::runtime::{StartError, verifier};
+use aida_core::server::LocalMesh;
 use aida_core::settings::EdgeSettings;
 use aida_core::{Error, Settings};
 use aida_proto::aida::comms::v1::tracking_service_client::TrackingServiceClient;
@@ -523,7 +524,7 @@ impl Edge {
         }
     }
 
-    fn tracking(&self) -> Option<TrackingServiceClient<tonic::transport::Channel>> {
+    fn tracking(&self) -> Option<TrackingServiceClient<upstream::Upstream>> {
         self.upstreams
             .channel("aida.comms.v1.TrackingService")
             .map(TrackingServiceClient::new)
@@ -745,6 +746,7 @@ async fn invalidate_on_snapshots(
 /// Builds the edge: routes from the descriptors, upstream channels, the verifier.
 pub async fn build(
     settings: &Settings,
+    local: Option<LocalMesh>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Edge>, StartError> {
     let pool = DescriptorPool::decode(aida_proto::FILE_DESCRIPTOR_SET)
@@ -763,7 +765,7 @@ pub async fn build(
     } else {
         None
     };
-    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, shutdown)
+    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, local, shutdown)
         .await
         .map_err(StartError::Server)?;
     let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);
@@ -833,9 +835,10 @@ pub async fn serve(
     settings: &Settings,
     bus: Arc<dyn EventBus>,
     listener: TcpListener,
+    local: Option<LocalMesh>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let edge = build(settings, shutdown.clone()).await?;
+    let edge = build(settings, local, shutdown.clone()).await?;
     tokio::spawn(invalidate_on_snapshots(edge.clone(), bus, shutdown.clone()));
     let app = axum::Router::new()
         .route("/healthz", get(health))

@@ -13,6 +13,7 @@ use aida_core::auth::{ROLES, TokenIssuer};
 use aida_core::bus::EventBus;
 use aida_core::db::{Database, core_migrations};
 use aida_core::runtime::{ServiceContext, StartError, connect_bus};
+use aida_core::server::LocalMesh;
 use aida_core::{Settings, server, telemetry};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -161,14 +162,31 @@ impl Service {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), StartError> {
-        let context = ServiceContext::start(&settings, self.name(), bus, self.migrations()).await?;
+        self.run_beside(settings, bus, listener, None, shutdown)
+            .await
+    }
+
+    /// Like [`Service::run`], with the other services of this process in `local`: the
+    /// service registers itself there, and the edge calls the ones it finds there in
+    /// process.
+    pub async fn run_beside(
+        self,
+        settings: Settings,
+        bus: Arc<dyn EventBus>,
+        listener: TcpListener,
+        local: Option<LocalMesh>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError> {
+        let mut context =
+            ServiceContext::start(&settings, self.name(), bus, self.migrations()).await?;
+        context.local = local.clone();
         match self {
             Service::Leads => aida_leads::serve(context, listener, shutdown).await,
             Service::Deals => aida_deals::serve(context, listener, shutdown).await,
             Service::Comms => aida_comms::serve(context, listener, shutdown).await,
             Service::Analytics => aida_analytics::serve(context, listener, shutdown).await,
             Service::Edge => {
-                aida_edge::serve(&settings, context.bus.clone(), listener, shutdown).await
+                aida_edge::serve(&settings, context.bus.clone(), listener, local, shutdown).await
             }
         }
     }
@@ -217,7 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("bind edge on {address}"))?;
                 tracing::info!(address = %listener.local_addr()?, "edge listening");
-                aida_edge::serve(&settings, bus, listener, shutdown).await?;
+                aida_edge::serve(&settings, bus, listener, None, shutdown).await?;
                 return Ok(());
             }
             let address = service.address(&settings);
@@ -364,17 +382,29 @@ impl Mesh {
             .map(|(service, address, _)| (*service, *address))
             .collect();
         let mut tasks = Vec::new();
+        // The edge calls the services of this process in process: no socket, no TLS, no
+        // HTTP/2 framing on the hop (each service still checks the token and RBAC).
+        let local = LocalMesh::default();
         let edge_settings = settings.clone();
         let edge_bus = bus.clone();
+        let edge_local = local.clone();
         let edge_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            aida_edge::serve(&edge_settings, edge_bus, edge_listener, edge_shutdown).await
+            aida_edge::serve(
+                &edge_settings,
+                edge_bus,
+                edge_listener,
+                edge_settings.edge.in_process.then_some(edge_local),
+                edge_shutdown,
+            )
+            .await
         }));
         for (service, _, listener) in listeners {
-            tasks.push(tokio::spawn(service.run(
+            tasks.push(tokio::spawn(service.run_beside(
                 settings.clone(),
                 bus.clone(),
                 listener,
+                Some(local.clone()),
                 shutdown.clone(),
             )));
         }

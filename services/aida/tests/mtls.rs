@@ -23,6 +23,9 @@ async fn mesh_with_tls() -> (TestEnv, Mesh, CancellationToken) {
     settings.edge.port = 0;
     settings.tls.enabled = Some(true);
     settings.tls.reload_secs = 1;
+    // The edge reaches the services over the network (mTLS), as a separately deployed edge
+    // does, not in process.
+    settings.edge.in_process = false;
     let shutdown = CancellationToken::new();
     let mesh = Mesh::start(&env.settings, shutdown.clone())
         .await

@@ -119,6 +119,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(AnalyticsServiceServer::new(api));
+    if let Some(local) = &context.local {
+        local.register(SERVICE, &router);
+    }
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
     for task in tasks {
         let _ = task.await;

@@ -187,6 +187,9 @@ pub async fn serve(
         .add_service(AutonomyServiceServer::new(AutonomyApi(autonomy)))
         // Tracking links are opened by mail clients: the signed token is the credential.
         .add_service(TrackingServiceServer::new(TrackingApi(comms)));
+    if let Some(local) = &context.local {
+        local.register(SERVICE, &router);
+    }
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
     relay_shutdown.cancel();
     let _ = relay.await;

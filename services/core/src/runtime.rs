@@ -72,6 +72,9 @@ pub struct ServiceContext {
     pub page_tokens: PageTokens,
     /// This service's mesh identity, when mutual TLS is on.
     pub tls: Option<Arc<crate::tls::MeshTls>>,
+    /// The process's services, when the service runs beside others (`aida up`): it
+    /// registers itself there for in-process callers.
+    pub local: Option<crate::server::LocalMesh>,
 }
 
 impl ServiceContext {
@@ -115,6 +118,7 @@ impl ServiceContext {
             verifier,
             page_tokens: PageTokens::new(&signing_key),
             tls,
+            local: None,
         })
     }
 }

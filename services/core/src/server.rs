@@ -1,25 +1,145 @@
 //! What every gRPC server of the mesh shares: health, reflection, request spans and
 //! graceful shutdown.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tower::layer::util::{Identity, Stack};
+use tower::{Layer as _, ServiceExt as _};
 
 use crate::auth::{AuthLayer, TokenVerifier};
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
 
-/// The router every service builds: its services behind the [`AuthLayer`].
-pub type MeshRouter = Router<Stack<AuthLayer, Identity>>;
+/// A gRPC service called in process: the same routes and [`AuthLayer`] as over the
+/// network, without a socket, HTTP/2 framing or TLS.
+pub type LocalService =
+    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, CallError>;
 
-/// A server builder with the mesh's transport settings; every call is authenticated and
-/// checked against the RBAC table (health, reflection and public methods pass without a
-/// token).
-pub fn builder(verifier: Arc<TokenVerifier>) -> Server<Stack<AuthLayer, Identity>> {
+/// Why a call did not get a response (a transport failure of a network replica): the
+/// original error, kept as the source so tonic still tells connection failures apart.
+#[derive(Debug)]
+pub struct CallError(pub tower::BoxError);
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// The services of one process (`aida up`), by service name, for callers in the same
+/// process (the edge): nothing of such a call leaves the process, and the service still
+/// verifies the token and the RBAC table.
+#[derive(Clone, Default)]
+pub struct LocalMesh {
+    services: Arc<RwLock<HashMap<String, LocalService>>>,
+}
+
+impl LocalMesh {
+    /// Makes `router` reachable in process as `service`.
+    pub fn register(&self, service: &str, router: &MeshRouter) {
+        if let Ok(mut services) = self.services.write() {
+            services.insert(service.to_owned(), router.local());
+        }
+    }
+
+    /// `service`, if it runs in this process.
+    pub fn get(&self, service: &str) -> Option<LocalService> {
+        self.services.read().ok()?.get(service).cloned()
+    }
+}
+
+/// The routes every service builds: its services, served behind the [`AuthLayer`] on its
+/// listener and, in `aida up`, in process too.
+pub struct MeshRouter {
+    routes: Routes,
+    verifier: Arc<TokenVerifier>,
+}
+
+impl MeshRouter {
+    /// Adds a gRPC service.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// The routes behind the [`AuthLayer`], callable in process. The caller's
+    /// `grpc-timeout` is enforced as the network server enforces it.
+    pub fn local(&self) -> LocalService {
+        let inner = AuthLayer::new(self.verifier.clone()).layer(self.routes.clone());
+        let service = tower::service_fn(move |request: http::Request<Body>| {
+            let inner = inner.clone();
+            async move {
+                let called = match grpc_timeout(request.headers()) {
+                    Some(limit) => {
+                        match tokio::time::timeout(limit, inner.oneshot(request)).await {
+                            Ok(called) => called,
+                            Err(_) => Ok(tonic::Status::deadline_exceeded(
+                                "the deadline passed before the call finished",
+                            )
+                            .into_http()),
+                        }
+                    }
+                    None => inner.oneshot(request).await,
+                };
+                called.map_err(|never: Infallible| -> CallError { match never {} })
+            }
+        });
+        tower::util::BoxCloneSyncService::new(service)
+    }
+}
+
+/// The `grpc-timeout` of a call: up to eight digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The mesh's routes: every call is authenticated and checked against the RBAC table
+/// (health, reflection and public methods pass without a token).
+pub fn builder(verifier: Arc<TokenVerifier>) -> MeshRouter {
+    MeshRouter {
+        routes: Routes::default(),
+        verifier,
+    }
+}
+
+/// A server with the mesh's transport settings, the [`AuthLayer`] outermost.
+fn server(verifier: Arc<TokenVerifier>) -> Server<Stack<AuthLayer, Identity>> {
     Server::builder()
         // A span per call, named by the method, so every log line carries it.
         .trace_fn(|request| {
@@ -60,6 +180,8 @@ pub async fn serve(
     shutdown: CancellationToken,
     tls: Option<Arc<crate::tls::MeshTls>>,
 ) -> Result<(), tonic::transport::Error> {
+    let MeshRouter { routes, verifier } = router;
+    let router = server(verifier).add_routes(routes);
     let signal = shutdown.clone().cancelled_owned();
     let accepting = shutdown.child_token();
     let serving = async move {
@@ -123,4 +245,32 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::info!("shutting down");
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("header value"));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(timeout_of("4999m"), Some(Duration::from_millis(4999)));
+        assert_eq!(timeout_of("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(
+            timeout_of("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "5", "5x", "-5m", "123456789m", "1.5S"] {
+            assert_eq!(timeout_of(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 }

@@ -123,6 +123,9 @@ pub struct EdgeSettings {
     pub cors_origins: Vec<String>,
     /// Replicas of each service, as gRPC URLs; calls are balanced over the healthy ones.
     pub upstreams: Upstreams,
+    /// In `aida up`, call the services of the same process in process (no socket, no
+    /// TLS: nothing leaves the process) instead of over loopback.
+    pub in_process: bool,
 }
 
 /// gRPC URLs of the replicas of each service.
@@ -416,6 +419,7 @@ impl Default for Defaults {
                     comms: vec!["http://127.0.0.1:50053".into()],
                     analytics: vec!["http://127.0.0.1:50054".into()],
                 },
+                in_process: true,
             },
             tls: TlsSettings {
                 enabled: None,

@@ -93,6 +93,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(DealServiceServer::new(api));
+    if let Some(local) = &context.local {
+        local.register(SERVICE, &router);
+    }
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
 
     let _ = consumer.await;

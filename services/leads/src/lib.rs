@@ -138,6 +138,9 @@ pub async fn serve(
         .add_service(reflection)
         // Every LeadService call is authenticated; health and reflection are public.
         .add_service(LeadServiceServer::new(api));
+    if let Some(local) = &context.local {
+        local.register(SERVICE, &router);
+    }
     let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
 
     // The server has drained: flush what the last calls committed, then stop the relay.
