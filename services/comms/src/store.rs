@@ -536,17 +536,12 @@ impl CommsStore {
         ))
         .bind(tenant);
         query::push_filter(&mut sql, self.db.engine(), filter, MESSAGE_FIELDS)?;
-        if let Some(after) = after {
-            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
-        }
-        query::push_order_by(&mut sql, order, "id");
-        sql.push(" LIMIT ");
-        sql.push_arg(i64::from(limit) + 1);
-        let rows: Vec<MessageRow> = self.db.fetch_all(sql).await?;
-        let has_more = rows.len() > limit as usize;
+        let (rows, has_more) = self
+            .db
+            .fetch_page::<MessageRow>(sql, order, limit, after)
+            .await?;
         let messages = rows
             .into_iter()
-            .take(limit as usize)
             .map(Message::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((messages, has_more))

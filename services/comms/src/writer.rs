@@ -503,17 +503,12 @@ impl DraftStore {
         ))
         .bind(tenant);
         query::push_filter(&mut sql, self.db.engine(), filter, DRAFT_FIELDS)?;
-        if let Some(after) = after {
-            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
-        }
-        query::push_order_by(&mut sql, order, "id");
-        sql.push(" LIMIT ");
-        sql.push_arg(i64::from(limit) + 1);
-        let rows: Vec<DraftRow> = self.db.fetch_all(sql).await?;
-        let has_more = rows.len() > limit as usize;
+        let (rows, has_more) = self
+            .db
+            .fetch_page::<DraftRow>(sql, order, limit, after)
+            .await?;
         let drafts = rows
             .into_iter()
-            .take(limit as usize)
             .map(Draft::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((drafts, has_more))

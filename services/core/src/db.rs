@@ -342,6 +342,27 @@ impl Database {
         }
     }
 
+    /// One keyset page of `sql` (a SELECT whose WHERE clause is begun): the rows after
+    /// `after` in `order` (ties broken by `id`), at most `limit`, and whether more follow.
+    pub async fn fetch_page<T: Row>(
+        &self,
+        mut sql: Sql,
+        order: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&crate::query::After>,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
+        if let Some(after) = after {
+            crate::query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
+        }
+        crate::query::push_order_by(&mut sql, order, "id");
+        sql.push(" LIMIT ");
+        sql.push_arg(i64::from(limit) + 1);
+        let mut rows: Vec<T> = self.fetch_all(sql).await?;
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Ok((rows, has_more))
+    }
+
     pub async fn fetch_optional<T: Row>(&self, sql: Sql) -> Result<Option<T>, sqlx::Error> {
         match self {
             Self::Postgres(pool) => {

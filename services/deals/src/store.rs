@@ -617,18 +617,13 @@ impl DealStore {
             sql.push_arg(owner);
         }
         query::push_filter(&mut sql, engine, filter, LIST_FIELDS)?;
-        if let Some(after) = after {
-            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
-        }
-        query::push_order_by(&mut sql, order, "id");
-        sql.push(" LIMIT ");
-        sql.push_arg(i64::from(page_size) + 1);
-        let rows: Vec<DealRow> = self.db.fetch_all(sql).await?;
+        let (rows, has_more) = self
+            .db
+            .fetch_page::<DealRow>(sql, order, page_size, after)
+            .await?;
         let total: Count = self.db.fetch_one(count_sql).await?;
-        let has_more = rows.len() > page_size as usize;
         let deals = rows
             .into_iter()
-            .take(page_size as usize)
             .map(Deal::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {

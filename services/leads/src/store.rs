@@ -463,19 +463,13 @@ impl LeadStore {
             sql.push_arg(owner);
         }
         query::push_filter(&mut sql, engine, filter, LIST_FIELDS)?;
-        if let Some(after) = after {
-            query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
-        }
-        query::push_order_by(&mut sql, order, "id");
-        sql.push(" LIMIT ");
-        sql.push_arg(i64::from(page_size) + 1);
-
-        let rows: Vec<LeadRow> = self.db.fetch_all(sql).await?;
+        let (rows, has_more) = self
+            .db
+            .fetch_page::<LeadRow>(sql, order, page_size, after)
+            .await?;
         let total: Count = self.db.fetch_one(count_sql).await?;
-        let has_more = rows.len() > page_size as usize;
         let leads = rows
             .into_iter()
-            .take(page_size as usize)
             .map(Lead::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
