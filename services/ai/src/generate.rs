@@ -985,8 +985,21 @@ impl Facts<'_> {
         }
     }
 
-    /// "I'm Maria from Acme." and its formal variant.
+    /// "I'm Maria from Acme." and its formal variant; "We're the AIDA team." when the
+    /// sender is a team rather than a person.
     fn sender_intro(&self, formal: bool) -> String {
+        if let Some(team) = self
+            .sender
+            .strip_prefix("The ")
+            .filter(|_| self.sender.to_lowercase().ends_with(" team"))
+        {
+            let verb = if formal { "We are" } else { "We're" };
+            return if self.sender_company.is_empty() {
+                format!("{verb} the {team}.")
+            } else {
+                format!("{verb} the {team} at {}.", self.sender_company)
+            };
+        }
         match (formal, self.sender_company.is_empty()) {
             (false, false) => format!("I'm {} from {}.", self.sender, self.sender_company),
             (false, true) => format!("I'm {}.", self.sender),

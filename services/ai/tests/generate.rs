@@ -508,6 +508,18 @@ async fn offline(req: &GenerationRequest) -> Draft {
 }
 
 #[tokio::test]
+async fn offline_introduces_a_team_as_we_and_a_person_as_i() {
+    let mut req = minimal_request(Purpose::FirstTouch, Tone::Friendly);
+    req.sender.name = "The AIDA team".into();
+    let team = offline(&req).await;
+    assert!(team.body.contains("We're the AIDA team."), "{}", team.body);
+    assert!(!team.body.contains("I'm The"), "{}", team.body);
+    req.sender.name = "Sam Reed".into();
+    let person = offline(&req).await;
+    assert!(person.body.contains("I'm Sam Reed."), "{}", person.body);
+}
+
+#[tokio::test]
 async fn offline_is_deterministic() {
     for purpose in PURPOSES {
         for tone in TONES {
