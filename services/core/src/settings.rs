@@ -77,6 +77,10 @@ pub struct AiSettings {
     pub sender_company: String,
     /// How often LeadService re-indexes leads whose indexed version is stale.
     pub reindex_interval_secs: u64,
+    /// Lead scoring learns from outcomes once the tenant has this many won or lost leads
+    /// (and `scoring_min_per_class` of each); until then the documented prior scores.
+    pub scoring_min_labelled: usize,
+    pub scoring_min_per_class: usize,
 }
 
 /// Mutual TLS between the services and from the edge to them.
@@ -404,6 +408,8 @@ impl Default for Defaults {
                 sender_name: "The AIDA team".into(),
                 sender_company: String::new(),
                 reindex_interval_secs: 60,
+                scoring_min_labelled: 30,
+                scoring_min_per_class: 5,
             },
             edge: EdgeSettings {
                 port: 8080,

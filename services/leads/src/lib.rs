@@ -85,7 +85,11 @@ pub async fn serve(
         context.relay.clone(),
         index.embedder(),
         index.vectors(),
-        aida_ai::scoring::TrainConfig::default(),
+        aida_ai::scoring::TrainConfig {
+            min_labelled: context.settings.ai.scoring_min_labelled,
+            min_per_class: context.settings.ai.scoring_min_per_class,
+            ..aida_ai::scoring::TrainConfig::default()
+        },
     ));
     let mut scoring_consumers = Vec::new();
     for (consumer, stream) in [

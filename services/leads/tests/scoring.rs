@@ -348,18 +348,8 @@ fn labelled_lead(i: usize) -> (Lead, bool) {
     (lead, won)
 }
 
-async fn won_and_lost_deals_train_the_tenants_model(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        let (lead, won) = labelled_lead(i);
-        let lead = capture(&app, "t1", lead).await;
-        ids.push((lead.id, won));
-    }
-    let (probe_id, _) = ids[0].clone();
-    let prior = wait_for_score(&app, "t1", &probe_id, "prior score", |_| true).await;
-    assert_eq!(prior.model_version, "lead-score-prior-v1");
-
+/// A won or lost deal for each of `ids`, as DealService announces them.
+async fn publish_outcomes(app: &TestApp, tenant: &str, ids: &[(String, bool)]) {
     for (n, (lead_id, won)) in ids.iter().enumerate() {
         let deal = Some(Deal {
             id: format!("deal-{n}"),
@@ -384,8 +374,23 @@ async fn won_and_lost_deals_train_the_tenants_model(backend: Backend) {
                 }),
             )
         };
-        publish(&app, "t1", event_type, &new_event_id(), payload).await;
+        publish(app, tenant, event_type, &new_event_id(), payload).await;
     }
+}
+
+async fn won_and_lost_deals_train_the_tenants_model(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let (lead, won) = labelled_lead(i);
+        let lead = capture(&app, "t1", lead).await;
+        ids.push((lead.id, won));
+    }
+    let (probe_id, _) = ids[0].clone();
+    let prior = wait_for_score(&app, "t1", &probe_id, "prior score", |_| true).await;
+    assert_eq!(prior.model_version, "lead-score-prior-v1");
+
+    publish_outcomes(&app, "t1", &ids).await;
 
     let trained = wait_for_score(&app, "t1", &probe_id, "trained model", |score| {
         score.model_version.starts_with("lead-score-lr-v1")
@@ -425,6 +430,29 @@ async fn won_and_lost_deals_train_the_tenants_model(backend: Backend) {
     let other = capture(&app, "t2", labelled_lead(102).0).await;
     let other = wait_for_score(&app, "t2", &other.id, "other tenant scored", |_| true).await;
     assert_eq!(other.model_version, "lead-score-prior-v1");
+}
+
+async fn below_the_configured_number_of_outcomes_the_prior_keeps_scoring(backend: Backend) {
+    let app = TestApp::spawn_configured(backend, |env| {
+        env.settings.ai.scoring_min_labelled = 41;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let (lead, won) = labelled_lead(i);
+        let lead = capture(&app, "t1", lead).await;
+        ids.push((lead.id, won));
+    }
+    publish_outcomes(&app, "t1", &ids).await;
+    let stored = eventually(Duration::from_secs(20), || async {
+        app.count("lead_outcomes").await == 40
+    })
+    .await;
+    assert!(stored, "every outcome is stored");
+    let fresh = capture(&app, "t1", labelled_lead(100).0).await;
+    let fresh = wait_for_score(&app, "t1", &fresh.id, "scored", |_| true).await;
+    assert_eq!(fresh.model_version, "lead-score-prior-v1");
+    assert_eq!(app.count("lead_score_models").await, 0);
 }
 
 /// A deterministic pseudo-random stream (splitmix64), so the population is the same on
@@ -756,6 +784,7 @@ macro_rules! suite {
                 a_captured_lead_is_scored_published_and_served_to_its_tenant_only,
                 engagement_raises_the_score_and_a_redelivered_event_counts_once,
                 won_and_lost_deals_train_the_tenants_model,
+                below_the_configured_number_of_outcomes_the_prior_keeps_scoring,
                 a_model_trained_through_the_pipeline_ranks_held_out_leads
             );
         }

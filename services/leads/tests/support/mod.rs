@@ -28,6 +28,14 @@ impl TestApp {
         Self::start(TestEnv::new(backend).await).await
     }
 
+    /// With settings changed by `configure` first.
+    #[allow(dead_code)]
+    pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut TestEnv)) -> Self {
+        let mut env = TestEnv::new(backend).await;
+        configure(&mut env);
+        Self::start(env).await
+    }
+
     /// PostgreSQL plus the NATS server at `url`.
     pub async fn spawn_with_nats(url: &str) -> Self {
         Self::start(TestEnv::with_nats(url).await).await
