@@ -64,6 +64,16 @@ pub struct SearchIndex {
     /// One indexing at a time in this process: each reads the leads as committed now, so
     /// the last one to run writes the latest version of every lead it touches.
     writing: tokio::sync::Mutex<()>,
+    /// Refreshes waiting for the writer: whoever takes the writing lock writes them all at
+    /// once (one embedding batch, one durable upsert) and wakes their callers.
+    pending: std::sync::Mutex<Vec<PendingRefresh>>,
+}
+
+/// One caller's leads to index, and how it learns they are.
+struct PendingRefresh {
+    tenant: String,
+    ids: Vec<Uuid>,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
@@ -100,6 +110,7 @@ impl SearchIndex {
             store,
             collection,
             writing: tokio::sync::Mutex::new(()),
+            pending: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -160,14 +171,64 @@ impl SearchIndex {
 
     /// Brings these leads' vectors up to date after a commit. A failure is logged, not
     /// returned: the change is committed, and the background task will index it.
+    ///
+    /// Concurrent callers are written together (group commit): each queues its ids, and
+    /// whichever takes the writing lock writes everything queued, so N captures cost one
+    /// embedding batch and one fsync instead of N. Every caller returns once its leads are
+    /// written.
     pub async fn refresh(&self, tenant: &str, ids: &[Uuid]) {
-        if let Err(error) = self.try_refresh(tenant, ids).await {
-            tracing::warn!(%tenant, %error, "lead index update failed; the re-indexer will retry");
+        let (done, mut written) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(PendingRefresh {
+                tenant: tenant.to_owned(),
+                ids: ids.to_vec(),
+                done,
+            });
+        let _writing = self.writing.lock().await;
+        // Written by the writer before us; or taken by one whose call was dropped before it
+        // wrote: then we write them ourselves.
+        let abandoned = match written.try_recv() {
+            Ok(()) => return,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => false,
+        };
+        let batch = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<Uuid>> = Default::default();
+        for refresh in &batch {
+            by_tenant
+                .entry(refresh.tenant.as_str())
+                .or_default()
+                .extend(&refresh.ids);
+        }
+        if abandoned {
+            by_tenant.entry(tenant).or_default().extend(ids);
+        }
+        for (tenant, mut ids) in by_tenant {
+            ids.sort_unstable();
+            ids.dedup();
+            if let Err(error) = self.write(tenant, &ids).await {
+                tracing::warn!(%tenant, %error, "lead index update failed; the re-indexer will retry");
+            }
+        }
+        for refresh in batch {
+            let _ = refresh.done.send(());
         }
     }
 
     async fn try_refresh(&self, tenant: &str, ids: &[Uuid]) -> Result<(), Error> {
         let _writing = self.writing.lock().await;
+        self.write(tenant, ids).await
+    }
+
+    /// Writes the vectors of `ids` as the leads are now (the writing lock held).
+    async fn write(&self, tenant: &str, ids: &[Uuid]) -> Result<(), Error> {
         let leads = self.store.get_many(tenant, ids).await?;
         let live: Vec<&Lead> = leads
             .iter()

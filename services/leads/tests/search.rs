@@ -797,6 +797,48 @@ async fn search_is_tenant_scoped_filtered_redacted_and_validated(backend: Backen
     }
 }
 
+async fn concurrent_captures_are_each_searchable_when_their_call_returns(backend: Backend) {
+    // Captures arriving together are indexed together (one batch, one durable write); each
+    // call still returns only once its own lead is in the index.
+    let app = std::sync::Arc::new(TestApp::spawn(backend).await);
+    let mut captures = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let app = app.clone();
+        captures.spawn(async move {
+            let word = format!("quillon{n}");
+            let lead = capture(
+                &app,
+                "batch",
+                person(
+                    "Pat",
+                    &word,
+                    &format!("pat{n}@example.com"),
+                    "Plain Co",
+                    "Clerk",
+                    "",
+                ),
+            )
+            .await;
+            let found = search(&app, "batch", &word, "").await;
+            (
+                lead.id,
+                found.results.first().and_then(|hit| hit.lead.clone()),
+            )
+        });
+    }
+    let mut checked = 0;
+    while let Some(joined) = captures.join_next().await {
+        let (id, top) = joined.expect("capture task");
+        assert_eq!(
+            top.map(|lead| lead.id),
+            Some(id),
+            "searchable once captured"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 24);
+}
+
 async fn the_index_heals_a_lead_written_while_the_indexer_was_behind(backend: Backend) {
     let mut app = TestApp::spawn(backend).await;
     for n in 0..5 {
@@ -876,7 +918,8 @@ macro_rules! suite {
                 find_duplicates_recalls_near_duplicates_with_reasons_and_few_false_positives,
                 merge_fills_fields_records_lineage_emits_events_and_hides_merged_leads,
                 search_is_tenant_scoped_filtered_redacted_and_validated,
-                the_index_heals_a_lead_written_while_the_indexer_was_behind
+                the_index_heals_a_lead_written_while_the_indexer_was_behind,
+                concurrent_captures_are_each_searchable_when_their_call_returns
             );
         }
     };
