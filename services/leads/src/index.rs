@@ -257,13 +257,9 @@ impl SearchIndex {
                 .upsert(&namespace, items)
                 .await
                 .map_err(|e| unavailable("vector store", e))?;
-            for lead in &leads {
-                if lead.status != Status::Merged {
-                    self.store
-                        .mark_indexed(tenant, lead.id, lead.version, &model)
-                        .await?;
-                }
-            }
+            let indexed: Vec<(Uuid, i64)> =
+                live.iter().map(|lead| (lead.id, lead.version)).collect();
+            self.store.mark_indexed(tenant, &indexed, &model).await?;
         }
         if !gone.is_empty() {
             let ids: Vec<String> = gone.iter().map(Uuid::to_string).collect();

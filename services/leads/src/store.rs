@@ -926,28 +926,35 @@ impl LeadStore {
         rows.into_iter().map(Lead::try_from).collect()
     }
 
-    /// Records that the index holds `version` of the lead for `model`.
+    /// Records that the index holds these `(lead, version)`s for `model`, in one
+    /// transaction (one commit for a whole batch).
     pub async fn mark_indexed(
         &self,
         tenant: &str,
-        id: Uuid,
-        version: i64,
+        indexed: &[(Uuid, i64)],
         model: &str,
     ) -> Result<(), Error> {
-        self.db
-            .execute(
+        if indexed.is_empty() {
+            return Ok(());
+        }
+        let now = aida_core::events::now_micros();
+        let mut tx = self.db.begin().await?;
+        for (id, version) in indexed {
+            tx.execute(
                 Sql::new(
                     "INSERT INTO lead_index (tenant_id, lead_id, model_version, version, index_time) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, lead_id, model_version) \
                      DO UPDATE SET version = excluded.version, index_time = excluded.index_time",
                 )
                 .bind(tenant)
-                .bind(id)
+                .bind(*id)
                 .bind(model)
-                .bind(version)
-                .bind(aida_core::events::now_micros()),
+                .bind(*version)
+                .bind(now),
             )
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
