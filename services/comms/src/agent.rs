@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use aida_ai::autonomy::{Authority, Budget};
+use aida_ai::autonomy::{Authority, Budget, Level};
 use aida_ai::generate::{Purpose, Tone};
 use aida_core::Error;
 use aida_core::auth::AuthContext;
@@ -158,11 +158,10 @@ impl Outreach {
             .await
     }
 
-    async fn authority(&self, tenant: &str, key: &Key) -> Result<Authority, Error> {
-        let used = self.used_today(tenant).await?;
+    async fn authority(&self, tenant: &str, key: &Key) -> Result<(Authority, Level), Error> {
         self.comms
             .autonomy
-            .authority(tenant, key, &self.budget, used)
+            .authority(tenant, key, &self.budget, || self.used_today(tenant))
             .await
     }
 
@@ -211,8 +210,7 @@ impl Outreach {
             action: writer::action(Purpose::FirstTouch),
             segment: segment.clone(),
         };
-        let authority = self.authority(tenant, &key).await?;
-        let level = self.comms.autonomy.effective_level(tenant, &key).await?;
+        let (authority, level) = self.authority(tenant, &key).await?;
         let (state, send_delay) = match authority {
             Authority::LogOnly | Authority::Suggest | Authority::DraftForApproval => {
                 (DraftState::Pending, None)
@@ -303,7 +301,7 @@ impl Outreach {
                 .close_sent_draft(&context, &draft, &message)
                 .await;
         }
-        match self.authority(&tenant, &draft_key(&draft)).await? {
+        match self.authority(&tenant, &draft_key(&draft)).await?.0 {
             Authority::ActAfter { .. } | Authority::Act => {}
             authority => {
                 tracing::info!(draft = %draft.id, ?authority, "the agent may no longer send on its own: the draft waits for a person");

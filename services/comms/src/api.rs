@@ -1365,54 +1365,8 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::Draft>, Status> {
         let context = AuthContext::of(&request)?.clone();
         let draft = self.draft_of(&context, &request.get_ref().id).await?;
-        let now = now_micros();
-        if !self
-            .0
-            .writer
-            .drafts
-            .close(
-                &draft,
-                if draft.state == DraftState::Scheduled {
-                    DraftState::Scheduled
-                } else {
-                    DraftState::Pending
-                },
-                if draft.state == DraftState::Scheduled {
-                    DraftState::Vetoed
-                } else {
-                    DraftState::Discarded
-                },
-                None,
-                false,
-                &context.subject,
-                now,
-            )
-            .await?
-        {
-            let current = self
-                .0
-                .writer
-                .drafts
-                .get(&context.tenant_id, draft.id)
-                .await?;
-            return Err(draft_closed(&current).into());
-        }
         // Discarding a scheduled draft stops the agent: a veto.
-        let review = if draft.state == DraftState::Scheduled {
-            Review::Vetoed
-        } else {
-            Review::Rejected
-        };
-        self.0
-            .autonomy
-            .review(&context, review_of(&draft, review, false, now, None))
-            .await?;
-        let closed = self
-            .0
-            .writer
-            .drafts
-            .get(&context.tenant_id, draft.id)
-            .await?;
+        let closed = self.stop_draft(&context, &draft).await?;
         Ok(Response::new(draft_to_proto(&closed)))
     }
 
@@ -1474,7 +1428,6 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::Draft>, Status> {
         let context = AuthContext::of(&request)?.clone();
         let draft = self.draft_of(&context, &request.get_ref().id).await?;
-        let drafts = &self.0.writer.drafts;
         if draft.state == DraftState::Pending {
             return Err(Error::FailedPrecondition {
                 reason: "NOT_SCHEDULED",
@@ -1485,36 +1438,41 @@ impl CommsService for CommsApi {
             }
             .into());
         }
-        let now = now_micros();
-        if draft.state != DraftState::Scheduled
-            || !drafts
-                .close(
-                    &draft,
-                    DraftState::Scheduled,
-                    DraftState::Vetoed,
-                    None,
-                    false,
-                    &context.subject,
-                    now,
-                )
-                .await?
-        {
-            let current = drafts.get(&context.tenant_id, draft.id).await?;
-            return Err(draft_closed(&current).into());
-        }
-        self.0
-            .autonomy
-            .review(
-                &context,
-                review_of(&draft, Review::Vetoed, false, now, None),
-            )
-            .await?;
-        let vetoed = drafts.get(&context.tenant_id, draft.id).await?;
+        let vetoed = self.stop_draft(&context, &draft).await?;
         Ok(Response::new(draft_to_proto(&vetoed)))
     }
 }
 
 impl CommsApi {
+    /// A person stops an open draft: a pending one is discarded (a rejection), a scheduled
+    /// one vetoed; either way the review goes into the writer's ledger. A draft no longer
+    /// open (sent, being sent, already stopped) is FAILED_PRECONDITION.
+    async fn stop_draft(
+        &self,
+        context: &AuthContext,
+        draft: &writer::Draft,
+    ) -> Result<writer::Draft, Error> {
+        let drafts = &self.0.writer.drafts;
+        let (to, review) = match draft.state {
+            DraftState::Pending => (DraftState::Discarded, Review::Rejected),
+            DraftState::Scheduled => (DraftState::Vetoed, Review::Vetoed),
+            _ => return Err(draft_closed(draft)),
+        };
+        let now = now_micros();
+        if !drafts
+            .close(draft, draft.state, to, None, false, &context.subject, now)
+            .await?
+        {
+            let current = drafts.get(&context.tenant_id, draft.id).await?;
+            return Err(draft_closed(&current));
+        }
+        self.0
+            .autonomy
+            .review(context, review_of(draft, review, false, now, None))
+            .await?;
+        drafts.get(&context.tenant_id, draft.id).await
+    }
+
     async fn draft_of(&self, context: &AuthContext, id: &str) -> Result<writer::Draft, Error> {
         let id = parse_id("id", id, "draft")?;
         self.0.writer.drafts.get(&context.tenant_id, id).await

@@ -131,23 +131,36 @@ impl Autonomy {
         Ok(baseline)
     }
 
-    /// What the agent may do now for `key`: the level at the moment of acting.
-    pub async fn authority(
+    /// What the agent may do now for `key`, and the level it acts at: the level at the
+    /// moment of acting, read once. `used_today` (the budget spent) is asked for only at L4,
+    /// the one level it decides.
+    pub async fn authority<F, Fut>(
         &self,
         tenant: &str,
         key: &Key,
         budget: &Budget,
-        used_today: u32,
-    ) -> Result<Authority, Error> {
+        used_today: F,
+    ) -> Result<(Authority, Level), Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<u32, Error>>,
+    {
         let now = now_micros();
         let record = self
             .store
             .grant(tenant, key)
             .await?
             .unwrap_or_else(|| GrantRecord::fresh(key.clone(), now));
-        Ok(record
-            .grant
-            .authority(&self.policy, budget, now, used_today))
+        let level = record.grant.effective_level();
+        let used = if level == Level::Budgeted {
+            used_today().await?
+        } else {
+            0
+        };
+        Ok((
+            record.grant.authority(&self.policy, budget, now, used),
+            level,
+        ))
     }
 
     fn to_proto(&self, record: &GrantRecord, baseline: &Baseline) -> pb::Autonomy {
