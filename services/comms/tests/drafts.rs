@@ -4,13 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use aida_core::testing::{Backend, RunningServer, TestEnv};
-use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
+use aida_core::testing::Backend;
 use aida_proto::aida::ai::v1::{
     AutonomyLevel, Decision, GetAutonomyRequest, KillAutonomyRequest, ListDecisionsRequest,
     ListTransitionsRequest, Outcome, Review, ReviveAutonomyRequest,
 };
-use aida_proto::aida::comms::v1::comms_service_client::CommsServiceClient;
 use aida_proto::aida::comms::v1::{
     AddSuppressionRequest, Channel, DiscardDraftRequest, Draft, DraftState, GenerateMessageRequest,
     GetDraftRequest, Purpose, RecordReplyRequest, SendMessageRequest, Suppression, Tone,
@@ -18,42 +16,14 @@ use aida_proto::aida::comms::v1::{
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead, LeadSource};
 use tonic::Code;
-use tonic::transport::Channel as GrpcChannel;
 
 const TENANT: &str = "acme";
 
-struct App {
-    env: TestEnv,
-    leads: RunningServer,
-    comms: RunningServer,
-}
+mod support;
+
+use support::Services as App;
 
 impl App {
-    async fn spawn(backend: Backend, configure: impl FnOnce(&mut TestEnv)) -> Self {
-        let mut env = TestEnv::new(backend).await;
-        configure(&mut env);
-        let leads_context = env
-            .context(aida_leads::SERVICE, aida_leads::migrations())
-            .await;
-        let leads = RunningServer::start(|listener, shutdown| {
-            aida_leads::serve(leads_context, listener, shutdown)
-        })
-        .await;
-        env.settings.services.leads_url = format!("http://{}", leads.address);
-        let context = env
-            .context(aida_comms::SERVICE, aida_comms::migrations())
-            .await;
-        let comms = RunningServer::start(|listener, shutdown| {
-            aida_comms::serve(context, listener, shutdown)
-        })
-        .await;
-        Self { env, leads, comms }
-    }
-
-    async fn comms(&self) -> CommsServiceClient<GrpcChannel> {
-        CommsServiceClient::new(self.comms.channel().await)
-    }
-
     async fn lead(
         &self,
         email: &str,
@@ -128,10 +98,6 @@ impl App {
             .await
             .expect("get draft")
             .into_inner()
-    }
-
-    async fn autonomy(&self) -> AutonomyServiceClient<GrpcChannel> {
-        AutonomyServiceClient::new(self.comms.channel().await)
     }
 
     /// The ledger of `action` in the segments of `drafts` (a lead's tier, and so its

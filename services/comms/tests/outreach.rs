@@ -7,13 +7,11 @@
 use std::time::Duration;
 
 use aida_ai::generate::{OFFLINE_MODEL, PROMPT_VERSION};
-use aida_core::testing::{Backend, RunningServer, TestEnv};
-use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
+use aida_core::testing::{Backend, TestEnv};
 use aida_proto::aida::ai::v1::{
     AutonomyLevel, DemoteAutonomyRequest, GetAutonomyRequest, ListDecisionsRequest,
     RecordReviewRequest, Review, SignOffPromotionRequest,
 };
-use aida_proto::aida::comms::v1::comms_service_client::CommsServiceClient;
 use aida_proto::aida::comms::v1::{
     Draft, DraftState, ListDraftsRequest, ListMessagesRequest, Message, MessageStatus, Purpose,
     VetoDraftRequest,
@@ -22,7 +20,6 @@ use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead, LeadSource, RejectLeadRequest};
 use chrono::Timelike;
 use tonic::Code;
-use tonic::transport::Channel as GrpcChannel;
 
 const TENANT: &str = "acme";
 const ACTION: &str = "send_first_touch";
@@ -32,47 +29,23 @@ const SEGMENTS: [&str; 5] = ["tier_a", "tier_b", "tier_c", "tier_d", "unscored"]
 const VETO_WINDOW_SECS: u64 = 4;
 const WAIT: Duration = Duration::from_secs(60);
 
-struct App {
-    env: TestEnv,
-    leads: RunningServer,
-    comms: RunningServer,
-}
+mod support;
+
+use support::Services as App;
 
 impl App {
     /// LeadService and CommsService; one counted review per level earns a promotion, the
     /// veto window is a few seconds and the scheduler looks every second.
-    async fn spawn(backend: Backend, configure: impl FnOnce(&mut TestEnv)) -> Self {
-        let mut env = TestEnv::new(backend).await;
-        env.settings.comms.autonomy_min_hours_at_level = vec![0, 0, 0, 0];
-        env.settings.comms.autonomy_min_decisions = vec![1, 1, 1, 1];
-        env.settings.comms.outreach_veto_window_secs = VETO_WINDOW_SECS;
-        env.settings.comms.outreach_tick_secs = 1;
-        env.settings.comms.outreach_quiet_hours = vec![0, 0];
-        configure(&mut env);
-        let leads_context = env
-            .context(aida_leads::SERVICE, aida_leads::migrations())
-            .await;
-        let leads = RunningServer::start(|listener, shutdown| {
-            aida_leads::serve(leads_context, listener, shutdown)
+    async fn with_agent(backend: Backend, configure: impl FnOnce(&mut TestEnv)) -> Self {
+        Self::spawn(backend, |env| {
+            env.settings.comms.autonomy_min_hours_at_level = vec![0, 0, 0, 0];
+            env.settings.comms.autonomy_min_decisions = vec![1, 1, 1, 1];
+            env.settings.comms.outreach_veto_window_secs = VETO_WINDOW_SECS;
+            env.settings.comms.outreach_tick_secs = 1;
+            env.settings.comms.outreach_quiet_hours = vec![0, 0];
+            configure(env);
         })
-        .await;
-        env.settings.services.leads_url = format!("http://{}", leads.address);
-        let context = env
-            .context(aida_comms::SERVICE, aida_comms::migrations())
-            .await;
-        let comms = RunningServer::start(|listener, shutdown| {
-            aida_comms::serve(context, listener, shutdown)
-        })
-        .await;
-        Self { env, leads, comms }
-    }
-
-    async fn comms(&self) -> CommsServiceClient<GrpcChannel> {
-        CommsServiceClient::new(self.comms.channel().await)
-    }
-
-    async fn autonomy(&self) -> AutonomyServiceClient<GrpcChannel> {
-        AutonomyServiceClient::new(self.comms.channel().await)
+        .await
     }
 
     async fn capture(&self, email: &str, phone: &str, first: &str) -> Lead {
@@ -227,7 +200,7 @@ impl App {
 }
 
 async fn below_l3_the_agent_drafts_a_first_touch_for_a_person_and_sends_nothing(backend: Backend) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::with_agent(backend, |_| {}).await;
     let no_email = app.capture("", "+14155550100", "Sam").await;
     let lead = app.capture("ada@initech.example", "", "Ada").await;
 
@@ -259,7 +232,7 @@ async fn below_l3_the_agent_drafts_a_first_touch_for_a_person_and_sends_nothing(
 async fn at_l3_the_agent_sends_after_the_veto_window_unless_vetoed_or_the_lead_is_rejected(
     backend: Backend,
 ) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::with_agent(backend, |_| {}).await;
     app.promote_all(AutonomyLevel::VetoWindow).await;
     let sent = app.capture("grace@initech.example", "", "Grace").await;
     let vetoed = app.capture("linus@initech.example", "", "Linus").await;
@@ -386,7 +359,7 @@ async fn at_l3_the_agent_sends_after_the_veto_window_unless_vetoed_or_the_lead_i
 }
 
 async fn at_l4_the_agent_sends_at_once_within_its_daily_volume(backend: Backend) {
-    let app = App::spawn(backend, |env| {
+    let app = App::with_agent(backend, |env| {
         env.settings.comms.outreach_daily_volume = 1;
     })
     .await;
@@ -404,7 +377,7 @@ async fn at_l4_the_agent_sends_at_once_within_its_daily_volume(backend: Backend)
 
 async fn at_l4_the_agent_never_sends_in_quiet_hours(backend: Backend) {
     let hour = chrono::Utc::now().hour();
-    let app = App::spawn(backend, |env| {
+    let app = App::with_agent(backend, |env| {
         // Quiet now and for the next hour, whatever the time of the run.
         env.settings.comms.outreach_quiet_hours = vec![hour, (hour + 2) % 24];
     })
@@ -417,7 +390,7 @@ async fn at_l4_the_agent_never_sends_in_quiet_hours(backend: Backend) {
 }
 
 async fn bad_veto_and_list_requests_name_the_field(backend: Backend) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::with_agent(backend, |_| {}).await;
     let lead = app.capture("ada@initech.example", "", "Ada").await;
     let pending = app.draft_in(&lead, DraftState::Pending).await;
     let mut comms = app.comms().await;
