@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use aida_core::testing::Backend;
+use aida_core::testing::{Backend, TestEnv};
 use aida_proto::aida::ai::v1::{
     AutonomyLevel, Decision, GetAutonomyRequest, KillAutonomyRequest, ListDecisionsRequest,
     ListTransitionsRequest, Outcome, Review, ReviveAutonomyRequest,
@@ -22,6 +22,12 @@ const TENANT: &str = "acme";
 mod support;
 
 use support::Services as App;
+
+/// These tests are about drafts people ask for: the outreach agent, which drafts on its own
+/// for every scored lead (and would call the model too), stays off.
+fn without_agent(env: &mut TestEnv) {
+    env.settings.comms.outreach_agent = false;
+}
 
 impl App {
     async fn lead(
@@ -156,7 +162,7 @@ fn violated_fields(status: &tonic::Status) -> Vec<String> {
 async fn a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_example(
     backend: Backend,
 ) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::spawn(backend, without_agent).await;
     let ada = app
         .lead(
             "ada@globex.example",
@@ -250,7 +256,7 @@ async fn a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_
 }
 
 async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: Backend) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::spawn(backend, without_agent).await;
     let lead = app
         .lead(
             "lin@hooli.example",
@@ -359,7 +365,7 @@ async fn edited_drafts_count_as_edited_and_discarded_ones_as_rejected(backend: B
 }
 
 async fn a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident(backend: Backend) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::spawn(backend, without_agent).await;
     let lead = app
         .lead("max@umbrella.example", "Max", "Buyer", "Umbrella", "")
         .await;
@@ -410,7 +416,7 @@ async fn a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident(backe
 }
 
 async fn bad_generate_and_draft_requests_name_the_field(backend: Backend) {
-    let app = App::spawn(backend, |_| {}).await;
+    let app = App::spawn(backend, without_agent).await;
     let status = app
         .comms()
         .await
@@ -511,6 +517,7 @@ async fn with_an_openrouter_key_the_model_writes_the_draft(backend: Backend) {
     let app = App::spawn(backend, |env| {
         env.settings.ai.openrouter_api_key = Some(secrecy::SecretString::from("sk-or-v1-test"));
         env.settings.ai.openrouter_base_url = base;
+        without_agent(env);
     })
     .await;
     let lead = app
