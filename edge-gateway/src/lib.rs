@@ -18,10 +18,10 @@ pub mod transcode;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aida_core::auth::{AuthContext, TokenVerifier, authorize_fresh};
 use aida_core::bus::{ConsumerSpec, EventBus};
@@ -32,7 +32,6 @@ use aida_core::settings::EdgeSettings;
 use aida_core::{Error, Settings};
 use aida_proto::aida::comms::v1::tracking_service_client::TrackingServiceClient;
 use aida_proto::aida::comms::v1::{TrackClickRequest, TrackOpenRequest, UnsubscribeRequest};
-use aida_proto::aida::events::v1::EventEnvelope;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +41,6 @@ use futures::{StreamExt, TryStreamExt};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use prost::Message;
 use prost_reflect::DescriptorPool;
 use sha2::Digest;
 use tokio::net::TcpListener;
@@ -116,7 +114,12 @@ pub struct Edge {
     routes: RouteTable,
     upstreams: Upstreams,
     verifier: Arc<TokenVerifier>,
+    /// Authenticated calls, per tenant and principal.
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Calls without a valid token (refused ones, public tracking links), per address.
+    anonymous: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses over their anonymous rate, until when: refused before any token is read.
+    blocked: moka::sync::Cache<IpAddr, Instant>,
     cache: moka::future::Cache<String, Arc<Cached>>,
     openapi: Bytes,
     settings: EdgeSettings,
@@ -177,47 +180,68 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// Parses a `grpc-timeout` header (`100m`, `5S`, …).
-fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (number, unit) = value.split_at(value.len().checked_sub(1)?);
-    let number: u64 = number.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(number * 3600),
-        "M" => Duration::from_secs(number * 60),
-        "S" => Duration::from_secs(number),
-        "m" => Duration::from_millis(number),
-        "u" => Duration::from_micros(number),
-        "n" => Duration::from_nanos(number),
-        _ => return None,
-    })
+/// RESOURCE_EXHAUSTED with `retry-after` seconds.
+fn rate_limited(wait: Duration) -> tonic::Status {
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let mut status: tonic::Status =
+        Error::ResourceExhausted(format!("rate limit reached; retry in {seconds} s")).into();
+    if let Ok(value) = seconds.to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
 }
 
 impl Edge {
-    /// Refuses a caller over its rate: RESOURCE_EXHAUSTED with `retry-after` seconds.
-    fn throttle(
+    /// Authenticates and authorizes a call, with the rate limits around it: an address
+    /// over its anonymous rate is refused before its token is even read (a token flood
+    /// costs no verification work); a call without a valid token, or to a public method,
+    /// is charged to its address; an authenticated call to its tenant and principal.
+    async fn admit(
         &self,
-        context: Option<&AuthContext>,
-        peer: Option<SocketAddr>,
-    ) -> Result<(), tonic::Status> {
-        let key = match context {
-            Some(context) => format!("{}|{}", context.tenant_id, context.subject),
-            None => format!(
-                "public|{}",
-                peer.map(|peer| peer.ip().to_string()).unwrap_or_default()
-            ),
-        };
-        match self.limiter.check_key(&key) {
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<AuthContext>, tonic::Status> {
+        if let Some(ip) = peer
+            && let Some(until) = self.blocked.get(&ip)
+        {
+            let now = Instant::now();
+            if until > now {
+                return Err(rate_limited(until - now));
+            }
+            self.blocked.invalidate(&ip);
+        }
+        match authorize_fresh(&self.verifier, path, headers).await {
+            Ok(Some(context)) => {
+                let key = format!("{}|{}", context.tenant_id, context.subject);
+                if let Err(not_until) = self.limiter.check_key(&key) {
+                    return Err(rate_limited(
+                        not_until.wait_time_from(DefaultClock::default().now()),
+                    ));
+                }
+                Ok(Some(context))
+            }
+            Ok(None) => {
+                self.charge_address(peer)?;
+                Ok(None)
+            }
+            Err(error) => {
+                self.charge_address(peer)?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Counts an anonymous call against its address; over the rate, the address is
+    /// blocked until its bucket refills.
+    fn charge_address(&self, peer: Option<IpAddr>) -> Result<(), tonic::Status> {
+        let ip = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match self.anonymous.check_key(&ip) {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let mut status: tonic::Status =
-                    Error::ResourceExhausted(format!("rate limit reached; retry in {seconds} s"))
-                        .into();
-                if let Ok(value) = seconds.max(1).to_string().parse() {
-                    status.metadata_mut().insert("retry-after", value);
-                }
-                Err(status)
+                self.blocked.insert(ip, Instant::now() + wait);
+                Err(rate_limited(wait))
             }
         }
     }
@@ -232,9 +256,8 @@ impl Edge {
             }
         }
         let default = Duration::from_millis(self.settings.request_timeout_ms);
-        let timeout = header_text(headers, "grpc-timeout")
-            .and_then(grpc_timeout)
-            .map_or(default, |asked| asked.min(default));
+        let timeout =
+            aida_core::server::grpc_timeout(headers).map_or(default, |asked| asked.min(default));
         request.set_timeout(timeout);
         request
     }
@@ -305,14 +328,13 @@ impl Edge {
             }
             return response;
         };
-        let context = match authorize_fresh(&self.verifier, &route.grpc_path, &parts.headers).await
+        let context = match self
+            .admit(&route.grpc_path, &parts.headers, peer.map(|peer| peer.ip()))
+            .await
         {
             Ok(context) => context,
-            Err(error) => return error_response(&self.pool, &error.into()),
+            Err(status) => return error_response(&self.pool, &status),
         };
-        if let Err(status) = self.throttle(context.as_ref(), peer) {
-            return error_response(&self.pool, &status);
-        }
         let body = match axum::body::to_bytes(body, self.settings.max_body_bytes).await {
             Ok(body) => body,
             Err(_) => {
@@ -492,15 +514,11 @@ impl Edge {
             )
             .into_http();
         };
-        let context = match authorize_fresh(&self.verifier, &path, request.headers()).await {
-            Ok(context) => context,
-            Err(error) => return tonic::Status::from(error).into_http(),
-        };
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
-        if let Err(status) = self.throttle(context.as_ref(), peer) {
+            .map(|info| info.0.ip());
+        if let Err(status) = self.admit(&path, request.headers(), peer).await {
             return status.into_http();
         }
         // grpc-web-text shrinks when decoded, but its body still reports the encoded size;
@@ -597,7 +615,7 @@ async fn track_open(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(status) = edge.throttle(None, Some(peer)) {
+    if let Err(status) = edge.charge_address(Some(peer.ip())) {
         return error_response(&edge.pool, &status);
     }
     let Some(mut client) = edge.tracking() else {
@@ -629,7 +647,7 @@ async fn track_click(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(status) = edge.throttle(None, Some(peer)) {
+    if let Err(status) = edge.charge_address(Some(peer.ip())) {
         return error_response(&edge.pool, &status);
     }
     let Some(mut client) = edge.tracking() else {
@@ -656,20 +674,18 @@ async fn unsubscribe(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    if let Err(status) = edge.throttle(None, Some(peer)) {
+    if let Err(status) = edge.charge_address(Some(peer.ip())) {
         return error_response(&edge.pool, &status);
     }
     let Some(mut client) = edge.tracking() else {
         return error_response(&edge.pool, &Error::internal("no comms upstream").into());
     };
     match client.unsubscribe(UnsubscribeRequest { token }).await {
-        Ok(response) => (
+        // The page names no address: whoever holds a link learns nothing about its recipient.
+        Ok(_) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!(
-                "{} will receive no more messages.\n",
-                response.into_inner().address
-            ),
+            "You are unsubscribed: this address will receive no more messages.\n",
         )
             .into_response(),
         Err(status) => error_response(&edge.pool, &status),
@@ -700,47 +716,52 @@ fn transcode_safe(token: &str) -> String {
         .collect()
 }
 
+/// 431 (RFC 6585) for requests whose headers exceed `edge.max_header_bytes` in total.
+async fn limit_headers(
+    State(edge): State<Arc<Edge>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let limit = edge.settings.max_header_bytes;
+    if size > limit {
+        let status: tonic::Status =
+            Error::invalid("headers", format!("request headers exceed {limit} bytes")).into();
+        let mut response = error_response(&edge.pool, &status);
+        *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return response;
+    }
+    next.run(request).await
+}
+
 /// Drops cached reports of a tenant when its `analytics.computed` snapshot arrives.
 async fn invalidate_on_snapshots(
     edge: Arc<Edge>,
     bus: Arc<dyn EventBus>,
     shutdown: CancellationToken,
 ) {
-    let spec = ConsumerSpec::ephemeral("edge-cache", "CRM_ANALYTICS", Some("analytics.computed"));
-    loop {
-        let subscribed = async {
-            bus.ensure_streams().await?;
-            bus.subscribe(&spec).await
-        };
-        let mut source = tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = subscribed => match result {
-                Ok(source) => source,
-                Err(error) => {
-                    tracing::warn!(%error, "edge cache invalidation feed unavailable; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        loop {
-            let delivery = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = source.next() => next,
-            };
-            let Ok(delivery) = delivery else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            if let Ok(event) = EventEnvelope::decode(delivery.payload.as_ref()) {
-                let prefix = format!("{}|", event.tenant_id);
-                let _ = edge
-                    .cache
-                    .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
-            }
-            let _ = delivery.ack().await;
-        }
-    }
+    let spec = ConsumerSpec::ephemeral(
+        "edge-cache",
+        aida_core::bus::ANALYTICS_STREAM,
+        Some("analytics.computed"),
+    );
+    aida_core::consumer::follow(
+        bus,
+        spec,
+        "edge cache invalidation feed",
+        shutdown,
+        |event| {
+            let prefix = format!("{}|", event.tenant_id);
+            let _ = edge
+                .cache
+                .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+        },
+    )
+    .await;
 }
 
 /// Builds the edge: routes from the descriptors, upstream channels, the verifier.
@@ -772,12 +793,19 @@ pub async fn build(
     let edge_settings = settings.edge.clone();
     let quota = Quota::per_second(nonzero(edge_settings.rate_limit_per_second))
         .allow_burst(nonzero(edge_settings.rate_limit_burst));
+    let anonymous = Quota::per_minute(nonzero(edge_settings.anonymous_rate_limit_per_minute))
+        .allow_burst(nonzero(edge_settings.anonymous_rate_limit_burst));
     Ok(Arc::new(Edge {
         pool,
         routes,
         upstreams,
         verifier,
         limiter: RateLimiter::keyed(quota),
+        anonymous: RateLimiter::keyed(anonymous),
+        blocked: moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(3600))
+            .build(),
         cache: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(edge_settings.cache_ttl_secs.max(1)))
@@ -849,8 +877,13 @@ pub async fn serve(
         .fallback(dispatch)
         .with_state(edge.clone())
         // Layers run bottom-up on the way in: the request id first, so every log line and
-        // every upstream call carries it; CORS answers preflights before anything else runs.
+        // every upstream call carries it; oversized headers are refused before anything
+        // reads them; CORS answers preflights before anything else runs.
         .layer(cors(&settings.edge.cors_origins))
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            limit_headers,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));

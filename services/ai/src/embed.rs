@@ -140,6 +140,7 @@ impl MiniLm {
         // SAFETY: the weights are mapped read-only and only read while the map lives. They
         // were just checked; a file changed under a running process would give wrong vectors
         // (or a fault), which is why model directories are replaced by rename, never in place.
+        #[allow(unsafe_code)]
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &Device::Cpu)?
         };

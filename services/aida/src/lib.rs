@@ -230,6 +230,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server::cancel_on_signal(shutdown.clone());
             let bus = connect_bus(&settings).await?;
             if service == Service::Edge {
+                if settings.edge.cors_origins.is_empty() {
+                    bail!(
+                        "edge.cors_origins must be set for a deployed edge: the origins of the \
+                         browser apps that call it (AIDA_EDGE__CORS_ORIGINS='[\"https://app.example.com\"]'), \
+                         or [\"*\"] to allow any origin"
+                    );
+                }
                 let address = SocketAddr::new(settings.listen.host, settings.edge.port);
                 let listener = TcpListener::bind(address)
                     .await
@@ -361,6 +368,10 @@ impl Mesh {
         // Services call each other, and the edge calls them, at the addresses just bound
         // (ports may be 0).
         let mut settings = settings.clone();
+        // On a developer's machine any origin may call the edge (a deployed edge names them).
+        if settings.edge.cors_origins.is_empty() {
+            settings.edge.cors_origins = vec!["*".into()];
+        }
         for (service, address, _) in &listeners {
             let url = format!("http://{address}");
             match service {

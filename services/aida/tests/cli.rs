@@ -191,3 +191,33 @@ fn unknown_services_and_bad_settings_are_refused_with_the_reason() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("database_url"));
 }
+
+#[test]
+fn a_deployed_edge_refuses_to_start_without_cors_origins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refused = aida(dir.path())
+        .args(["serve", "edge"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("edge.cors_origins"), "{stderr}");
+
+    // With the origins named it starts and listens.
+    let mut child = aida(dir.path())
+        .args(["serve", "edge"])
+        .env("AIDA_EDGE__CORS_ORIGINS", r#"["https://app.example.com"]"#)
+        .env("AIDA_LOG__FILTER", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aida serve edge");
+    let stderr = child.stderr.take().expect("stderr");
+    let listening = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("edge listening"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "the edge started with its origins named");
+}

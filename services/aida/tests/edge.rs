@@ -1,6 +1,10 @@
 //! The edge gateway in front of the real services (`aida::Mesh`): REST/JSON transcoding,
 //! errors, streaming, OpenAPI, grpc-web, the JWT negative matrix (HS256 and an ES256 JWKS),
-//! the RBAC matrix of every route and role, rate limits and the analytics cache.
+//! the RBAC matrix of every route and role, rate limits and the analytics cache; and in
+//! `edge/access.rs`, the holes a viewer or a sales rep of a tenant must not find.
+
+#[path = "edge/access.rs"]
+mod access;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,12 +60,16 @@ struct Edge {
     base: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
-    _mesh: Mesh,
+    mesh: Mesh,
 }
 
 impl Edge {
     async fn start(configure: impl FnOnce(&mut aida_core::Settings)) -> Self {
-        let mut env = TestEnv::new(Backend::Embedded).await;
+        Self::start_on(Backend::Embedded, configure).await
+    }
+
+    async fn start_on(backend: Backend, configure: impl FnOnce(&mut aida_core::Settings)) -> Self {
+        let mut env = TestEnv::new(backend).await;
         let settings = &mut env.settings;
         settings.listen.leads_port = 0;
         settings.listen.deals_port = 0;
@@ -81,7 +89,7 @@ impl Edge {
             base,
             http: reqwest::Client::new(),
             shutdown,
-            _mesh: mesh,
+            mesh,
         }
     }
 

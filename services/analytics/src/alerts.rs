@@ -435,7 +435,6 @@ impl Monitor {
                     };
                     let event = envelope(
                         &context,
-                        "analytics.alerted",
                         format!("alerts/{}", alert.id),
                         alert.raise_time,
                         Payload::AnalyticsAlerted(AnalyticsAlerted {
@@ -448,7 +447,6 @@ impl Monitor {
                     alert.resolve_time = Some(now_micros());
                     let event = envelope(
                         &context,
-                        "analytics.alerted",
                         format!("alerts/{}", alert.id),
                         now_micros(),
                         Payload::AnalyticsAlerted(AnalyticsAlerted {
@@ -495,7 +493,6 @@ impl Monitor {
         let now = now_micros();
         let event = envelope(
             &context,
-            "analytics.computed",
             format!("tenants/{tenant}/snapshot"),
             now,
             Payload::AnalyticsComputed(computed),

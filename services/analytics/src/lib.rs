@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use aida_core::bus::ConsumerSpec;
-use aida_core::consumer::{self, BatchOptions, ConsumerOptions};
+use aida_core::consumer::{self, BatchOptions};
 use aida_core::db::Migrations;
+use aida_core::runner::ServiceRunner;
 use aida_core::runtime::{ServiceContext, StartError};
-use aida_core::server;
 use aida_proto::aida::analytics::v1::analytics_service_server::AnalyticsServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService as _;
 
 pub use alerts::{AlertStore, Monitor};
 pub use api::AnalyticsApi;
@@ -29,9 +29,9 @@ pub const SERVICE: &str = "analytics";
 
 /// The durable consumers: one per stream analytics reads.
 pub const CONSUMERS: [(&str, &str); 3] = [
-    ("analytics-leads", "CRM_LEADS"),
-    ("analytics-deals", "CRM_DEALS"),
-    ("analytics-comms", "CRM_COMMS"),
+    ("analytics-leads", aida_core::bus::LEADS_STREAM),
+    ("analytics-deals", aida_core::bus::DEALS_STREAM),
+    ("analytics-comms", aida_core::bus::COMMS_STREAM),
 ];
 
 /// This crate's SQL migrations (alert rules and alerts; events live in DuckDB).
@@ -66,27 +66,17 @@ pub async fn serve(
         max_size: context.settings.analytics.batch_max_events.max(1),
         max_wait: Duration::from_millis(context.settings.analytics.batch_max_wait_ms),
     };
-    let mut tasks = Vec::new();
+    let mut runner = ServiceRunner::new(context.clone(), SERVICE, shutdown);
     for (name, stream) in CONSUMERS {
-        let options = ConsumerOptions {
-            spec: ConsumerSpec::durable(
-                name,
-                stream,
-                None,
-                Duration::from_secs(context.settings.bus.ack_wait_secs),
-            ),
-            max_deliver: context.settings.bus.max_deliver,
-        };
-        tasks.push(tokio::spawn(consumer::run_batched(
+        let options = context.durable(name, stream, None);
+        runner.spawn(consumer::run_batched(
             context.bus.clone(),
             options,
             batch,
             ingestor.clone(),
-            shutdown.clone(),
-        )));
+            runner.shutdown(),
+        ));
     }
-    let relay_shutdown = CancellationToken::new();
-    let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
     let alert_store = AlertStore::new(context.db.clone());
     let monitor = Monitor {
         warehouse: warehouse.clone(),
@@ -95,38 +85,17 @@ pub async fn serve(
         relay: context.relay.clone(),
         interval: Duration::from_secs(context.settings.analytics.snapshot_interval_secs.max(1)),
     };
-    tasks.push(tokio::spawn(monitor.run(shutdown.clone())));
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AnalyticsServiceServer<AnalyticsApi>>()
-        .await;
-    let reporter = health_reporter.clone();
-    let draining = shutdown.clone();
-    tokio::spawn(async move {
-        draining.cancelled().await;
-        reporter
-            .set_not_serving::<AnalyticsServiceServer<AnalyticsApi>>()
-            .await;
-    });
+    runner.spawn(monitor.run(runner.shutdown()));
     let api = AnalyticsApi {
         warehouse,
         alerts: alert_store,
         page_tokens: context.page_tokens.clone(),
     };
-    let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder(context.verifier.clone())
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(AnalyticsServiceServer::new(api));
-    if let Some(local) = &context.local {
-        local.register(SERVICE, &router);
-    }
-    let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
-    for task in tasks {
-        let _ = task.await;
-    }
-    relay_shutdown.cancel();
-    let _ = relay.await;
-    served.map_err(|error| StartError::Server(error.to_string()))
+    runner
+        .serve(
+            listener,
+            &[AnalyticsServiceServer::<AnalyticsApi>::NAME],
+            |routes| routes.add_service(AnalyticsServiceServer::new(api)),
+        )
+        .await
 }

@@ -182,14 +182,7 @@ impl Header for ListUnsubscribePost {
 }
 
 fn system_context(tenant: &str, subject: &str) -> AuthContext {
-    AuthContext {
-        tenant_id: tenant.to_owned(),
-        subject: subject.to_owned(),
-        roles: vec!["service".into()],
-        request_id: Uuid::now_v7().to_string(),
-        traceparent: None,
-        token: String::new(),
-    }
+    AuthContext::system(tenant, subject, "", None)
 }
 
 pub(crate) fn draft_key(draft: &writer::Draft) -> Key {
@@ -476,7 +469,6 @@ impl Comms {
                         next.send_time = Some(sent_at);
                         Some(envelope(
                             context,
-                            "comms.sent",
                             format!("messages/{}", next.id),
                             sent_at,
                             Payload::MessageSent(MessageSent {
@@ -678,29 +670,14 @@ impl Comms {
 
     /// The lead, read from LeadService with the caller's own token.
     async fn lead(&self, context: &AuthContext, lead_id: Uuid) -> Result<PbLead, Error> {
-        let mut request = Request::new(GetLeadRequest {
+        let request = context.forward(GetLeadRequest {
             id: lead_id.to_string(),
         });
-        let metadata = request.metadata_mut();
-        if let Ok(value) = format!("Bearer {}", context.token).parse() {
-            metadata.insert("authorization", value);
-        }
-        if let Ok(value) = context.request_id.parse() {
-            metadata.insert("x-request-id", value);
-        }
         match self.leads.clone().get_lead(request).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(match status.code() {
-                tonic::Code::NotFound => Error::not_found("lead", lead_id.to_string()),
-                tonic::Code::Unauthenticated => Error::Unauthenticated(status.message().to_owned()),
-                tonic::Code::PermissionDenied => {
-                    Error::PermissionDenied(status.message().to_owned())
-                }
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                    Error::Unavailable(format!("LeadService: {}", status.message()))
-                }
-                _ => Error::internal(format!("LeadService: {status}")),
-            }),
+            Err(status) => Err(Error::from_peer("LeadService", &status, || {
+                Error::not_found("lead", lead_id.to_string())
+            })),
         }
     }
 
@@ -711,11 +688,18 @@ impl Comms {
         message: &Message,
         recipient_name: &str,
     ) -> Result<lettre::Message, Error> {
+        let now = chrono::Utc::now().timestamp();
+        let days = |days: u32| now + i64::from(days) * 86_400;
         let claim = |kind, link| TrackingClaim {
             tenant_id: message.tenant_id.clone(),
             message_id: message.id,
             kind,
             link,
+            expires: days(if kind == LinkKind::Unsubscribe {
+                self.settings.unsubscribe_link_ttl_days
+            } else {
+                self.settings.tracking_link_ttl_days
+            }),
         };
         let unsubscribe = self.link(&claim(LinkKind::Unsubscribe, None), "u")?;
         let pixel = self.link(&claim(LinkKind::Open, None), "o")?;
@@ -1141,7 +1125,6 @@ impl CommsService for CommsApi {
                 next.reply_time = Some(now);
                 let event = envelope(
                     &context,
-                    "comms.replied",
                     format!("messages/{id}"),
                     now,
                     Payload::MessageReplied(MessageReplied {
@@ -1489,6 +1472,7 @@ impl TrackingApi {
         if claim.kind != kind {
             return Err(Error::invalid("token", "this link is of another kind"));
         }
+        claim.check_fresh(chrono::Utc::now().timestamp())?;
         Ok(claim)
     }
 }
@@ -1521,7 +1505,6 @@ impl TrackingService for TrackingApi {
                 }
                 let event = envelope(
                     &context,
-                    "comms.opened",
                     format!("messages/{}", current.id),
                     now,
                     Payload::MessageOpened(MessageOpened {
@@ -1559,7 +1542,6 @@ impl TrackingService for TrackingApi {
                 next.click_count += 1;
                 let event = envelope(
                     &context,
-                    "comms.clicked",
                     format!("messages/{}", current.id),
                     now,
                     Payload::MessageClicked(MessageClicked {
@@ -1589,7 +1571,6 @@ impl TrackingService for TrackingApi {
         let context = system_context(&claim.tenant_id, "public:unsubscribe");
         let event = envelope(
             &context,
-            "comms.unsubscribed",
             format!("messages/{}", message.id),
             now_micros(),
             Payload::RecipientUnsubscribed(RecipientUnsubscribed {
@@ -1603,8 +1584,7 @@ impl TrackingService for TrackingApi {
         self.0
             .draft_outcome(&context, message.id, BusinessOutcome::Unsubscribed)
             .await?;
-        Ok(Response::new(pb::UnsubscribeResponse {
-            address: message.to,
-        }))
+        // Whoever holds the link learns nothing about the recipient (links get forwarded).
+        Ok(Response::new(pb::UnsubscribeResponse::default()))
     }
 }

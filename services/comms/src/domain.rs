@@ -200,7 +200,7 @@ pub enum LinkKind {
     Unsubscribe,
 }
 
-/// The signed content of a tracking link.
+/// The sealed content of a tracking link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackingClaim {
     #[serde(rename = "t")]
@@ -212,6 +212,22 @@ pub struct TrackingClaim {
     /// Index into the message's links, for clicks.
     #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub link: Option<usize>,
+    /// Unix seconds after which the link no longer works.
+    #[serde(rename = "x")]
+    pub expires: i64,
+}
+
+impl TrackingClaim {
+    /// Refuses a link past its expiry (FAILED_PRECONDITION `LINK_EXPIRED`).
+    pub fn check_fresh(&self, now_secs: i64) -> Result<(), Error> {
+        if now_secs > self.expires {
+            return Err(Error::FailedPrecondition {
+                reason: "LINK_EXPIRED",
+                message: "this link has expired".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `http(s)://…` URLs in `text`, in order, with their byte ranges.

@@ -3,6 +3,7 @@
 //! person's sign-off, demotion by incidents, breaches and version changes, the kill switch,
 //! the decision ledger, events and validation.
 
+use aida_core::testing::violated_fields;
 use std::time::Duration;
 
 use aida_core::testing::{Backend, RunningServer, TestEnv, eventually};
@@ -207,20 +208,6 @@ fn review_request(review: Review, seconds: i64) -> RecordReviewRequest {
         sent: false,
         request_id: String::new(),
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad_request| {
-            bad_request
-                .field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn evidence_counted(autonomy: &Autonomy) -> i32 {

@@ -2,6 +2,7 @@
 //! CommsService: on PostgreSQL + JetStream and on SQLite + the in-process bus, with the
 //! offline writer, and with OpenRouter's wire format served by a local HTTP server.
 
+use aida_core::testing::violated_fields;
 use std::sync::{Arc, Mutex};
 
 use aida_core::testing::{Backend, TestEnv};
@@ -143,20 +144,6 @@ impl App {
         });
         decisions
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad_request| {
-            bad_request
-                .field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_example(

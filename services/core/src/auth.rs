@@ -72,6 +72,38 @@ impl AuthContext {
         }
     }
 
+    /// `message` as a call to another service on this caller's behalf: their token (so
+    /// the peer applies the caller's own rights), request id and trace context.
+    pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        if let Ok(value) = format!("Bearer {}", self.token).parse() {
+            metadata.insert("authorization", value);
+        }
+        if let Ok(value) = self.request_id.parse() {
+            metadata.insert("x-request-id", value);
+        }
+        if let Some(value) = self
+            .traceparent
+            .as_deref()
+            .and_then(|value| value.parse().ok())
+        {
+            metadata.insert("traceparent", value);
+        }
+        request
+    }
+
+    /// The context of a consumer acting on `event` as `subject`: the event's tenant,
+    /// request id and trace, so what it causes is traced back to the call that started it.
+    pub fn for_event(event: &aida_proto::aida::events::v1::EventEnvelope, subject: &str) -> Self {
+        Self::system(
+            &event.tenant_id,
+            subject,
+            &event.request_id,
+            event.trace.as_ref().map(|trace| trace.traceparent.clone()),
+        )
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|held| held == role)
     }
@@ -628,11 +660,17 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
     let value = value
         .to_str()
         .map_err(|_| Error::Unauthenticated("malformed authorization header".into()))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| Error::Unauthenticated("authorization is not a bearer token".into()))?;
-    Ok(token.trim().to_owned())
+    // RFC 7235: the scheme is case-insensitive and followed by one or more spaces.
+    let not_bearer = || Error::Unauthenticated("authorization is not a bearer token".into());
+    let (scheme, token) = value
+        .trim()
+        .split_once([' ', '\t'])
+        .ok_or_else(not_bearer)?;
+    let token = token.trim_start_matches([' ', '\t']);
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(not_bearer());
+    }
+    Ok(token.to_owned())
 }
 
 #[cfg(test)]
@@ -645,6 +683,31 @@ mod tests {
             TokenIssuer::hs256(&secret, "aida-dev", "aida-crm"),
             TokenVerifier::hs256(&secret, "aida-dev", "aida-crm", Duration::from_secs(5)),
         )
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_with_one_or_more_spaces() {
+        let header = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", value.parse().expect("header"));
+            bearer_token(&headers)
+        };
+        for value in [
+            "Bearer abc.def",
+            "bearer abc.def",
+            "BEARER abc.def",
+            "bEaReR abc.def",
+            "Bearer    abc.def",
+            "Bearer\tabc.def",
+        ] {
+            assert_eq!(header(value).expect(value), "abc.def", "{value}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", "abc.def"] {
+            assert!(
+                matches!(header(value), Err(Error::Unauthenticated(_))),
+                "{value}"
+            );
+        }
     }
 
     #[test]

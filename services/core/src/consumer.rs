@@ -69,6 +69,50 @@ pub async fn claim(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, 
     Ok(inserted == 1)
 }
 
+/// Follows an ephemeral feed (`spec`, a per-replica consumer starting at new messages)
+/// until `shutdown`, handing every decodable envelope to `on_event` and acking it;
+/// re-subscribes when the bus drops the feed. Undecodable messages are the durable
+/// consumers' business (dead letters): a follower skips them. `what` names the feed in logs.
+pub async fn follow(
+    bus: Arc<dyn EventBus>,
+    spec: ConsumerSpec,
+    what: &str,
+    shutdown: CancellationToken,
+    mut on_event: impl FnMut(EventEnvelope) + Send,
+) {
+    loop {
+        let subscribed = async {
+            bus.ensure_streams().await?;
+            bus.subscribe(&spec).await
+        };
+        let mut source = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = subscribed => match result {
+                Ok(source) => source,
+                Err(error) => {
+                    tracing::warn!(%error, "{what} unavailable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = source.next() => next,
+            };
+            let Ok(delivery) = delivery else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if let Ok(envelope) = EventEnvelope::decode(delivery.payload.as_ref()) {
+                on_event(envelope);
+            }
+            let _ = delivery.ack().await;
+        }
+    }
+}
+
 /// How a consumer runs.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {

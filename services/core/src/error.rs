@@ -32,9 +32,14 @@ pub enum Error {
     /// The request is malformed; every violation names its field.
     #[error("invalid argument: {}", summarize(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// The resource does not exist for this tenant.
-    #[error("{resource} {id} not found")]
-    NotFound { resource: &'static str, id: String },
+    /// The resource does not exist for this tenant; `field`, when set, is the request
+    /// field that referred to it (`deal.lead_id`).
+    #[error("{}{resource} {id} not found", field.map(|field| format!("{field}: ")).unwrap_or_default())]
+    NotFound {
+        resource: &'static str,
+        id: String,
+        field: Option<&'static str>,
+    },
     /// A unique property is already taken by `existing_id`.
     #[error("{message}")]
     AlreadyExists {
@@ -89,6 +94,36 @@ impl Error {
         Self::NotFound {
             resource,
             id: id.into(),
+            field: None,
+        }
+    }
+
+    /// NOT_FOUND for a resource a request field refers to (`deal.lead_id`).
+    pub fn not_found_at(
+        field: &'static str,
+        resource: &'static str,
+        id: impl Into<String>,
+    ) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.into(),
+            field: Some(field),
+        }
+    }
+
+    /// The error of a call to another service of the mesh (`peer`), as this service
+    /// reports it: the caller's own refusals pass through, the peer's NOT_FOUND becomes
+    /// `not_found` (the resource the call was about), an unreachable peer is UNAVAILABLE,
+    /// and anything else is this service's internal error.
+    pub fn from_peer(peer: &str, status: &Status, not_found: impl FnOnce() -> Error) -> Self {
+        match status.code() {
+            Code::NotFound => not_found(),
+            Code::Unauthenticated => Self::Unauthenticated(status.message().to_owned()),
+            Code::PermissionDenied => Self::PermissionDenied(status.message().to_owned()),
+            Code::Unavailable | Code::DeadlineExceeded => {
+                Self::Unavailable(format!("{peer}: {}", status.message()))
+            }
+            _ => Self::internal(format!("{peer}: {status}")),
         }
     }
 
@@ -151,10 +186,21 @@ impl From<Error> for Status {
                 }
                 error.to_string()
             }
-            Error::NotFound { resource, id } => {
+            Error::NotFound {
+                resource,
+                id,
+                field,
+            } => {
                 details.set_resource_info(*resource, id.clone(), "", "not found");
                 metadata.insert("resource".to_owned(), (*resource).to_owned());
                 metadata.insert("id".to_owned(), id.clone());
+                if let Some(field) = field {
+                    metadata.insert("field".to_owned(), (*field).to_owned());
+                    details.set_bad_request(vec![tonic_types::FieldViolation::new(
+                        *field,
+                        format!("no {resource} {id}"),
+                    )]);
+                }
                 error.to_string()
             }
             Error::AlreadyExists {

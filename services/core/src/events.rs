@@ -5,18 +5,46 @@ use chrono::{DateTime, Utc};
 
 use crate::auth::AuthContext;
 
-/// The envelope of an event `event_type` about `subject`, caused by `context`'s request at
-/// `occurred_at`, with a fresh UUIDv7 id.
+/// The type of an event: the subject it is published under, decided by its payload alone
+/// (so the two can never disagree).
+pub fn event_type(payload: &Payload) -> &'static str {
+    match payload {
+        Payload::LeadCaptured(_) => "leads.captured",
+        Payload::LeadQualified(_) => "leads.qualified",
+        Payload::LeadRejected(_) => "leads.rejected",
+        Payload::LeadUpdated(_) => "leads.updated",
+        Payload::LeadDeleted(_) => "leads.deleted",
+        Payload::LeadConverted(_) => "leads.converted",
+        Payload::LeadMerged(_) => "leads.merged",
+        Payload::LeadScored(_) => "leads.scored",
+        Payload::DealCreated(_) => "deals.created",
+        Payload::DealUpdated(_) => "deals.updated",
+        Payload::DealProgressed(_) => "deals.progressed",
+        Payload::DealWon(_) => "deals.won",
+        Payload::DealLost(_) => "deals.lost",
+        Payload::MessageSent(_) => "comms.sent",
+        Payload::MessageOpened(_) => "comms.opened",
+        Payload::MessageClicked(_) => "comms.clicked",
+        Payload::MessageReplied(_) => "comms.replied",
+        Payload::RecipientUnsubscribed(_) => "comms.unsubscribed",
+        Payload::AutonomyChanged(_) => "comms.autonomy_changed",
+        Payload::AutonomyProposed(_) => "comms.autonomy_proposed",
+        Payload::AnalyticsComputed(_) => "analytics.computed",
+        Payload::AnalyticsAlerted(_) => "analytics.alerted",
+    }
+}
+
+/// The envelope of an event about `subject`, caused by `context`'s request at
+/// `occurred_at`, with a fresh UUIDv7 id; its type follows from `payload`.
 pub fn envelope(
     context: &AuthContext,
-    event_type: &str,
     subject: String,
     occurred_at: DateTime<Utc>,
     payload: Payload,
 ) -> EventEnvelope {
     EventEnvelope {
         event_id: uuid::Uuid::now_v7().to_string(),
-        event_type: event_type.to_owned(),
+        event_type: event_type(&payload).to_owned(),
         tenant_id: context.tenant_id.clone(),
         occurred_at: Some(timestamp(occurred_at)),
         actor: Some(Actor {

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod pagination;
 pub mod query;
 pub mod rbac;
+pub mod runner;
 pub mod runtime;
 pub mod server;
 pub mod settings;

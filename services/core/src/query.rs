@@ -279,15 +279,10 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// Parses `filter` and appends ` AND (<condition>)` to `sql`. An empty filter adds nothing.
-pub fn push_filter(
-    sql: &mut Sql,
-    engine: Engine,
-    filter: &str,
-    fields: &[Field],
-) -> Result<(), Error> {
+/// The parsed `filter`; `None` when it is empty.
+fn parse_filter(filter: &str) -> Result<Option<Expr>, Error> {
     if filter.trim().is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     if filter.len() > MAX_FILTER_LEN {
         return Err(filter_error(format!(
@@ -307,9 +302,59 @@ pub fn push_filter(
             parser.position
         )));
     }
+    Ok(Some(expr))
+}
+
+/// Parses `filter` and appends ` AND (<condition>)` to `sql`. An empty filter adds nothing.
+pub fn push_filter(
+    sql: &mut Sql,
+    engine: Engine,
+    filter: &str,
+    fields: &[Field],
+) -> Result<(), Error> {
+    let Some(expr) = parse_filter(filter)? else {
+        return Ok(());
+    };
     sql.push(" AND (");
     compile(sql, engine, &expr, fields)?;
     sql.push(")");
+    Ok(())
+}
+
+/// Refuses a filter or an ordering on a field the caller may not see (`hidden`, by proto
+/// name): INVALID_ARGUMENT on `filter` or `order_by` naming the field. A caller who may not
+/// read e-mail addresses must not be able to probe them either (`email = "a*"` and
+/// `totalSize`), nor learn their order.
+pub fn refuse_hidden(filter: &str, order: &[OrderTerm], hidden: &[&str]) -> Result<(), Error> {
+    if hidden.is_empty() {
+        return Ok(());
+    }
+    let refused = |field: &str, what: &str| {
+        format!("'{field}' is hidden from your role, so it cannot be {what}")
+    };
+    if let Some(term) = order.iter().find(|term| hidden.contains(&term.field.name)) {
+        return Err(Error::invalid(
+            "order_by",
+            refused(term.field.name, "ordered by"),
+        ));
+    }
+    fn first_hidden<'e>(expr: &'e Expr, hidden: &[&str]) -> Option<&'e str> {
+        match expr {
+            Expr::And(terms) | Expr::Or(terms) => {
+                terms.iter().find_map(|term| first_hidden(term, hidden))
+            }
+            Expr::Not(inner) => first_hidden(inner, hidden),
+            Expr::Compare { field, .. } => {
+                let base = field.split('.').next().unwrap_or(field);
+                hidden.contains(&base).then_some(base)
+            }
+        }
+    }
+    if let Some(expr) = parse_filter(filter)?
+        && let Some(field) = first_hidden(&expr, hidden)
+    {
+        return Err(Error::invalid("filter", refused(field, "filtered on")));
+    }
     Ok(())
 }
 
@@ -852,6 +897,32 @@ mod tests {
             sql.text(),
             "WHERE x AND ((create_time < $1) OR (create_time = $2 AND email > $3) OR (create_time = $4 AND email = $5 AND id > $6))"
         );
+    }
+
+    #[test]
+    fn hidden_fields_cannot_be_filtered_on_or_ordered_by() {
+        let hidden = ["email", "phone"];
+        let order = parse_order_by("create_time desc", FIELDS, "").expect("order");
+        for filter in [
+            "email = \"ada@example.com\"",
+            "email = \"abc*\"",
+            "email:\"example\"",
+            "status = NEW AND (phone = \"+44*\" OR first_name = Ada)",
+            "NOT email = x",
+            "-phone:1",
+        ] {
+            let error = refuse_hidden(filter, &order, &hidden).expect_err(filter);
+            assert!(
+                matches!(&error, Error::InvalidArgument(v) if v[0].field == "filter"
+                    && (v[0].description.contains("'email'") || v[0].description.contains("'phone'"))),
+                "{filter}: {error}"
+            );
+        }
+        let by_email = parse_order_by("email", FIELDS, "").expect("order");
+        let error = refuse_hidden("", &by_email, &hidden).expect_err("order by email");
+        assert!(matches!(&error, Error::InvalidArgument(v) if v[0].field == "order_by"));
+        refuse_hidden("status = NEW AND first_name:ad", &order, &hidden).expect("visible");
+        refuse_hidden("email = x", &by_email, &[]).expect("nothing hidden");
     }
 
     #[test]

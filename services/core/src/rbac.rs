@@ -182,6 +182,9 @@ pub fn allowed(method: &str, roles: &[String]) -> bool {
     }
 }
 
+/// Contact data: blanked for callers with [`Access::redact_contact`].
+pub const CONTACT_FIELDS: &[&str] = &["email", "phone"];
+
 /// Resource-level access of a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -198,6 +201,16 @@ impl Access {
         Self {
             owner_only: (!broad && has("sales_rep")).then(|| context.subject.clone()),
             redact_contact: !broad && !has("sales_rep"),
+        }
+    }
+
+    /// Fields (proto names) the caller may not read, and so may not filter on, order by or
+    /// otherwise probe.
+    pub fn hidden_fields(&self) -> &'static [&'static str] {
+        if self.redact_contact {
+            CONTACT_FIELDS
+        } else {
+            &[]
         }
     }
 

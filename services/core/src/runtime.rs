@@ -78,6 +78,42 @@ pub struct ServiceContext {
 }
 
 impl ServiceContext {
+    /// The options of this service's durable consumer `name` of `stream` (only `filter`'s
+    /// subjects when given), with the bus settings' ack wait and delivery limit.
+    pub fn durable(
+        &self,
+        name: &str,
+        stream: &str,
+        filter: Option<&str>,
+    ) -> crate::consumer::ConsumerOptions {
+        crate::consumer::ConsumerOptions {
+            spec: crate::bus::ConsumerSpec::durable(
+                name,
+                stream,
+                filter,
+                Duration::from_secs(self.settings.bus.ack_wait_secs),
+            ),
+            max_deliver: self.settings.bus.max_deliver,
+        }
+    }
+
+    /// A lazily connected channel to another service of the mesh at `url` (the setting
+    /// named `field`); with mutual TLS the peer must prove it is `spiffe://aida/<identity>`.
+    pub fn peer_channel(
+        &self,
+        field: &str,
+        url: &str,
+        identity: &str,
+    ) -> Result<tonic::transport::Channel, StartError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|error| StartError::Server(format!("{field}: {error}")))?;
+        match &self.tls {
+            Some(tls) => crate::tls::channel(tls, endpoint, identity)
+                .map_err(|error| StartError::Server(error.to_string())),
+            None => Ok(endpoint.connect_lazy()),
+        }
+    }
+
     /// Connects the database of `service`, applies core's and the service's migrations and
     /// prepares the relay (not yet running).
     pub async fn start(

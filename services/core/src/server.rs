@@ -110,8 +110,9 @@ impl MeshRouter {
     }
 }
 
-/// The `grpc-timeout` of a call: up to eight digits and a unit (H, M, S, m, u, n).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+/// The `grpc-timeout` of a call: up to eight digits and a unit (H, M, S, m, u, n); `None`
+/// when absent or malformed (the one parser of the mesh: services and the edge).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 || value.len() > 9 {
         return None;

@@ -123,8 +123,17 @@ pub struct EdgeSettings {
     pub rate_limit_burst: u32,
     /// How long a cached GET response (analytics reports) stays fresh.
     pub cache_ttl_secs: u64,
-    /// Origins allowed by CORS (`*` for any).
+    /// Origins allowed by CORS (`*` for any). Empty by default: `aida up` allows any
+    /// origin, a deployed edge (`aida serve edge`) refuses to start until it is set.
     pub cors_origins: Vec<String>,
+    /// Request headers larger than this in total are 431 (RFC 6585).
+    pub max_header_bytes: usize,
+    /// Sustained requests per minute per client address that carry no valid token (or
+    /// call a public tracking link): counted before any token is verified, so a token
+    /// flood costs nothing; authenticated calls count against their principal instead.
+    pub anonymous_rate_limit_per_minute: u32,
+    /// Requests a client address may burst above the anonymous rate.
+    pub anonymous_rate_limit_burst: u32,
     /// Replicas of each service, as gRPC URLs; calls are balanced over the healthy ones.
     pub upstreams: Upstreams,
     /// In `aida up`, call the services of the same process in process (no socket, no
@@ -203,6 +212,10 @@ pub struct CommsSettings {
     pub outreach_quiet_hours: Vec<u32>,
     /// How often the agent looks for scheduled drafts that are due.
     pub outreach_tick_secs: u64,
+    /// How long an unsubscribe link keeps working after the message is sent.
+    pub unsubscribe_link_ttl_days: u32,
+    /// How long open-pixel and click links keep counting after the message is sent.
+    pub tracking_link_ttl_days: u32,
 }
 
 /// AnalyticsService behaviour.
@@ -390,6 +403,8 @@ impl Default for Defaults {
                 outreach_daily_volume: 100,
                 outreach_quiet_hours: vec![20, 7],
                 outreach_tick_secs: 15,
+                unsubscribe_link_ttl_days: 365,
+                tracking_link_ttl_days: 90,
             },
             analytics: AnalyticsSettings {
                 duckdb_path: None,
@@ -418,7 +433,10 @@ impl Default for Defaults {
                 rate_limit_per_second: 50,
                 rate_limit_burst: 100,
                 cache_ttl_secs: 30,
-                cors_origins: vec!["*".into()],
+                cors_origins: Vec::new(),
+                max_header_bytes: 32 * 1024,
+                anonymous_rate_limit_per_minute: 6000,
+                anonymous_rate_limit_burst: 200,
                 upstreams: Upstreams {
                     leads: vec!["http://127.0.0.1:50051".into()],
                     deals: vec!["http://127.0.0.1:50052".into()],
@@ -563,6 +581,35 @@ impl Settings {
             return Err(SettingsError::Field {
                 field: "comms.public_base_url",
                 message: "must start with http:// or https://".into(),
+            });
+        }
+        for (field, days) in [
+            (
+                "comms.unsubscribe_link_ttl_days",
+                self.comms.unsubscribe_link_ttl_days,
+            ),
+            (
+                "comms.tracking_link_ttl_days",
+                self.comms.tracking_link_ttl_days,
+            ),
+        ] {
+            if !(1..=3650).contains(&days) {
+                return Err(SettingsError::Field {
+                    field,
+                    message: "must be between 1 and 3650 days".into(),
+                });
+            }
+        }
+        if self.edge.max_header_bytes < 1024 {
+            return Err(SettingsError::Field {
+                field: "edge.max_header_bytes",
+                message: "must be at least 1024".into(),
+            });
+        }
+        if self.edge.anonymous_rate_limit_per_minute == 0 {
+            return Err(SettingsError::Field {
+                field: "edge.anonymous_rate_limit_per_minute",
+                message: "must be at least 1".into(),
             });
         }
         if self.bus.max_deliver == 0 {

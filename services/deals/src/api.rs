@@ -16,9 +16,12 @@ use aida_proto::aida::deals::v1::deal_service_server::DealService;
 use aida_proto::aida::events::v1::{
     DealCreated, DealLost, DealProgressed, DealUpdated, DealWon, event_envelope::Payload,
 };
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{GetLeadRequest, LeadStatus};
 use chrono::Utc;
 use futures::Stream;
 use sha2::Digest;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -44,16 +47,51 @@ pub struct DealApi {
     relay: Relay,
     page_tokens: PageTokens,
     hub: WatchHub,
+    /// LeadService, asked with the caller's own token whether a deal's lead is theirs.
+    leads: LeadServiceClient<Channel>,
 }
 
 impl DealApi {
-    pub fn new(store: DealStore, relay: Relay, page_tokens: PageTokens, hub: WatchHub) -> Self {
+    pub fn new(
+        store: DealStore,
+        relay: Relay,
+        page_tokens: PageTokens,
+        hub: WatchHub,
+        leads: LeadServiceClient<Channel>,
+    ) -> Self {
         Self {
             store,
             relay,
             page_tokens,
             hub,
+            leads,
         }
+    }
+
+    /// Checks the lead a new deal is for with the caller's own rights: it must exist in
+    /// their tenant and be reachable by them (a sales rep's own), and not be merged away.
+    /// Creating the deal converts the lead, so a lead the caller may not change is refused.
+    async fn check_lead(&self, context: &AuthContext, lead_id: Uuid) -> Result<(), Error> {
+        let not_found = || Error::not_found_at("deal.lead_id", "lead", lead_id.to_string());
+        let lead = self
+            .leads
+            .clone()
+            .get_lead(context.forward(GetLeadRequest {
+                id: lead_id.to_string(),
+            }))
+            .await
+            .map_err(|status| Error::from_peer("LeadService", &status, not_found))?
+            .into_inner();
+        if lead.status == LeadStatus::Merged as i32 {
+            return Err(Error::FailedPrecondition {
+                reason: "LEAD_MERGED",
+                message: format!(
+                    "deal.lead_id: lead {lead_id} was merged into {}; create the deal for that lead",
+                    lead.merged_into
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +372,9 @@ impl DealService for DealApi {
         if request.request_id.chars().count() > 128 {
             return Err(Error::invalid("request_id", "at most 128 characters").into());
         }
+        if let Some(lead_id) = new.lead_id {
+            self.check_lead(&context, lead_id).await?;
+        }
         let pipeline = match pipeline_id {
             Some(id) => self
                 .store
@@ -351,7 +392,6 @@ impl DealService for DealApi {
         let deal = Deal::create(&context.tenant_id, &pipeline, new, now)?;
         let event = envelope(
             &context,
-            "deals.created",
             subject_of(deal.id),
             now,
             Payload::DealCreated(DealCreated {
@@ -558,7 +598,6 @@ impl DealService for DealApi {
                 updated.update_time = now;
                 let event = envelope(
                     &context,
-                    "deals.updated",
                     subject_of(updated.id),
                     now,
                     Payload::DealUpdated(DealUpdated {
@@ -596,7 +635,6 @@ impl DealService for DealApi {
                 moved.update_time = now;
                 let event = envelope(
                     &context,
-                    "deals.progressed",
                     subject_of(moved.id),
                     now,
                     Payload::DealProgressed(DealProgressed {
@@ -853,25 +891,19 @@ impl DealApi {
                 closed.version += 1;
                 closed.update_time = now;
                 let proto = Some(deal_to_proto(&closed, pipeline.rotting_days));
-                let (event_type, payload) = if won {
-                    (
-                        "deals.won",
-                        Payload::DealWon(DealWon {
-                            deal: proto,
-                            from_stage: current.stage.clone(),
-                        }),
-                    )
+                let payload = if won {
+                    Payload::DealWon(DealWon {
+                        deal: proto,
+                        from_stage: current.stage.clone(),
+                    })
                 } else {
-                    (
-                        "deals.lost",
-                        Payload::DealLost(DealLost {
-                            deal: proto,
-                            from_stage: current.stage.clone(),
-                            reason: reason.clone(),
-                        }),
-                    )
+                    Payload::DealLost(DealLost {
+                        deal: proto,
+                        from_stage: current.stage.clone(),
+                        reason: reason.clone(),
+                    })
                 };
-                let event = envelope(context, event_type, subject_of(closed.id), now, payload);
+                let event = envelope(context, subject_of(closed.id), now, payload);
                 Ok(DealChange::Updated(Box::new(closed), Box::new(event)))
             })
             .await?;

@@ -74,17 +74,9 @@ impl EventHandler for QualifiedLeadHandler {
             },
             now,
         )?;
-        let context = AuthContext {
-            tenant_id: event.tenant_id.clone(),
-            subject: "service:deals".into(),
-            roles: vec!["service".into()],
-            request_id: event.request_id.clone(),
-            traceparent: event.trace.as_ref().map(|trace| trace.traceparent.clone()),
-            token: String::new(),
-        };
+        let context = AuthContext::for_event(event, "service:deals");
         let created = envelope(
             &context,
-            "deals.created",
             format!("deals/{}", deal.id),
             now,
             Payload::DealCreated(DealCreated {

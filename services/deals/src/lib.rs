@@ -10,16 +10,16 @@ mod store;
 mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use aida_core::bus::ConsumerSpec;
-use aida_core::consumer::{self, ConsumerOptions};
+use aida_core::bus::LEADS_STREAM;
 use aida_core::db::Migrations;
+use aida_core::runner::ServiceRunner;
 use aida_core::runtime::{ServiceContext, StartError};
-use aida_core::server;
 use aida_proto::aida::deals::v1::deal_service_server::DealServiceServer;
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService as _;
 
 pub use api::{DealApi, deal_to_proto, pipeline_to_proto};
 pub use handler::CONSUMER as QUALIFIED_LEADS_CONSUMER;
@@ -37,70 +37,41 @@ pub fn migrations() -> Migrations {
 }
 
 /// Serves DealService on `listener` until `shutdown`, with the qualified-lead consumer and
-/// the watch feed running beside it.
+/// the watch feed running beside it (see [`aida_core::runner`] for the order).
 pub async fn serve(
     context: ServiceContext,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let relay_shutdown = CancellationToken::new();
-    let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
     let store = DealStore::new(context.db.clone());
-
-    let handler = Arc::new(handler::QualifiedLeadHandler {
-        store: store.clone(),
-        relay: context.relay.clone(),
-        currency: context.settings.deals.default_currency.clone(),
-    });
-    let options = ConsumerOptions {
-        spec: ConsumerSpec::durable(
-            handler::CONSUMER,
-            "CRM_LEADS",
-            Some("leads.qualified"),
-            Duration::from_secs(context.settings.bus.ack_wait_secs),
-        ),
-        max_deliver: context.settings.bus.max_deliver,
-    };
-    let consumer = tokio::spawn(consumer::run(
-        context.bus.clone(),
-        options,
-        handler,
-        shutdown.clone(),
-    ));
+    let mut runner = ServiceRunner::new(context.clone(), SERVICE, shutdown);
+    runner.consume(
+        handler::CONSUMER,
+        LEADS_STREAM,
+        Some("leads.qualified"),
+        Arc::new(handler::QualifiedLeadHandler {
+            store: store.clone(),
+            relay: context.relay.clone(),
+            currency: context.settings.deals.default_currency.clone(),
+        }),
+    );
     let hub = WatchHub::new();
-    let watch = tokio::spawn(hub.clone().run(context.bus.clone(), shutdown.clone()));
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DealServiceServer<DealApi>>()
-        .await;
-    let reporter = health_reporter.clone();
-    let draining = shutdown.clone();
-    tokio::spawn(async move {
-        draining.cancelled().await;
-        reporter
-            .set_not_serving::<DealServiceServer<DealApi>>()
-            .await;
-    });
+    runner.spawn(hub.clone().run(context.bus.clone(), runner.shutdown()));
+    let leads = context.peer_channel(
+        "services.leads_url",
+        &context.settings.services.leads_url,
+        "leads",
+    )?;
     let api = DealApi::new(
         store,
         context.relay.clone(),
         context.page_tokens.clone(),
         hub,
+        LeadServiceClient::new(leads),
     );
-    let reflection = server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-    let router = server::builder(context.verifier.clone())
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(DealServiceServer::new(api));
-    if let Some(local) = &context.local {
-        local.register(SERVICE, &router);
-    }
-    let served = server::serve(router, listener, shutdown, context.tls.clone()).await;
-
-    let _ = consumer.await;
-    let _ = watch.await;
-    relay_shutdown.cancel();
-    let _ = relay.await;
-    served.map_err(|error| StartError::Server(error.to_string()))
+    runner
+        .serve(listener, &[DealServiceServer::<DealApi>::NAME], |routes| {
+            routes.add_service(DealServiceServer::new(api))
+        })
+        .await
 }

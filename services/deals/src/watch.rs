@@ -3,14 +3,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aida_core::bus::{ConsumerSpec, EventBus};
 use aida_proto::aida::deals::v1::DealChange;
 use aida_proto::aida::events::v1::EventEnvelope;
 use aida_proto::aida::events::v1::event_envelope::Payload;
 use futures::Stream;
-use prost::Message;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -38,39 +36,11 @@ impl WatchHub {
 
     /// Follows the deal stream until `shutdown`, re-subscribing when the bus drops it.
     pub async fn run(self, bus: Arc<dyn EventBus>, shutdown: CancellationToken) {
-        let spec = ConsumerSpec::ephemeral("deals-watch", "CRM_DEALS", None);
-        loop {
-            let subscribed = async {
-                bus.ensure_streams().await?;
-                bus.subscribe(&spec).await
-            };
-            let mut source = tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = subscribed => match result {
-                    Ok(source) => source,
-                    Err(error) => {
-                        tracing::warn!(%error, "deal watch feed unavailable; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-            };
-            loop {
-                let delivery = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    next = source.next() => next,
-                };
-                let Ok(delivery) = delivery else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                // Undecodable events are the durable consumers' business (dead letters).
-                if let Ok(envelope) = EventEnvelope::decode(delivery.payload.as_ref()) {
-                    let _ = self.sender.send(Arc::new(envelope));
-                }
-                let _ = delivery.ack().await;
-            }
-        }
+        let spec = ConsumerSpec::ephemeral("deals-watch", aida_core::bus::DEALS_STREAM, None);
+        aida_core::consumer::follow(bus, spec, "deal watch feed", shutdown, |envelope| {
+            let _ = self.sender.send(Arc::new(envelope));
+        })
+        .await;
     }
 
     /// The changes of `tenant`'s deals (optionally of one pipeline) from now on.

@@ -1,5 +1,6 @@
 //! DealService's behaviour on PostgreSQL + JetStream and on SQLite + the in-process bus.
 
+use aida_core::testing::violated_fields;
 use std::time::Duration;
 
 use aida_core::bus::OutgoingMessage;
@@ -111,20 +112,6 @@ fn deal(name: &str, amount: i64) -> Deal {
         amount: euros(amount),
         ..Deal::default()
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad_request| {
-            bad_request
-                .field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn a_tenant_starts_with_the_default_pipeline(backend: Backend) {

@@ -388,7 +388,6 @@ impl LeadService for LeadApi {
         };
         let event = envelope(
             &context,
-            "leads.captured",
             subject_of(lead.id),
             now,
             Payload::LeadCaptured(LeadCaptured {
@@ -451,6 +450,7 @@ impl LeadService for LeadApi {
         let list = request.get_ref();
         let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
+        query::refuse_hidden(&list.filter, &order, access.hidden_fields())?;
         let cursor = query::Cursor::new(&list.filter, &order);
         let after = cursor.resume(&self.page_tokens, &list.page_token)?;
         let page = self
@@ -552,7 +552,6 @@ impl LeadService for LeadApi {
                 };
                 let event = envelope(
                     &context,
-                    "leads.updated",
                     subject_of(lead.id),
                     now,
                     Payload::LeadUpdated(LeadUpdated {
@@ -597,7 +596,6 @@ impl LeadService for LeadApi {
                 };
                 let event = envelope(
                     &context,
-                    "leads.qualified",
                     subject_of(lead.id),
                     now,
                     Payload::LeadQualified(LeadQualified {
@@ -643,7 +641,6 @@ impl LeadService for LeadApi {
                 };
                 let event = envelope(
                     &context,
-                    "leads.rejected",
                     subject_of(lead.id),
                     now,
                     Payload::LeadRejected(LeadRejected {
@@ -678,7 +675,6 @@ impl LeadService for LeadApi {
                 current.check_etag(&request.etag)?;
                 let event = envelope(
                     &context,
-                    "leads.deleted",
                     subject_of(current.id),
                     now_micros(),
                     Payload::LeadDeleted(LeadDeleted {
@@ -713,6 +709,7 @@ impl LeadService for LeadApi {
             query::page_size(search.page_size, DEFAULT_SEARCH_RESULTS, MAX_SEARCH_RESULTS)?
                 as usize;
         self.store.check_filter(&search.filter)?;
+        query::refuse_hidden(&search.filter, &[], access.hidden_fields())?;
         let vector = self
             .index
             .embed(vec![text.to_owned()])
@@ -1001,7 +998,6 @@ fn plan_merge(
     }
     let mut events = vec![envelope(
         context,
-        "leads.merged",
         subject_of(survivor.id),
         now,
         Payload::LeadMerged(LeadMerged {
@@ -1012,7 +1008,6 @@ fn plan_merge(
     if survivor_changed {
         events.push(envelope(
             context,
-            "leads.updated",
             subject_of(survivor.id),
             now,
             Payload::LeadUpdated(LeadUpdated {

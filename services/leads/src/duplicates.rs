@@ -241,10 +241,11 @@ pub fn score(a: &Lead, b: &Lead, embedding_cosine: Option<f32>) -> (f32, Vec<Str
     {
         total += 0.25;
         let domains_differ = a.fields.email.split('@').nth(1) != b.fields.email.split('@').nth(1);
+        // Reasons name no contact data: a caller who may not read addresses reads these.
         reasons.push(if domains_differ {
-            format!("same e-mail local part at another domain ({x})")
+            "same e-mail local part at another domain".to_owned()
         } else {
-            format!("same e-mail local part ({x})")
+            "same e-mail local part".to_owned()
         });
     }
     let (ca, cb) = (

@@ -40,14 +40,7 @@ impl EventHandler for ConversionHandler {
         }
         let lead_id = Uuid::parse_str(&deal.lead_id)
             .map_err(|_| HandlerError::Poison(format!("lead id '{}'", deal.lead_id)))?;
-        let context = AuthContext {
-            tenant_id: event.tenant_id.clone(),
-            subject: "service:leads".into(),
-            roles: vec!["service".into()],
-            request_id: event.request_id.clone(),
-            traceparent: event.trace.as_ref().map(|trace| trace.traceparent.clone()),
-            token: String::new(),
-        };
+        let context = AuthContext::for_event(event, "service:leads");
         let deal_id = deal.id.clone();
         self.store
             .modify_once(
@@ -69,7 +62,6 @@ impl EventHandler for ConversionHandler {
                     };
                     let converted = envelope(
                         &context,
-                        "leads.converted",
                         format!("leads/{}", lead.id),
                         now,
                         Payload::LeadConverted(LeadConverted {

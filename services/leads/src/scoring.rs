@@ -193,14 +193,7 @@ pub struct Scorer {
 }
 
 fn service_context(event: &EventEnvelope) -> AuthContext {
-    AuthContext {
-        tenant_id: event.tenant_id.clone(),
-        subject: "service:leads".into(),
-        roles: vec!["service".into()],
-        request_id: event.request_id.clone(),
-        traceparent: event.trace.as_ref().map(|trace| trace.traceparent.clone()),
-        token: String::new(),
-    }
+    AuthContext::for_event(event, "service:leads")
 }
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> Error {
@@ -381,7 +374,6 @@ impl Scorer {
         .await?;
         let scored = envelope(
             &service_context(event),
-            "leads.scored",
             format!("leads/{lead_id}"),
             now,
             Payload::LeadScored(LeadScored {

@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumerOptions {
         spec: ConsumerSpec::durable(
             "bench-analytics",
-            "CRM_LEADS",
+            aida_core::bus::LEADS_STREAM,
             None,
             Duration::from_secs(30),
         ),
@@ -254,7 +254,12 @@ async fn steady_lag(
         ingested: Arc::new(AtomicU64::new(0)),
     });
     let options = ConsumerOptions {
-        spec: ConsumerSpec::durable("bench-lag", "CRM_LEADS", None, Duration::from_secs(30)),
+        spec: ConsumerSpec::durable(
+            "bench-lag",
+            aida_core::bus::LEADS_STREAM,
+            None,
+            Duration::from_secs(30),
+        ),
         max_deliver: 5,
     };
     let batch = BatchOptions {

@@ -283,7 +283,6 @@ impl Changes<'_> {
         };
         let event = envelope(
             self.context,
-            "comms.autonomy_changed",
             self.subject(),
             self.now,
             Payload::AutonomyChanged(AutonomyChanged {
@@ -298,7 +297,6 @@ impl Changes<'_> {
     fn proposal(&mut self, proposal: &Proposal) {
         let event = envelope(
             self.context,
-            "comms.autonomy_proposed",
             self.subject(),
             self.now,
             Payload::AutonomyProposed(AutonomyProposed {

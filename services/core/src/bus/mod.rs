@@ -23,13 +23,21 @@ pub use nats::NatsBus;
 /// The streams of the mesh: (stream, subject root). `crm.leads` is stream `CRM_LEADS`
 /// holding `leads.>`, and so on; dead letters go to `CRM_DLQ` under `dlq.>`.
 pub const STREAMS: [(&str, &str); 5] = [
-    ("CRM_LEADS", "leads"),
-    ("CRM_DEALS", "deals"),
-    ("CRM_COMMS", "comms"),
-    ("CRM_ANALYTICS", "analytics"),
+    (LEADS_STREAM, "leads"),
+    (DEALS_STREAM, "deals"),
+    (COMMS_STREAM, "comms"),
+    (ANALYTICS_STREAM, "analytics"),
     (DEAD_LETTER_STREAM, "dlq"),
 ];
 
+/// LeadService's events (`leads.>`).
+pub const LEADS_STREAM: &str = "CRM_LEADS";
+/// DealService's events (`deals.>`).
+pub const DEALS_STREAM: &str = "CRM_DEALS";
+/// CommsService's and AutonomyService's events (`comms.>`).
+pub const COMMS_STREAM: &str = "CRM_COMMS";
+/// AnalyticsService's events (`analytics.>`).
+pub const ANALYTICS_STREAM: &str = "CRM_ANALYTICS";
 /// The dead-letter stream.
 pub const DEAD_LETTER_STREAM: &str = "CRM_DLQ";
 

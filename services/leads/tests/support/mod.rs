@@ -15,7 +15,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 #[allow(unused_imports)]
-pub use aida_core::testing::{Backend, with_token};
+pub use aida_core::testing::{Backend, violated_fields, with_token};
 
 pub struct TestApp {
     pub env: TestEnv,
@@ -142,19 +142,4 @@ pub fn lead(email: &str) -> Lead {
         source: aida_proto::aida::leads::v1::LeadSource::WebForm as i32,
         ..Lead::default()
     }
-}
-
-/// The field names of a status's BadRequest details.
-pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad_request| {
-            bad_request
-                .field_violations
-                .into_iter()
-                .map(|violation| violation.field)
-                .collect()
-        })
-        .unwrap_or_default()
 }
