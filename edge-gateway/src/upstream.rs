@@ -23,17 +23,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Which replica set serves a gRPC service.
+/// Which replica set serves a gRPC service: the mesh service hosting it.
 pub fn service_key(grpc_service: &str) -> Option<&'static str> {
-    match grpc_service {
-        "aida.leads.v1.LeadService" => Some("leads"),
-        "aida.deals.v1.DealService" => Some("deals"),
-        "aida.comms.v1.CommsService"
-        | "aida.comms.v1.TrackingService"
-        | "aida.ai.v1.AutonomyService" => Some("comms"),
-        "aida.analytics.v1.AnalyticsService" => Some("analytics"),
-        _ => None,
-    }
+    aida_core::mesh::hosting(grpc_service).map(|service| service.name)
 }
 
 struct Replica {
@@ -85,12 +77,8 @@ impl Upstreams {
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
         let mut sets = HashMap::new();
-        for (key, urls) in [
-            ("leads", &settings.leads),
-            ("deals", &settings.deals),
-            ("comms", &settings.comms),
-            ("analytics", &settings.analytics),
-        ] {
+        for service in aida_core::mesh::SERVICES {
+            let (key, urls) = (service.name, settings.of(service.name));
             if urls.is_empty() {
                 return Err(format!("edge.upstreams.{key}: at least one replica"));
             }

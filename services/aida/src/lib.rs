@@ -14,7 +14,7 @@ use aida_core::bus::EventBus;
 use aida_core::db::{Database, core_migrations};
 use aida_core::runtime::{ServiceContext, StartError, connect_bus};
 use aida_core::server::LocalMesh;
-use aida_core::{Settings, server, telemetry};
+use aida_core::{Settings, mesh, server, telemetry};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -106,25 +106,24 @@ impl Service {
         Service::Analytics,
     ];
 
-    pub fn name(self) -> &'static str {
+    /// Its entry in the mesh registry (`None` for the edge).
+    pub fn entry(self) -> Option<&'static mesh::MeshService> {
         match self {
-            Service::Leads => aida_leads::SERVICE,
-            Service::Deals => aida_deals::SERVICE,
-            Service::Comms => aida_comms::SERVICE,
-            Service::Analytics => aida_analytics::SERVICE,
-            Service::Edge => "edge",
+            Service::Leads => Some(&mesh::LEADS),
+            Service::Deals => Some(&mesh::DEALS),
+            Service::Comms => Some(&mesh::COMMS),
+            Service::Analytics => Some(&mesh::ANALYTICS),
+            Service::Edge => None,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.entry().map_or(mesh::EDGE, |entry| entry.name)
     }
 
     /// The gRPC service name, as the banner shows it.
     pub fn grpc_name(self) -> &'static str {
-        match self {
-            Service::Leads => "LeadService",
-            Service::Deals => "DealService",
-            Service::Comms => "CommsService",
-            Service::Analytics => "AnalyticsService",
-            Service::Edge => "Edge",
-        }
+        self.entry().map_or("Edge", |entry| entry.title)
     }
 
     pub fn parse(name: &str) -> Option<Service> {
@@ -135,13 +134,10 @@ impl Service {
     }
 
     pub fn address(self, settings: &Settings) -> SocketAddr {
-        match self {
-            Service::Leads => settings.listen.leads(),
-            Service::Deals => settings.listen.deals(),
-            Service::Comms => settings.listen.comms(),
-            Service::Analytics => settings.listen.analytics(),
-            Service::Edge => SocketAddr::new(settings.listen.host, settings.edge.port),
-        }
+        settings
+            .listen
+            .address_of(self.name())
+            .unwrap_or_else(|| SocketAddr::new(settings.listen.host, settings.edge.port))
     }
 
     pub fn migrations(self) -> aida_core::db::Migrations {
@@ -193,7 +189,7 @@ impl Service {
 }
 
 /// Every identity of the mesh that gets a certificate.
-pub const MESH_IDENTITIES: [&str; 5] = ["leads", "deals", "comms", "analytics", "edge"];
+pub const MESH_IDENTITIES: [&str; 5] = mesh::IDENTITIES;
 
 fn service_names() -> String {
     Service::ALL.map(Service::name).join(", ")
@@ -374,15 +370,11 @@ impl Mesh {
         }
         for (service, address, _) in &listeners {
             let url = format!("http://{address}");
-            match service {
-                Service::Leads => {
-                    settings.services.leads_url = url.clone();
-                    settings.edge.upstreams.leads = vec![url];
-                }
-                Service::Deals => settings.edge.upstreams.deals = vec![url],
-                Service::Comms => settings.edge.upstreams.comms = vec![url],
-                Service::Analytics => settings.edge.upstreams.analytics = vec![url],
-                Service::Edge => {}
+            if *service == Service::Leads {
+                settings.services.leads_url = url.clone();
+            }
+            if let Some(replicas) = settings.edge.upstreams.of_mut(service.name()) {
+                *replicas = vec![url];
             }
         }
         if settings.comms.public_base_url == Settings::embedded().comms.public_base_url {

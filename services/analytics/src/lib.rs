@@ -25,7 +25,7 @@ pub use api::AnalyticsApi;
 pub use ingest::{Ingestor, Pseudonymizer, to_row};
 pub use warehouse::Warehouse;
 
-pub const SERVICE: &str = "analytics";
+pub const SERVICE: &str = aida_core::mesh::ANALYTICS.name;
 
 /// The durable consumers: one per stream analytics reads.
 pub const CONSUMERS: [(&str, &str); 3] = [

@@ -321,19 +321,7 @@ async fn an_alert_is_raised_once_per_breach_and_resolved(backend: Backend) {
 async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
     let app = App::spawn(backend).await;
     let mut client = app.client().await;
-    let violated = |status: &tonic::Status| -> Vec<String> {
-        use tonic_types::StatusExt;
-        status
-            .get_details_bad_request()
-            .map(|bad_request| {
-                bad_request
-                    .field_violations
-                    .into_iter()
-                    .map(|violation| violation.field)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let violated = aida_core::testing::violated_fields;
     let unknown_group = client
         .get_funnel(app.env.request(
             "acme",

@@ -37,7 +37,7 @@ use providers::{
     EmailSender, FileEmailSender, FileSmsSender, HttpSmsSender, SmsSender, SmtpSender,
 };
 
-pub const SERVICE: &str = "comms";
+pub const SERVICE: &str = aida_core::mesh::COMMS.name;
 
 /// This crate's migrations (templates, messages, suppressions).
 pub fn migrations() -> Migrations {
@@ -93,7 +93,7 @@ pub async fn serve(
     let leads_channel = context.peer_channel(
         "services.leads_url",
         &context.settings.services.leads_url,
-        "leads",
+        aida_core::mesh::LEADS.name,
     )?;
     let autonomy = Arc::new(Autonomy::new(
         autonomy::store::AutonomyStore::new(context.db.clone()),

@@ -12,7 +12,7 @@
 //!
 //! A service builds its parts, then:
 //!
-//! ```ignore
+//! ```text
 //! let mut runner = ServiceRunner::new(context, SERVICE, shutdown);
 //! runner.consume(CONSUMER, LEADS_STREAM, Some("leads.qualified"), handler);
 //! runner.serve(listener, &[DealServiceServer::<DealApi>::NAME], |routes| {

@@ -151,6 +151,30 @@ pub struct Upstreams {
     pub analytics: Vec<String>,
 }
 
+impl Upstreams {
+    /// The replicas of the mesh service `name` (empty for a name the mesh does not know).
+    pub fn of(&self, name: &str) -> &[String] {
+        match name {
+            "leads" => &self.leads,
+            "deals" => &self.deals,
+            "comms" => &self.comms,
+            "analytics" => &self.analytics,
+            _ => &[],
+        }
+    }
+
+    /// The replicas of `name`, to replace (`None` for a name the mesh does not know).
+    pub fn of_mut(&mut self, name: &str) -> Option<&mut Vec<String>> {
+        match name {
+            "leads" => Some(&mut self.leads),
+            "deals" => Some(&mut self.deals),
+            "comms" => Some(&mut self.comms),
+            "analytics" => Some(&mut self.analytics),
+            _ => None,
+        }
+    }
+}
+
 /// Where a service reaches the others (gRPC URLs). `aida up` fills these in itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -298,6 +322,18 @@ pub struct ListenSettings {
 }
 
 impl ListenSettings {
+    /// Where the mesh service `name` listens (`None` for a name the mesh does not know).
+    pub fn address_of(&self, name: &str) -> Option<SocketAddr> {
+        let port = match name {
+            "leads" => self.leads_port,
+            "deals" => self.deals_port,
+            "comms" => self.comms_port,
+            "analytics" => self.analytics_port,
+            _ => return None,
+        };
+        Some(SocketAddr::new(self.host, port))
+    }
+
     pub fn leads(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.leads_port)
     }
@@ -369,10 +405,10 @@ impl Default for Defaults {
             },
             listen: ListenSettings {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                leads_port: 50051,
-                deals_port: 50052,
-                comms_port: 50053,
-                analytics_port: 50054,
+                leads_port: crate::mesh::LEADS.default_port,
+                deals_port: crate::mesh::DEALS.default_port,
+                comms_port: crate::mesh::COMMS.default_port,
+                analytics_port: crate::mesh::ANALYTICS.default_port,
             },
             outbox: OutboxSettings {
                 poll_interval_ms: 500,
@@ -380,7 +416,7 @@ impl Default for Defaults {
                 retention_hours: 24,
             },
             services: ServicesSettings {
-                leads_url: "http://127.0.0.1:50051".into(),
+                leads_url: loopback(&crate::mesh::LEADS),
             },
             deals: DealsSettings {
                 default_currency: "EUR".into(),
@@ -438,10 +474,10 @@ impl Default for Defaults {
                 anonymous_rate_limit_per_minute: 6000,
                 anonymous_rate_limit_burst: 200,
                 upstreams: Upstreams {
-                    leads: vec!["http://127.0.0.1:50051".into()],
-                    deals: vec!["http://127.0.0.1:50052".into()],
-                    comms: vec!["http://127.0.0.1:50053".into()],
-                    analytics: vec!["http://127.0.0.1:50054".into()],
+                    leads: vec![loopback(&crate::mesh::LEADS)],
+                    deals: vec![loopback(&crate::mesh::DEALS)],
+                    comms: vec![loopback(&crate::mesh::COMMS)],
+                    analytics: vec![loopback(&crate::mesh::ANALYTICS)],
                 },
                 in_process: true,
             },
@@ -452,6 +488,11 @@ impl Default for Defaults {
             },
         }
     }
+}
+
+/// The default URL of a mesh service: its default port on loopback.
+fn loopback(service: &crate::mesh::MeshService) -> String {
+    format!("http://127.0.0.1:{}", service.default_port)
 }
 
 /// Why settings could not be loaded.

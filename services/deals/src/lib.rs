@@ -26,7 +26,7 @@ pub use handler::CONSUMER as QUALIFIED_LEADS_CONSUMER;
 pub use store::DealStore;
 pub use watch::WatchHub;
 
-pub const SERVICE: &str = "deals";
+pub const SERVICE: &str = aida_core::mesh::DEALS.name;
 
 /// This crate's migrations (pipelines, deals, creation idempotency keys).
 pub fn migrations() -> Migrations {
@@ -60,7 +60,7 @@ pub async fn serve(
     let leads = context.peer_channel(
         "services.leads_url",
         &context.settings.services.leads_url,
-        "leads",
+        aida_core::mesh::LEADS.name,
     )?;
     let api = DealApi::new(
         store,

@@ -28,7 +28,7 @@ pub use api::{LeadApi, to_proto};
 pub use store::LeadStore;
 
 /// The service's name: its database file, health entry and log target.
-pub const SERVICE: &str = "leads";
+pub const SERVICE: &str = aida_core::mesh::LEADS.name;
 
 /// This crate's migrations (the leads table and capture idempotency keys).
 pub fn migrations() -> Migrations {
