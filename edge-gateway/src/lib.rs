@@ -11,11 +11,17 @@
 //! rate limited per tenant and principal; analytics reports are cached per tenant and role
 //! until the next `analytics.computed`.
 
+mod grpc;
 pub mod openapi;
 pub mod routes;
 pub mod template;
+mod tracking;
 pub mod transcode;
 pub mod upstream;
+
+use grpc::GrpcProxy;
+pub use grpc::RawCodec;
+use tracking::{track_click, track_open, unsubscribe, unsubscribe_page};
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -53,55 +59,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::routes::{Route, RouteTable};
 use crate::upstream::Upstreams;
 
-/// Passes already-encoded messages through tonic unchanged.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawCodec;
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawEncoder;
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Bytes,
-        destination: &mut EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        destination.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, source: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        use bytes::Buf;
-        Ok(Some(source.copy_to_bytes(source.remaining())))
-    }
-}
-
 /// A cached response body and its entity tag.
 struct Cached {
     etag: String,
@@ -124,13 +81,6 @@ pub struct Edge {
     openapi: Bytes,
     settings: EdgeSettings,
 }
-
-/// 1×1 transparent GIF: the open pixel.
-const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
-];
 
 fn nonzero(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
@@ -493,84 +443,6 @@ impl Edge {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
-
-    /// gRPC and grpc-web: authenticate, authorize and throttle here, then forward the call
-    /// (streams and trailers included) to a replica of its service.
-    async fn proxy(
-        &self,
-        request: http::Request<tonic::body::Body>,
-    ) -> http::Response<tonic::body::Body> {
-        let path = request.uri().path().to_owned();
-        let service = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let Some(channel) = self.upstreams.channel(&service) else {
-            return tonic::Status::new(
-                tonic::Code::Unimplemented,
-                format!("unknown service {service}"),
-            )
-            .into_http();
-        };
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
-        if let Err(status) = self.admit(&path, request.headers(), peer).await {
-            return status.into_http();
-        }
-        // grpc-web-text shrinks when decoded, but its body still reports the encoded size;
-        // the HTTP/2 client would send that as content-length. Forward the frames without
-        // a size hint, and without the empty DATA frames a client may end its stream with:
-        // relayed one by one they trip h2's flood guard upstream ("too_many_data_frames").
-        let mut request = request.map(|body| {
-            tonic::body::Body::new(http_body_util::StreamBody::new(
-                http_body_util::BodyStream::new(body).try_filter(|frame| {
-                    std::future::ready(!frame.data_ref().is_some_and(|data| data.is_empty()))
-                }),
-            ))
-        });
-        request.headers_mut().remove(header::CONTENT_LENGTH);
-        match channel.oneshot(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(%service, error = ?error, "grpc proxy call failed");
-                tonic::Status::unavailable(format!("{service}: {error}")).into_http()
-            }
-        }
-    }
-
-    fn tracking(&self) -> Option<TrackingServiceClient<upstream::Upstream>> {
-        self.upstreams
-            .channel("aida.comms.v1.TrackingService")
-            .map(TrackingServiceClient::new)
-    }
-}
-
-/// The tower face of [`Edge::proxy`], for the grpc-web layer.
-#[derive(Clone)]
-struct GrpcProxy(Arc<Edge>);
-
-impl Service<http::Request<tonic::body::Body>> for GrpcProxy {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let edge = self.0.clone();
-        Box::pin(async move { Ok(edge.proxy(request).await) })
-    }
 }
 
 async fn dispatch(State(edge): State<Arc<Edge>>, request: Request) -> Response {
@@ -607,113 +479,6 @@ async fn health() -> Response {
         r#"{"status":"SERVING"}"#,
     )
         .into_response()
-}
-
-async fn track_open(
-    State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
-    };
-    let user_agent = header_text(&headers, "user-agent")
-        .unwrap_or_default()
-        .to_owned();
-    match client
-        .track_open(TrackOpenRequest { token, user_agent })
-        .await
-    {
-        Ok(_) => (
-            StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "image/gif"),
-                (header::CACHE_CONTROL, "no-store, max-age=0"),
-            ],
-            PIXEL,
-        )
-            .into_response(),
-        Err(status) => error_response(&edge.pool, &status),
-    }
-}
-
-async fn track_click(
-    State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
-    };
-    let user_agent = header_text(&headers, "user-agent")
-        .unwrap_or_default()
-        .to_owned();
-    match client
-        .track_click(TrackClickRequest { token, user_agent })
-        .await
-    {
-        Ok(response) => match HeaderValue::from_str(&response.into_inner().target_url) {
-            Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
-            Err(_) => error_response(&edge.pool, &Error::internal("bad redirect target").into()),
-        },
-        Err(status) => error_response(&edge.pool, &status),
-    }
-}
-
-/// RFC 8058 one-click unsubscribe: a POST unsubscribes.
-async fn unsubscribe(
-    State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(token): Path<String>,
-) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
-    };
-    match client.unsubscribe(UnsubscribeRequest { token }).await {
-        // The page names no address: whoever holds a link learns nothing about its recipient.
-        Ok(_) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "You are unsubscribed: this address will receive no more messages.\n",
-        )
-            .into_response(),
-        Err(status) => error_response(&edge.pool, &status),
-    }
-}
-
-/// A GET on the unsubscribe link shows a confirmation: link scanners follow GETs, so a GET
-/// never unsubscribes anyone.
-async fn unsubscribe_page(Path(token): Path<String>) -> Response {
-    let token = transcode_safe(&token);
-    let page = format!(
-        "<!doctype html><html><body><form method=\"post\" action=\"/t/u/{token}\"><p>Stop receiving these messages?</p>\
-         <button type=\"submit\">Unsubscribe</button></form></body></html>"
-    );
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page,
-    )
-        .into_response()
-}
-
-/// Keeps only token characters, so the page cannot be injected into.
-fn transcode_safe(token: &str) -> String {
-    token
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .collect()
 }
 
 /// 431 (RFC 6585) for requests whose headers exceed `edge.max_header_bytes` in total.
