@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod mesh;
 pub mod outbox;
 pub mod pagination;

@@ -369,9 +369,7 @@ impl DealService for DealApi {
                 .into());
             }
         }
-        if request.request_id.chars().count() > 128 {
-            return Err(Error::invalid("request_id", "at most 128 characters").into());
-        }
+        aida_core::idempotency::request_id(&request.request_id)?;
         if let Some(lead_id) = new.lead_id {
             self.check_lead(&context, lead_id).await?;
         }

@@ -424,16 +424,7 @@ pub fn parse_id(field: &str, value: &str) -> Result<Uuid, Error> {
 
 /// Checks an idempotency key.
 pub fn clean_request_id(value: &str) -> Result<Option<String>, Error> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "request_id",
-            format!("at most {MAX_ID_CHARS} printable characters"),
-        ));
-    }
-    Ok(Some(value.to_owned()))
+    Ok(aida_core::idempotency::request_id(value)?.map(str::to_owned))
 }
 
 #[cfg(test)]

@@ -449,9 +449,7 @@ impl CommsService for CommsApi {
         let request = request.into_inner();
         let comms = &self.0;
         let lead_id = parse_id("lead_id", &request.lead_id, "lead")?;
-        if request.request_id.chars().count() > 128 {
-            return Err(Error::invalid("request_id", "at most 128 characters").into());
-        }
+        aida_core::idempotency::request_id(&request.request_id)?;
         if !request.request_id.is_empty()
             && let Some(existing) = comms
                 .store
@@ -770,11 +768,10 @@ impl CommsService for CommsApi {
                 None
             }
         };
-        if input.request_id.chars().count() > 128 {
-            violations.push(aida_core::FieldViolation::new(
-                "request_id",
-                "at most 128 characters",
-            ));
+        if let Err(Error::InvalidArgument(invalid)) =
+            aida_core::idempotency::request_id(&input.request_id)
+        {
+            violations.extend(invalid);
         }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations).into());
