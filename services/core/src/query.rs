@@ -759,6 +759,37 @@ pub fn push_order_by(sql: &mut Sql, terms: &[OrderTerm], id_column: &str) {
     sql.push(id_column).push(" ASC");
 }
 
+/// The fields an update changes (AIP-134): the paths of `mask`, or the `populated` fields of
+/// the request when the mask is empty; `*` stands for every `writable` field. A path that is
+/// not writable is INVALID_ARGUMENT on `update_mask` listing the writable ones.
+pub fn update_paths<P: Into<String>>(
+    mask: Option<&prost_types::FieldMask>,
+    populated: impl IntoIterator<Item = P>,
+    writable: &[&str],
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    let requested: Vec<String> = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => populated.into_iter().map(Into::into).collect(),
+    };
+    let mut paths = std::collections::BTreeSet::new();
+    for path in requested {
+        if path == "*" {
+            paths.extend(writable.iter().map(|field| (*field).to_owned()));
+        } else if writable.contains(&path.as_str()) {
+            paths.insert(path);
+        } else {
+            return Err(Error::invalid(
+                "update_mask",
+                format!(
+                    "'{path}' cannot be updated; writable fields: {}",
+                    writable.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
 /// AIP-158 page size: 0 means `default`, above `max` is clamped, negative is an error.
 pub fn page_size(requested: i32, default: u32, max: u32) -> Result<u32, Error> {
     match u32::try_from(requested) {

@@ -319,26 +319,7 @@ fn mask_paths(
     populated: Vec<&'static str>,
     writable: &[&str],
 ) -> Result<BTreeSet<String>, Error> {
-    let requested: Vec<String> = match mask {
-        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-        _ => populated.into_iter().map(str::to_owned).collect(),
-    };
-    let mut paths = BTreeSet::new();
-    for path in requested {
-        if path == "*" {
-            paths.extend(writable.iter().map(|field| (*field).to_owned()));
-        } else if writable.contains(&path.as_str()) {
-            paths.insert(path);
-        } else {
-            return Err(Error::invalid(
-                "update_mask",
-                format!(
-                    "'{path}' cannot be updated; writable fields: {}",
-                    writable.join(", ")
-                ),
-            ));
-        }
-    }
+    let paths = query::update_paths(mask, populated, writable)?;
     if paths.is_empty() {
         return Err(Error::invalid("update_mask", "names no field to update"));
     }

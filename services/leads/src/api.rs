@@ -269,27 +269,7 @@ fn update_paths(
     lead: &pb::Lead,
     mask: Option<&prost_types::FieldMask>,
 ) -> Result<BTreeSet<String>, Error> {
-    let requested = match mask {
-        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-        _ => populated_paths(lead),
-    };
-    let mut paths = BTreeSet::new();
-    for path in requested {
-        if path == "*" {
-            paths.extend(WRITABLE.iter().map(|field| (*field).to_owned()));
-        } else if WRITABLE.contains(&path.as_str()) {
-            paths.insert(path);
-        } else {
-            return Err(Error::invalid(
-                "update_mask",
-                format!(
-                    "'{path}' cannot be updated; writable fields: {}",
-                    WRITABLE.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(paths)
+    query::update_paths(mask, populated_paths(lead), &WRITABLE)
 }
 
 fn apply_paths(

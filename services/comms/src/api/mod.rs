@@ -358,35 +358,16 @@ impl CommsService for CommsApi {
             .template
             .ok_or_else(|| Error::invalid("template", "a template is required"))?;
         let id = parse_id("template.id", &input.id, "template")?;
-        let requested: Vec<String> = match &request.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-            _ => {
-                let mut populated = Vec::new();
-                for (name, set) in [
-                    ("name", !input.name.is_empty()),
-                    ("channel", input.channel != 0),
-                    ("subject", !input.subject.is_empty()),
-                    ("body", !input.body.is_empty()),
-                ] {
-                    if set {
-                        populated.push(name.to_owned());
-                    }
-                }
-                populated
-            }
-        };
-        for path in &requested {
-            if !TEMPLATE_WRITABLE.contains(&path.as_str()) {
-                return Err(Error::invalid(
-                    "update_mask",
-                    format!(
-                        "'{path}' cannot be updated; writable fields: {}",
-                        TEMPLATE_WRITABLE.join(", ")
-                    ),
-                )
-                .into());
-            }
-        }
+        let populated = [
+            ("name", !input.name.is_empty()),
+            ("channel", input.channel != 0),
+            ("subject", !input.subject.is_empty()),
+            ("body", !input.body.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name));
+        let requested =
+            query::update_paths(request.update_mask.as_ref(), populated, &TEMPLATE_WRITABLE)?;
         let channel = channel_from_proto(
             input.channel,
             "template.channel",
