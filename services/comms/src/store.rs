@@ -1,7 +1,7 @@
 //! The comms repository: templates, messages with their tracking counters, suppressions.
 //! Each change commits with its outbox event.
 
-use aida_core::db::{Count, Database, Engine, Sql, Tx};
+use aida_core::db::{Count, Database, Sql, Tx};
 use aida_core::query::{self, Field, FieldKind, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -161,13 +161,6 @@ impl From<SuppressionRow> for Suppression {
     }
 }
 
-fn lock_clause(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => " FOR UPDATE",
-        Engine::Sqlite => "",
-    }
-}
-
 pub use aida_core::query::After;
 
 #[derive(Clone)]
@@ -256,7 +249,7 @@ impl CommsStore {
             .fetch_optional(
                 Sql::new(format!(
                     "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND id = $2{}",
-                    lock_clause(tx.engine())
+                    tx.engine().lock_clause()
                 ))
                 .bind(tenant)
                 .bind(id),
@@ -484,7 +477,7 @@ impl CommsStore {
             .fetch_optional(
                 Sql::new(format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2{}",
-                    lock_clause(tx.engine())
+                    tx.engine().lock_clause()
                 ))
                 .bind(tenant)
                 .bind(id),

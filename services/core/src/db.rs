@@ -25,6 +25,18 @@ pub enum Engine {
     Sqlite,
 }
 
+impl Engine {
+    /// What a `SELECT` in a write transaction appends to lock the rows it reads:
+    /// ` FOR UPDATE` on PostgreSQL; nothing on SQLite, whose write transactions are
+    /// IMMEDIATE, so the database's write lock is already held.
+    pub fn lock_clause(self) -> &'static str {
+        match self {
+            Engine::Postgres => " FOR UPDATE",
+            Engine::Sqlite => "",
+        }
+    }
+}
+
 /// A connection pool on one of the two engines.
 #[derive(Debug, Clone)]
 pub enum Database {

@@ -1,7 +1,7 @@
 //! The deal repository: pipelines and deals, each change committed with its outbox event.
 
 use aida_core::consumer::claim;
-use aida_core::db::{Count, Database, Engine, Sql, Tx, is_unique_violation};
+use aida_core::db::{Count, Database, Sql, Tx, is_unique_violation};
 use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -339,7 +339,7 @@ impl DealStore {
             .fetch_optional(
                 Sql::new(format!(
                     "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE tenant_id = $1 AND id = $2{}",
-                    lock_clause(tx.engine())
+                    tx.engine().lock_clause()
                 ))
                 .bind(tenant)
                 .bind(id),
@@ -558,7 +558,7 @@ impl DealStore {
             .fetch_optional(
                 Sql::new(format!(
                     "SELECT {DEAL_COLUMNS} FROM deals WHERE tenant_id = $1 AND id = $2{}",
-                    lock_clause(tx.engine())
+                    tx.engine().lock_clause()
                 ))
                 .bind(tenant)
                 .bind(id),
@@ -644,14 +644,6 @@ impl DealStore {
             .into_iter()
             .map(|pipeline| (pipeline.id, pipeline.rotting_days))
             .collect())
-    }
-}
-
-fn lock_clause(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => " FOR UPDATE",
-        // SQLite write transactions are IMMEDIATE: the lock is already held.
-        Engine::Sqlite => "",
     }
 }
 

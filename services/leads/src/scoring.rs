@@ -25,7 +25,7 @@ use aida_ai::scoring::{
 use aida_ai::vector::VectorStore;
 use aida_core::auth::AuthContext;
 use aida_core::consumer::{EventHandler, HandlerError, claim};
-use aida_core::db::{Database, Engine, Sql, placeholders};
+use aida_core::db::{Database, Sql, placeholders};
 use aida_core::events::{envelope, now_micros};
 use aida_core::outbox::{self, Relay};
 use aida_core::{Error, consumer};
@@ -336,10 +336,7 @@ impl Scorer {
         let input_key = format!("{:x}", digest.finalize());
 
         let mut tx = self.db.begin().await?;
-        let lock = match tx.engine() {
-            Engine::Postgres => " FOR UPDATE",
-            Engine::Sqlite => "",
-        };
+        let lock = tx.engine().lock_clause();
         let stored: Option<KeyRow> = tx
             .fetch_optional(
                 Sql::new(format!(

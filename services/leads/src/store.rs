@@ -393,11 +393,7 @@ impl LeadStore {
     where
         F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
     {
-        let lock = match tx.engine() {
-            Engine::Postgres => " FOR UPDATE",
-            // SQLite transactions here are IMMEDIATE: the write lock is already held.
-            Engine::Sqlite => "",
-        };
+        let lock = tx.engine().lock_clause();
         let row: Option<LeadRow> = tx
             .fetch_optional(
                 Sql::new(format!(
@@ -774,10 +770,7 @@ impl LeadStore {
                     .map(|lead| (lead, false));
             }
         }
-        let lock = match tx.engine() {
-            Engine::Postgres => " FOR UPDATE",
-            Engine::Sqlite => "",
-        };
+        let lock = tx.engine().lock_clause();
         let mut all = vec![survivor_id];
         all.extend_from_slice(merged_ids);
         let mut sql =

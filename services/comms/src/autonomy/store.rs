@@ -3,7 +3,7 @@
 //! rows and outbox events, under a row lock on the grant.
 
 use aida_ai::autonomy::{BusinessOutcome, Grant, Level, Review};
-use aida_core::db::{Count, Database, Engine, Sql, Tx};
+use aida_core::db::{Count, Database, Sql, Tx};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
@@ -315,13 +315,6 @@ fn ledger_page(
     sql
 }
 
-fn lock_clause(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => " FOR UPDATE",
-        Engine::Sqlite => "",
-    }
-}
-
 fn key_clause(sql: &mut Sql, key: &Key) {
     sql.push(" AND agent = ");
     sql.push_arg(key.agent.as_str());
@@ -531,7 +524,7 @@ impl AutonomyStore {
         ))
         .bind(tenant);
         key_clause(&mut sql, key);
-        sql.push(lock_clause(tx.engine()));
+        sql.push(tx.engine().lock_clause());
         let row: GrantRow = tx.fetch_one(sql).await?;
         let mut record = GrantRecord::from(row);
         let writes = decide(&mut record)?;
