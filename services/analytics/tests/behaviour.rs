@@ -399,27 +399,9 @@ async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                a_redelivered_event_is_counted_once,
-                a_poison_message_is_dead_lettered_and_ingestion_goes_on,
-                an_alert_is_raised_once_per_breach_and_resolved,
-                bad_input_is_invalid_argument_naming_the_field
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    a_redelivered_event_is_counted_once,
+    a_poison_message_is_dead_lettered_and_ingestion_goes_on,
+    an_alert_is_raised_once_per_breach_and_resolved,
+    bad_input_is_invalid_argument_naming_the_field
+);

@@ -783,28 +783,10 @@ async fn tenants_never_see_each_others_autonomy_or_decisions(backend: Backend) {
     assert!(other.autonomy.is_empty());
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                two_hundred_unchanged_approvals_at_l2_propose_l3_and_one_incident_sends_it_back_to_l1,
-                rubber_stamps_and_retired_versions_are_not_evidence_and_a_new_version_costs_a_level,
-                unsubscribes_over_the_limit_demote_one_level_and_the_kill_switch_holds_until_revived,
-                bad_input_is_invalid_argument_naming_the_field_and_changes_nothing,
-                tenants_never_see_each_others_autonomy_or_decisions
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    two_hundred_unchanged_approvals_at_l2_propose_l3_and_one_incident_sends_it_back_to_l1,
+    rubber_stamps_and_retired_versions_are_not_evidence_and_a_new_version_costs_a_level,
+    unsubscribes_over_the_limit_demote_one_level_and_the_kill_switch_holds_until_revived,
+    bad_input_is_invalid_argument_naming_the_field_and_changes_nothing,
+    tenants_never_see_each_others_autonomy_or_decisions
+);

@@ -740,30 +740,12 @@ async fn an_sms_reaches_the_provider_and_a_refusal_is_recorded_as_failed(backend
     assert_eq!(events.len(), 1, "only the delivered SMS is published");
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                a_templated_email_is_delivered_with_tracked_links_and_one_click_unsubscribe,
-                opens_clicks_and_replies_are_recorded_once_each_and_published,
-                unsubscribing_suppresses_the_address_and_nothing_more_is_sent,
-                rejected_leads_suppressed_addresses_and_capped_leads_are_not_contacted,
-                bad_input_and_forged_links_are_invalid_argument_naming_the_field,
-                a_retried_send_with_the_same_request_id_sends_once,
-                an_sms_reaches_the_provider_and_a_refusal_is_recorded_as_failed
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_jetstream_and_smtp);
-suite!(Embedded, on_sqlite_and_mail_directory);
+aida_core::backend_pair_suite!(on_postgres_jetstream_and_smtp, on_sqlite_and_mail_directory:
+    a_templated_email_is_delivered_with_tracked_links_and_one_click_unsubscribe,
+    opens_clicks_and_replies_are_recorded_once_each_and_published,
+    unsubscribing_suppresses_the_address_and_nothing_more_is_sent,
+    rejected_leads_suppressed_addresses_and_capped_leads_are_not_contacted,
+    bad_input_and_forged_links_are_invalid_argument_naming_the_field,
+    a_retried_send_with_the_same_request_id_sends_once,
+    an_sms_reaches_the_provider_and_a_refusal_is_recorded_as_failed
+);

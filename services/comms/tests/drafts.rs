@@ -541,28 +541,10 @@ async fn with_an_openrouter_key_the_model_writes_the_draft(backend: Backend) {
     assert!(user.contains("Globex Freight"), "{user}");
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_example,
-                edited_drafts_count_as_edited_and_discarded_ones_as_rejected,
-                a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident,
-                bad_generate_and_draft_requests_name_the_field,
-                with_an_openrouter_key_the_model_writes_the_draft
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_example,
+    edited_drafts_count_as_edited_and_discarded_ones_as_rejected,
+    a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident,
+    bad_generate_and_draft_requests_name_the_field,
+    with_an_openrouter_key_the_model_writes_the_draft
+);

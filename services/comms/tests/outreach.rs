@@ -468,28 +468,10 @@ async fn bad_veto_and_list_requests_name_the_field(backend: Backend) {
     assert_eq!(status.code(), Code::NotFound);
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                below_l3_the_agent_drafts_a_first_touch_for_a_person_and_sends_nothing,
-                at_l3_the_agent_sends_after_the_veto_window_unless_vetoed_or_the_lead_is_rejected,
-                at_l4_the_agent_sends_at_once_within_its_daily_volume,
-                at_l4_the_agent_never_sends_in_quiet_hours,
-                bad_veto_and_list_requests_name_the_field
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    below_l3_the_agent_drafts_a_first_touch_for_a_person_and_sends_nothing,
+    at_l3_the_agent_sends_after_the_veto_window_unless_vetoed_or_the_lead_is_rejected,
+    at_l4_the_agent_sends_at_once_within_its_daily_volume,
+    at_l4_the_agent_never_sends_in_quiet_hours,
+    bad_veto_and_list_requests_name_the_field
+);

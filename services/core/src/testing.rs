@@ -408,6 +408,36 @@ impl TestEnv {
     }
 }
 
+/// Runs each `async fn name(backend: Backend)` of the calling module as a test on both
+/// engine pairs: in module `$production` on PostgreSQL + JetStream, in `$embedded` on SQLite
+/// + the in-process bus (the test names stay `<module>::<name>`).
+///
+/// ```text
+/// aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+///     capture_publishes_one_event, list_pages_through_every_lead_once);
+/// ```
+#[macro_export]
+macro_rules! backend_pair_suite {
+    ($production:ident, $embedded:ident: $($name:ident),+ $(,)?) => {
+        mod $production {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::testing::Backend::Production).await;
+                }
+            )+
+        }
+        mod $embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::testing::Backend::Embedded).await;
+                }
+            )+
+        }
+    };
+}
+
 /// The fields named by the `BadRequest` violations of `status` (empty when none).
 pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;

@@ -898,32 +898,14 @@ async fn list_and_update_deals_with_filters_masks_and_etags(backend: Backend) {
     assert_eq!(violated_fields(&bad_path), ["update_mask"]);
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-            suite!(@tests $backend,
-                a_tenant_starts_with_the_default_pipeline,
-                deals_move_through_stages_close_and_publish_their_events,
-                closed_deals_cannot_move_and_illegal_moves_change_nothing,
-                bad_input_is_invalid_argument_naming_the_field_and_writes_nothing,
-                a_qualified_lead_becomes_one_deal_even_when_the_event_comes_twice,
-                another_tenants_deal_is_not_found,
-                watchers_see_their_tenants_deal_changes_as_they_happen,
-                pipelines_are_managed_and_protect_their_deals,
-                list_and_update_deals_with_filters_masks_and_etags
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    a_tenant_starts_with_the_default_pipeline,
+    deals_move_through_stages_close_and_publish_their_events,
+    closed_deals_cannot_move_and_illegal_moves_change_nothing,
+    bad_input_is_invalid_argument_naming_the_field_and_writes_nothing,
+    a_qualified_lead_becomes_one_deal_even_when_the_event_comes_twice,
+    another_tenants_deal_is_not_found,
+    watchers_see_their_tenants_deal_changes_as_they_happen,
+    pipelines_are_managed_and_protect_their_deals,
+    list_and_update_deals_with_filters_masks_and_etags
+);

@@ -1056,38 +1056,19 @@ async fn roles_and_ownership_limit_what_a_caller_sees_and_changes(backend: Backe
     assert_eq!(analyst.email, "theirs@example.com");
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-
-            suite!(@tests $backend,
-                capture_publishes_exactly_one_leads_captured_event_with_the_lead,
-                capture_retried_with_the_same_request_id_returns_the_first_lead_and_one_event,
-                invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing,
-                another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_delete,
-                missing_expired_and_wrong_audience_tokens_are_unauthenticated,
-                a_duplicate_email_is_already_exists_naming_the_existing_lead,
-                qualify_and_reject_follow_the_life_cycle_and_emit_events,
-                update_honours_the_mask_and_a_stale_etag_is_aborted,
-                list_filters_orders_and_pages_through_every_lead_once,
-                delete_removes_the_lead_frees_its_email_and_emits_an_event,
-                health_and_reflection_answer_without_a_token,
-                a_graceful_stop_publishes_what_was_committed,
-                a_deal_created_for_a_qualified_lead_converts_it_once,
-                roles_and_ownership_limit_what_a_caller_sees_and_changes
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    capture_publishes_exactly_one_leads_captured_event_with_the_lead,
+    capture_retried_with_the_same_request_id_returns_the_first_lead_and_one_event,
+    invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing,
+    another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_delete,
+    missing_expired_and_wrong_audience_tokens_are_unauthenticated,
+    a_duplicate_email_is_already_exists_naming_the_existing_lead,
+    qualify_and_reject_follow_the_life_cycle_and_emit_events,
+    update_honours_the_mask_and_a_stale_etag_is_aborted,
+    list_filters_orders_and_pages_through_every_lead_once,
+    delete_removes_the_lead_frees_its_email_and_emits_an_event,
+    health_and_reflection_answer_without_a_token,
+    a_graceful_stop_publishes_what_was_committed,
+    a_deal_created_for_a_qualified_lead_converts_it_once,
+    roles_and_ownership_limit_what_a_caller_sees_and_changes
+);

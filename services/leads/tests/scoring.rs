@@ -775,29 +775,10 @@ async fn a_model_trained_through_the_pipeline_ranks_held_out_leads(backend: Back
     );
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-
-            suite!(@tests $backend,
-                a_captured_lead_is_scored_published_and_served_to_its_tenant_only,
-                engagement_raises_the_score_and_a_redelivered_event_counts_once,
-                won_and_lost_deals_train_the_tenants_model,
-                below_the_configured_number_of_outcomes_the_prior_keeps_scoring,
-                a_model_trained_through_the_pipeline_ranks_held_out_leads
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    a_captured_lead_is_scored_published_and_served_to_its_tenant_only,
+    engagement_raises_the_score_and_a_redelivered_event_counts_once,
+    won_and_lost_deals_train_the_tenants_model,
+    below_the_configured_number_of_outcomes_the_prior_keeps_scoring,
+    a_model_trained_through_the_pipeline_ranks_held_out_leads
+);

@@ -908,30 +908,11 @@ async fn the_index_heals_a_lead_written_while_the_indexer_was_behind(backend: Ba
     assert!(marked, "every lead is marked indexed again");
 }
 
-macro_rules! suite {
-    ($backend:ident, $module:ident) => {
-        mod $module {
-            use super::*;
-
-            suite!(@tests $backend,
-                search_ranks_leads_of_the_query_topic_first,
-                find_duplicates_recalls_near_duplicates_with_reasons_and_few_false_positives,
-                merge_fills_fields_records_lineage_emits_events_and_hides_merged_leads,
-                search_is_tenant_scoped_filtered_redacted_and_validated,
-                the_index_heals_a_lead_written_while_the_indexer_was_behind,
-                concurrent_captures_are_each_searchable_when_their_call_returns
-            );
-        }
-    };
-    (@tests $backend:ident, $($name:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(Backend::$backend).await;
-            }
-        )+
-    };
-}
-
-suite!(Production, on_postgres_and_jetstream);
-suite!(Embedded, on_sqlite_and_in_process_bus);
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    search_ranks_leads_of_the_query_topic_first,
+    find_duplicates_recalls_near_duplicates_with_reasons_and_few_false_positives,
+    merge_fills_fields_records_lineage_emits_events_and_hides_merged_leads,
+    search_is_tenant_scoped_filtered_redacted_and_validated,
+    the_index_heals_a_lead_written_while_the_indexer_was_behind,
+    concurrent_captures_are_each_searchable_when_their_call_returns
+);

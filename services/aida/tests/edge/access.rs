@@ -604,31 +604,10 @@ async fn a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_
     assert!(converted, "the owner's deal converts the lead");
 }
 
-macro_rules! on_both_engines {
-    ($($name:ident),+ $(,)?) => {
-        mod on_postgres_and_jetstream {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Production).await;
-                }
-            )+
-        }
-        mod on_sqlite_and_in_process_bus {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Embedded).await;
-                }
-            )+
-        }
-    };
-}
-
-on_both_engines!(
+aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
     a_viewer_pages_through_leads_in_every_order_and_no_byte_reveals_contact_data,
     a_viewers_filters_on_contact_fields_are_invalid_argument_on_every_door,
-    a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_found,
+    a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_found
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
