@@ -11,10 +11,17 @@ const PIXEL: &[u8] = &[
 ];
 
 impl Edge {
-    fn tracking(&self) -> Option<TrackingServiceClient<upstream::Upstream>> {
+    /// What every tracking link does first: charge the call to its address, then reach
+    /// TrackingService.
+    fn tracking_for(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<TrackingServiceClient<upstream::Upstream>, tonic::Status> {
+        self.charge_address(Some(peer.ip()))?;
         self.upstreams
             .channel("aida.comms.v1.TrackingService")
             .map(TrackingServiceClient::new)
+            .ok_or_else(|| Error::internal("no comms upstream").into())
     }
 }
 
@@ -24,17 +31,16 @@ pub(crate) async fn track_open(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    let mut client = match edge.tracking_for(peer) {
+        Ok(client) => client,
+        Err(status) => return error_response(&edge.pool, &status),
     };
-    let user_agent = header_text(&headers, "user-agent")
-        .unwrap_or_default()
-        .to_owned();
+    let user_agent = header_text(&headers, "user-agent").unwrap_or_default();
     match client
-        .track_open(TrackOpenRequest { token, user_agent })
+        .track_open(TrackOpenRequest {
+            token,
+            user_agent: user_agent.to_owned(),
+        })
         .await
     {
         Ok(_) => (
@@ -56,17 +62,16 @@ pub(crate) async fn track_click(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    let mut client = match edge.tracking_for(peer) {
+        Ok(client) => client,
+        Err(status) => return error_response(&edge.pool, &status),
     };
-    let user_agent = header_text(&headers, "user-agent")
-        .unwrap_or_default()
-        .to_owned();
+    let user_agent = header_text(&headers, "user-agent").unwrap_or_default();
     match client
-        .track_click(TrackClickRequest { token, user_agent })
+        .track_click(TrackClickRequest {
+            token,
+            user_agent: user_agent.to_owned(),
+        })
         .await
     {
         Ok(response) => match HeaderValue::from_str(&response.into_inner().target_url) {
@@ -83,11 +88,9 @@ pub(crate) async fn unsubscribe(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(token): Path<String>,
 ) -> Response {
-    if let Err(status) = edge.charge_address(Some(peer.ip())) {
-        return error_response(&edge.pool, &status);
-    }
-    let Some(mut client) = edge.tracking() else {
-        return error_response(&edge.pool, &Error::internal("no comms upstream").into());
+    let mut client = match edge.tracking_for(peer) {
+        Ok(client) => client,
+        Err(status) => return error_response(&edge.pool, &status),
     };
     match client.unsubscribe(UnsubscribeRequest { token }).await {
         // The page names no address: whoever holds a link learns nothing about its recipient.

@@ -67,6 +67,25 @@ impl Edge {
             .expect("mint")
     }
 
+    /// `GET path?query` with `token`: the status and the raw body.
+    async fn get_raw(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+    ) -> (StatusCode, bytes::Bytes) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        let status = response.status();
+        (status, response.bytes().await.expect("body"))
+    }
+
     /// Captures [`CONTACTS`] in `tenant` as `rep-a`; their ids.
     async fn seed(&self, tenant: &str) -> Vec<String> {
         let rep = self.token_as(tenant, "rep-a", &["sales_rep"]);
@@ -180,16 +199,7 @@ async fn a_viewer_pages_through_leads_in_every_order_and_no_byte_reveals_contact
             if !page_token.is_empty() {
                 query.push(("pageToken", page_token.clone()));
             }
-            let response = edge
-                .http
-                .get(format!("{}/v1/leads", edge.base))
-                .query(&query)
-                .bearer_auth(&viewer)
-                .send()
-                .await
-                .expect("list");
-            let status = response.status();
-            let raw = response.bytes().await.expect("body");
+            let (status, raw) = edge.get_raw("/v1/leads", &query, &viewer).await;
             assert_eq!(leaked(&raw), Vec::<String>::new(), "{order}: {raw:?}");
             let body: Value = serde_json::from_slice(&raw).expect("json");
             if field == "email" {
@@ -231,17 +241,8 @@ async fn a_viewer_pages_through_leads_in_every_order_and_no_byte_reveals_contact
         if !page_token.is_empty() {
             query.push(("pageToken", page_token.clone()));
         }
-        let (status, body): (StatusCode, Value) = {
-            let response = edge
-                .http
-                .get(format!("{}/v1/leads", edge.base))
-                .query(&query)
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .expect("list");
-            (response.status(), response.json().await.expect("json"))
-        };
+        let (status, raw) = edge.get_raw("/v1/leads", &query, &admin).await;
+        let body: Value = serde_json::from_slice(&raw).expect("json");
         assert_eq!(status, StatusCode::OK, "{body}");
         seen.extend(
             body["leads"]
@@ -365,20 +366,12 @@ async fn a_viewers_filters_on_contact_fields_are_invalid_argument_on_every_door(
 
     for filter in PROBES {
         for path in ["/v1/leads", "/v1/leads:search"] {
-            let mut query = vec![("filter", filter)];
+            let mut query = vec![("filter", filter.to_owned())];
             if path.ends_with("search") {
-                query.push(("query", "people at a company"));
+                query.push(("query", "people at a company".to_owned()));
             }
-            let response = edge
-                .http
-                .get(format!("{}{path}", edge.base))
-                .query(&query)
-                .bearer_auth(&viewer)
-                .send()
-                .await
-                .expect("list");
-            let status = response.status();
-            let body: Value = response.json().await.expect("json");
+            let (status, raw) = edge.get_raw(path, &query, &viewer).await;
+            let body: Value = serde_json::from_slice(&raw).expect("json");
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {filter}: {body}");
             assert_eq!(violated(&body), vec!["filter".to_owned()], "{body}");
             let message = body["message"].as_str().unwrap_or_default();
