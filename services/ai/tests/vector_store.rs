@@ -5,7 +5,7 @@
 //! `support/chroma_server.rs`). Every test uses its own tenant (a UUID), so they run in
 //! parallel against one server.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 //! the RBAC matrix of every route and role, rate limits and the analytics cache; and in
 //! `edge/access.rs`, the holes a viewer or a sales rep of a tenant must not find.
 
-#[path = "edge/access.rs"]
 mod access;
 
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,7 @@ use aida_core::auth::AuthContext;
 use aida_core::db::{Database, Sql};
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::{self, Relay};
+use aida_core::query::{self, FieldKind, OrderTerm};
 use aida_core::{Error, db::is_unique_violation};
 use aida_proto::aida::analytics::v1 as pb;
 use aida_proto::aida::common::v1::Money;
@@ -19,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::warehouse::{Grouping, Range, Warehouse};
+
+/// How ListAlerts pages: newest first (ties by id).
+pub const ALERT_ORDER: [OrderTerm; 1] = [OrderTerm::key("raise_time", FieldKind::Timestamp, true)];
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,30 +283,28 @@ impl AlertStore {
         Ok(())
     }
 
-    /// Alerts of `tenant`, newest first, after (raise time, id) of the previous page.
+    /// A page of `tenant`'s alerts in [`ALERT_ORDER`] (newest first), after `after`, and
+    /// whether more follow.
     pub async fn alerts(
         &self,
         tenant: &str,
         limit: u32,
-        after: Option<(DateTime<Utc>, Uuid)>,
-    ) -> Result<Vec<Alert>, Error> {
-        let mut sql = Sql::new(format!(
+        after: Option<&query::After>,
+    ) -> Result<(Vec<Alert>, bool), Error> {
+        let sql = Sql::new(format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1"
         ))
         .bind(tenant);
-        if let Some((time, id)) = after {
-            sql.push(" AND (raise_time < ");
-            sql.push_arg(time);
-            sql.push(" OR (raise_time = ");
-            sql.push_arg(time);
-            sql.push(" AND id > ");
-            sql.push_arg(id);
-            sql.push("))");
-        }
-        sql.push(" ORDER BY raise_time DESC, id ASC LIMIT ");
-        sql.push_arg(i64::from(limit));
-        let rows: Vec<AlertRow> = self.db.fetch_all(sql).await?;
-        rows.into_iter().map(Alert::try_from).collect()
+        let (rows, more) = self
+            .db
+            .fetch_page::<AlertRow>(sql, &ALERT_ORDER, limit, after)
+            .await?;
+        Ok((
+            rows.into_iter()
+                .map(Alert::try_from)
+                .collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 }
 

@@ -8,8 +8,6 @@ use aida_core::query;
 use aida_proto::aida::analytics::v1 as pb;
 use aida_proto::aida::analytics::v1::analytics_service_server::AnalyticsService;
 use aida_proto::aida::common::v1::Money;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -133,12 +131,6 @@ fn velocity_group(row: &crate::warehouse::VelocityRow, currency: &str) -> pb::Sa
         median_cycle_days: row.median_cycle_days,
         velocity_per_day: velocity,
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct AlertPosition {
-    t: DateTime<Utc>,
-    i: Uuid,
 }
 
 #[tonic::async_trait]
@@ -395,25 +387,19 @@ impl AnalyticsService for AnalyticsApi {
         let context = AuthContext::of(&request)?;
         let body = request.get_ref();
         let size = query::page_size(body.page_size, 50, 1000)?;
-        let after = if body.page_token.is_empty() {
-            None
-        } else {
-            let position: AlertPosition = self.page_tokens.decode(&body.page_token)?;
-            Some((position.t, position.i))
-        };
-        let mut alerts = self
+        let cursor = query::Cursor::new("", &crate::alerts::ALERT_ORDER);
+        let after = cursor.resume(&self.page_tokens, &body.page_token)?;
+        let (alerts, more) = self
             .alerts
-            .alerts(&context.tenant_id, size + 1, after)
+            .alerts(&context.tenant_id, size, after.as_ref())
             .await?;
-        let next_page_token = if alerts.len() > size as usize {
-            alerts.truncate(size as usize);
-            let last = alerts.last().ok_or_else(|| Error::internal("empty page"))?;
-            self.page_tokens.encode(&AlertPosition {
-                t: last.raise_time,
-                i: last.id,
-            })?
-        } else {
-            String::new()
+        let next_page_token = match alerts.last() {
+            Some(last) if more => cursor.next(
+                &self.page_tokens,
+                vec![query::KeyValue::Time(last.raise_time)],
+                last.id,
+            )?,
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: alerts.iter().map(alert_to_proto).collect(),

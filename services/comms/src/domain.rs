@@ -77,7 +77,11 @@ pub struct Template {
 
 impl Template {
     pub fn etag(&self) -> String {
-        format!("v{}", self.version)
+        aida_core::etag::of(self.version)
+    }
+
+    pub fn check_etag(&self, etag: &str) -> Result<(), Error> {
+        aida_core::etag::check("template", self.id, self.version, etag)
     }
 }
 

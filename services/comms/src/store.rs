@@ -3,6 +3,11 @@
 
 use aida_core::db::{Count, Database, Sql, Tx};
 use aida_core::query::{self, Field, FieldKind, OrderTerm};
+
+/// How ListTemplates pages: by name (ties by id).
+pub const TEMPLATE_ORDER: [OrderTerm; 1] = [OrderTerm::key("name", FieldKind::Text, false)];
+/// How ListSuppressions pages: by address, unique within a tenant.
+pub const SUPPRESSION_ORDER: [OrderTerm; 1] = [OrderTerm::key("address", FieldKind::Text, false)];
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
@@ -208,30 +213,27 @@ impl CommsStore {
             .try_into()
     }
 
-    /// Templates by name, after (`name`, id) of the previous page.
+    /// A page of templates in [`TEMPLATE_ORDER`], after `after`, and whether more follow.
     pub async fn templates(
         &self,
         tenant: &str,
         limit: u32,
-        after: Option<(String, Uuid)>,
-    ) -> Result<Vec<Template>, Error> {
-        let mut sql = Sql::new(format!(
+        after: Option<&query::After>,
+    ) -> Result<(Vec<Template>, bool), Error> {
+        let sql = Sql::new(format!(
             "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1"
         ))
         .bind(tenant);
-        if let Some((name, id)) = after {
-            sql.push(" AND (name > ");
-            sql.push_arg(name.clone());
-            sql.push(" OR (name = ");
-            sql.push_arg(name);
-            sql.push(" AND id > ");
-            sql.push_arg(id);
-            sql.push("))");
-        }
-        sql.push(" ORDER BY name, id LIMIT ");
-        sql.push_arg(i64::from(limit));
-        let rows: Vec<TemplateRow> = self.db.fetch_all(sql).await?;
-        rows.into_iter().map(Template::try_from).collect()
+        let (rows, more) = self
+            .db
+            .fetch_page::<TemplateRow>(sql, &TEMPLATE_ORDER, limit, after)
+            .await?;
+        Ok((
+            rows.into_iter()
+                .map(Template::try_from)
+                .collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 
     /// Reads a template under a write lock and writes what `decide` returns (`None`: delete).
@@ -320,23 +322,22 @@ impl CommsStore {
         Ok(row.into())
     }
 
+    /// A page of suppressions in [`SUPPRESSION_ORDER`], after `after`, and whether more
+    /// follow.
     pub async fn suppressions(
         &self,
         tenant: &str,
         limit: u32,
-        after: Option<String>,
-    ) -> Result<Vec<Suppression>, Error> {
-        let mut sql =
+        after: Option<&[query::KeyValue]>,
+    ) -> Result<(Vec<Suppression>, bool), Error> {
+        let sql =
             Sql::new("SELECT address, reason, create_time FROM suppressions WHERE tenant_id = $1")
                 .bind(tenant);
-        if let Some(after) = after {
-            sql.push(" AND address > ");
-            sql.push_arg(after);
-        }
-        sql.push(" ORDER BY address LIMIT ");
-        sql.push_arg(i64::from(limit));
-        let rows: Vec<SuppressionRow> = self.db.fetch_all(sql).await?;
-        Ok(rows.into_iter().map(Suppression::from).collect())
+        let (rows, more) = self
+            .db
+            .fetch_keyset::<SuppressionRow>(sql, &SUPPRESSION_ORDER, limit, after)
+            .await?;
+        Ok((rows.into_iter().map(Suppression::from).collect(), more))
     }
 
     pub async fn delete_suppression(&self, tenant: &str, address: &str) -> Result<(), Error> {

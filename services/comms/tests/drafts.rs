@@ -20,7 +20,7 @@ use tonic::Code;
 
 const TENANT: &str = "acme";
 
-mod support;
+use crate::support;
 
 use support::Services as App;
 

@@ -29,7 +29,7 @@ const SEGMENTS: [&str; 5] = ["tier_a", "tier_b", "tier_c", "tier_d", "unscored"]
 const VETO_WINDOW_SECS: u64 = 4;
 const WAIT: Duration = Duration::from_secs(60);
 
-mod support;
+use crate::support;
 
 use support::Services as App;
 

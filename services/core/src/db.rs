@@ -367,6 +367,31 @@ impl Database {
             crate::query::push_keyset(&mut sql, order, &after.values, "id", after.id)?;
         }
         crate::query::push_order_by(&mut sql, order, "id");
+        self.fetch_limited(sql, limit).await
+    }
+
+    /// One keyset page of `sql` (a SELECT whose WHERE clause is begun) in sort `keys` that
+    /// are unique together: the rows after `after`, at most `limit`, and whether more follow.
+    pub async fn fetch_keyset<T: Row>(
+        &self,
+        mut sql: Sql,
+        keys: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&[crate::query::KeyValue]>,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
+        if let Some(after) = after {
+            crate::query::push_after(&mut sql, keys, after)?;
+        }
+        crate::query::push_order_by_keys(&mut sql, keys);
+        self.fetch_limited(sql, limit).await
+    }
+
+    /// `sql` with ` LIMIT limit + 1`: at most `limit` rows and whether more follow.
+    async fn fetch_limited<T: Row>(
+        &self,
+        mut sql: Sql,
+        limit: u32,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
         sql.push(" LIMIT ");
         sql.push_arg(i64::from(limit) + 1);
         let mut rows: Vec<T> = self.fetch_all(sql).await?;

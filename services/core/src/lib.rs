@@ -6,6 +6,7 @@ pub mod bus;
 pub mod consumer;
 pub mod db;
 pub mod error;
+pub mod etag;
 pub mod events;
 pub mod idempotency;
 pub mod mesh;

@@ -540,6 +540,22 @@ pub struct OrderTerm {
     pub descending: bool,
 }
 
+impl OrderTerm {
+    /// A fixed sort key of a list that takes no `order_by` (suppressions by address,
+    /// grants by agent, action and segment, a ledger newest first).
+    pub const fn key(column: &'static str, kind: FieldKind, descending: bool) -> Self {
+        Self {
+            field: Field {
+                name: column,
+                column,
+                kind,
+                sortable: true,
+            },
+            descending,
+        }
+    }
+}
+
 /// Parses `order_by` (`"create_time desc, email"`); empty means `default`.
 pub fn parse_order_by(
     order_by: &str,
@@ -655,8 +671,9 @@ struct Position {
     o: String,
     /// Sort-key values of the last row.
     k: Vec<KeyValue>,
-    /// Id of the last row.
-    i: Uuid,
+    /// Id of the last row; absent when the sort key is unique by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<Uuid>,
 }
 
 impl Cursor {
@@ -679,19 +696,15 @@ impl Cursor {
         tokens: &crate::pagination::PageTokens,
         page_token: &str,
     ) -> Result<Option<After>, Error> {
-        if page_token.is_empty() {
+        let Some(position) = self.open(tokens, page_token)? else {
             return Ok(None);
-        }
-        let position: Position = tokens.decode(page_token)?;
-        if position.f != self.filter || position.o != self.order {
-            return Err(Error::invalid(
-                "page_token",
-                "the filter or order_by changed since this token was issued; start from the first page",
-            ));
-        }
+        };
+        let id = position
+            .i
+            .ok_or_else(|| Error::invalid("page_token", "not a valid token"))?;
         Ok(Some(After {
             values: position.k,
-            id: position.i,
+            id,
         }))
     }
 
@@ -701,6 +714,52 @@ impl Cursor {
         tokens: &crate::pagination::PageTokens,
         values: Vec<KeyValue>,
         id: Uuid,
+    ) -> Result<String, Error> {
+        self.seal(tokens, values, Some(id))
+    }
+
+    /// Where `page_token` says to continue a list whose sort key is unique by itself
+    /// (see [`crate::db::Database::fetch_keyset`]); `None` for the first page.
+    pub fn resume_key(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        page_token: &str,
+    ) -> Result<Option<Vec<KeyValue>>, Error> {
+        Ok(self.open(tokens, page_token)?.map(|position| position.k))
+    }
+
+    /// The token for the page after the row with unique sort key `values`.
+    pub fn next_key(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        values: Vec<KeyValue>,
+    ) -> Result<String, Error> {
+        self.seal(tokens, values, None)
+    }
+
+    fn open(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        page_token: &str,
+    ) -> Result<Option<Position>, Error> {
+        if page_token.is_empty() {
+            return Ok(None);
+        }
+        let position: Position = tokens.decode(page_token)?;
+        if position.f != self.filter || position.o != self.order {
+            return Err(Error::invalid(
+                "page_token",
+                "the filter, order_by or parent changed since this token was issued; start from the first page",
+            ));
+        }
+        Ok(Some(position))
+    }
+
+    fn seal(
+        &self,
+        tokens: &crate::pagination::PageTokens,
+        values: Vec<KeyValue>,
+        id: Option<Uuid>,
     ) -> Result<String, Error> {
         tokens.encode(&Position {
             f: self.filter.clone(),
@@ -718,35 +777,55 @@ pub fn push_keyset(
     sql: &mut Sql,
     terms: &[OrderTerm],
     values: &[KeyValue],
-    id_column: &str,
+    id_column: &'static str,
     last_id: Uuid,
 ) -> Result<(), Error> {
     if values.len() != terms.len() {
         return Err(Error::invalid("page_token", "does not match order_by"));
     }
+    let mut keys = terms.to_vec();
+    keys.push(OrderTerm::key(id_column, FieldKind::Uuid, false));
+    let mut values = values.to_vec();
+    values.push(KeyValue::Uuid(last_id));
+    push_after(sql, &keys, &values)
+}
+
+/// Appends the keyset condition "after `values`" for sort `keys` that are unique together
+/// (the last one breaks every tie): `(a > x) OR (a = x AND b < y)`.
+pub fn push_after(sql: &mut Sql, keys: &[OrderTerm], values: &[KeyValue]) -> Result<(), Error> {
+    if values.len() != keys.len() || keys.is_empty() {
+        return Err(Error::invalid("page_token", "does not match order_by"));
+    }
     sql.push(" AND (");
-    for level in 0..=terms.len() {
+    for (level, key) in keys.iter().enumerate() {
         if level > 0 {
             sql.push(" OR ");
         }
         sql.push("(");
-        for (term, value) in terms.iter().zip(values).take(level) {
+        for (term, value) in keys.iter().zip(values).take(level) {
             sql.push(term.field.column).push(" = ");
             sql.push_arg(value.arg());
             sql.push(" AND ");
         }
-        if let Some(term) = terms.get(level) {
-            sql.push(term.field.column)
-                .push(if term.descending { " < " } else { " > " });
-            sql.push_arg(values[level].arg());
-        } else {
-            sql.push(id_column).push(" > ");
-            sql.push_arg(last_id);
-        }
+        sql.push(key.field.column)
+            .push(if key.descending { " < " } else { " > " });
+        sql.push_arg(values[level].arg());
         sql.push(")");
     }
     sql.push(")");
     Ok(())
+}
+
+/// Appends ` ORDER BY` over unique sort `keys`.
+pub fn push_order_by_keys(sql: &mut Sql, keys: &[OrderTerm]) {
+    sql.push(" ORDER BY ");
+    for (index, key) in keys.iter().enumerate() {
+        if index > 0 {
+            sql.push(", ");
+        }
+        sql.push(key.field.column)
+            .push(if key.descending { " DESC" } else { " ASC" });
+    }
 }
 
 /// Appends ` ORDER BY …, id ASC`.

@@ -5,6 +5,7 @@
 //! sees and changes only the leads and deals it owns, and a `viewer` never sees e-mail
 //! addresses or phone numbers (see [`Access`]).
 
+use crate::Error;
 use crate::auth::AuthContext;
 
 /// Everyone with a token.
@@ -220,6 +221,41 @@ impl Access {
             .as_deref()
             .is_none_or(|subject| subject == owner)
     }
+
+    /// `id`, a `resource` owned by `owner`, as the caller may reach it: another owner's
+    /// resource does not exist for a caller limited to its own (NOT_FOUND, like another
+    /// tenant's), so its existence is not disclosed.
+    pub fn reach(
+        &self,
+        resource: &'static str,
+        id: impl ToString,
+        owner: &str,
+    ) -> Result<(), Error> {
+        if self.may_touch(owner) {
+            Ok(())
+        } else {
+            Err(Error::not_found(resource, id.to_string()))
+        }
+    }
+
+    /// The owner of a new resource (`plural`, as in "a sales rep captures leads"): a caller
+    /// limited to its own resources creates them for itself (an empty owner becomes the
+    /// caller) and may not create them for anyone else.
+    pub fn claim(&self, owner: &mut String, verb: &str, plural: &str) -> Result<(), Error> {
+        let Some(subject) = &self.owner_only else {
+            return Ok(());
+        };
+        if owner.is_empty() {
+            owner.clone_from(subject);
+            Ok(())
+        } else if owner != subject {
+            Err(Error::PermissionDenied(format!(
+                "a sales rep {verb} {plural} for themselves"
+            )))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +298,34 @@ mod tests {
             "aida.comms.v1.CommsService/ListMessages",
             &roles(&["viewer"])
         ));
+    }
+
+    #[test]
+    fn a_sales_rep_claims_new_resources_and_cannot_reach_anothers() {
+        let context =
+            |names: &[&str]| AuthContext::system("t", "rep-1", "r", None).with_roles(names);
+        let rep = Access::of(&context(&["sales_rep"]));
+        let mut owner = String::new();
+        rep.claim(&mut owner, "captures", "leads").expect("claim");
+        assert_eq!(owner, "rep-1");
+        let mut other = "rep-2".to_owned();
+        let refused = rep.claim(&mut other, "captures", "leads");
+        assert!(
+            matches!(&refused, Err(Error::PermissionDenied(m)) if m == "a sales rep captures leads for themselves"),
+            "{refused:?}"
+        );
+        assert!(rep.reach("lead", 7, "rep-1").is_ok());
+        assert!(matches!(
+            rep.reach("lead", 7, "rep-2"),
+            Err(Error::NotFound { .. })
+        ));
+        let manager = Access::of(&context(&["manager"]));
+        let mut kept = "rep-2".to_owned();
+        manager
+            .claim(&mut kept, "creates", "deals")
+            .expect("managers assign");
+        assert_eq!(kept, "rep-2");
+        assert!(manager.reach("deal", 7, "rep-2").is_ok());
     }
 
     #[test]

@@ -219,11 +219,8 @@ pub fn deal_to_proto(deal: &Deal, rotting_days: i32) -> pb::Deal {
 /// The deal as `access` may touch it: another owner's deal does not exist for a caller
 /// limited to its own.
 fn reachable(deal: Deal, access: &Access) -> Result<Deal, Error> {
-    if access.may_touch(&deal.owner_id) {
-        Ok(deal)
-    } else {
-        Err(Error::not_found("deal", deal.id.to_string()))
-    }
+    access.reach("deal", deal.id, &deal.owner_id)?;
+    Ok(deal)
 }
 
 fn subject_of(id: Uuid) -> String {
@@ -340,16 +337,7 @@ impl DealService for DealApi {
             .deal
             .ok_or_else(|| Error::invalid("deal", "a deal is required"))?;
         let (mut new, pipeline_id) = new_deal_from_proto(&input)?;
-        if let Some(subject) = &Access::of(&context).owner_only {
-            if new.owner_id.is_empty() {
-                new.owner_id = subject.clone();
-            } else if &new.owner_id != subject {
-                return Err(Error::PermissionDenied(
-                    "a sales rep creates deals for themselves".into(),
-                )
-                .into());
-            }
-        }
+        Access::of(&context).claim(&mut new.owner_id, "creates", "deals")?;
         aida_core::idempotency::request_id(&request.request_id)?;
         if let Some(lead_id) = new.lead_id {
             self.check_lead(&context, lead_id).await?;
@@ -761,14 +749,7 @@ impl DealService for DealApi {
         let updated = self
             .store
             .modify_pipeline(&context.tenant_id, id, |current, occupied, _| {
-                if !input.etag.is_empty() && input.etag != current.etag() {
-                    return Err(Error::Aborted {
-                        reason: "ETAG_MISMATCH",
-                        message: format!(
-                            "pipeline {id} was changed since it was read; read it again"
-                        ),
-                    });
-                }
+                current.check_etag(&input.etag)?;
                 let mut next = current.clone();
                 for path in &paths {
                     match path.as_str() {

@@ -42,7 +42,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn etag(&self) -> String {
-        format!("v{}", self.version)
+        aida_core::etag::of(self.version)
+    }
+
+    pub fn check_etag(&self, etag: &str) -> Result<(), Error> {
+        aida_core::etag::check("pipeline", self.id, self.version, etag)
     }
 
     pub fn stage(&self, name: &str) -> Option<&Stage> {
@@ -277,21 +281,11 @@ pub struct Deal {
 
 impl Deal {
     pub fn etag(&self) -> String {
-        format!("v{}", self.version)
+        aida_core::etag::of(self.version)
     }
 
     pub fn check_etag(&self, etag: &str) -> Result<(), Error> {
-        if etag.is_empty() || etag == self.etag() {
-            return Ok(());
-        }
-        Err(Error::Aborted {
-            reason: "ETAG_MISMATCH",
-            message: format!(
-                "deal {} was changed since it was read (etag {etag}, now {}); read it again",
-                self.id,
-                self.etag()
-            ),
-        })
+        aida_core::etag::check("deal", self.id, self.version, etag)
     }
 
     pub fn weighted_amount(&self) -> Money {

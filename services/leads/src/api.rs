@@ -164,11 +164,8 @@ fn visible(lead: &Lead, access: &Access) -> pb::Lead {
 /// The lead as `access` may touch it: another owner's lead does not exist for a caller
 /// limited to its own (NOT_FOUND, like another tenant's).
 fn reachable(lead: Lead, access: &Access) -> Result<Lead, Error> {
-    if access.may_touch(&lead.fields.owner_id) {
-        Ok(lead)
-    } else {
-        Err(Error::not_found("lead", lead.id.to_string()))
-    }
+    access.reach("lead", lead.id, &lead.fields.owner_id)?;
+    Ok(lead)
 }
 
 /// The proto form of a stored lead.
@@ -340,16 +337,7 @@ impl LeadService for LeadApi {
         let request_id = domain::clean_request_id(&request.request_id)?;
         let access = Access::of(&context);
         let mut fields = domain::normalize(fields_from_proto(&input)?, "lead")?;
-        if let Some(subject) = &access.owner_only {
-            if fields.owner_id.is_empty() {
-                fields.owner_id = subject.clone();
-            } else if &fields.owner_id != subject {
-                return Err(Error::PermissionDenied(
-                    "a sales rep captures leads for themselves".into(),
-                )
-                .into());
-            }
-        }
+        access.claim(&mut fields.owner_id, "captures", "leads")?;
         let now = now_micros();
         let lead = Lead {
             id: Uuid::now_v7(),

@@ -148,22 +148,12 @@ impl Lead {
 
     /// Opaque version tag for optimistic concurrency (AIP-154).
     pub fn etag(&self) -> String {
-        format!("v{}", self.version)
+        aida_core::etag::of(self.version)
     }
 
     /// Checks a caller's etag: empty means "any version".
     pub fn check_etag(&self, etag: &str) -> Result<(), Error> {
-        if etag.is_empty() || etag == self.etag() {
-            return Ok(());
-        }
-        Err(Error::Aborted {
-            reason: "ETAG_MISMATCH",
-            message: format!(
-                "lead {} was changed since it was read (etag {etag}, now {}); read it again",
-                self.id,
-                self.etag()
-            ),
-        })
+        aida_core::etag::check("lead", self.id, self.version, etag)
     }
 
     /// NEW → QUALIFIED.

@@ -1,7 +1,7 @@
 //! LeadService's behaviour, run twice: on PostgreSQL + NATS JetStream, and on SQLite +
 //! the in-process bus. Real gRPC over loopback, a fresh database and bus namespace per test.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

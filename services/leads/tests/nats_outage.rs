@@ -2,7 +2,7 @@
 //! once NATS is back every event must be published exactly once. The test runs its own
 //! nats-server on a free port so it never disturbs the shared one.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Lead scoring through the pipeline, on both engine pairs: a captured lead is scored by
 //! the prior, engagement events raise its score, won and lost deals train the tenant's model.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

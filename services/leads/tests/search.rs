@@ -1,7 +1,7 @@
 //! SearchLeads, FindDuplicateLeads and MergeLeads, on both engine pairs: search quality on
 //! topical leads, duplicate recall on known near-duplicates, merges, and the index healing.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -28,7 +28,6 @@ use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{GetLeadRequest, Lead as PbLead, LeadStatus as PbLeadStatus};
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use serde::{Deserialize, Serialize};
 use tonic::transport::Channel as GrpcChannel;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -259,17 +258,6 @@ fn draft_to_proto(draft: &writer::Draft) -> pb::Draft {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct NamePosition {
-    n: String,
-    i: Uuid,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AddressPosition {
-    a: String,
-}
-
 #[tonic::async_trait]
 impl CommsService for CommsApi {
     async fn create_template(
@@ -319,28 +307,20 @@ impl CommsService for CommsApi {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            let position: NamePosition = self.0.page_tokens.decode(&list.page_token)?;
-            Some((position.n, position.i))
-        };
-        let mut templates = self
+        let cursor = query::Cursor::new("", &store::TEMPLATE_ORDER);
+        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
+        let (templates, more) = self
             .0
             .store
-            .templates(&context.tenant_id, size + 1, after)
+            .templates(&context.tenant_id, size, after.as_ref())
             .await?;
-        let next_page_token = if templates.len() > size as usize {
-            templates.truncate(size as usize);
-            let last = templates
-                .last()
-                .ok_or_else(|| Error::internal("empty page"))?;
-            self.0.page_tokens.encode(&NamePosition {
-                n: last.name.clone(),
-                i: last.id,
-            })?
-        } else {
-            String::new()
+        let next_page_token = match templates.last() {
+            Some(last) if more => cursor.next(
+                &self.0.page_tokens,
+                vec![KeyValue::Text(last.name.clone())],
+                last.id,
+            )?,
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListTemplatesResponse {
             templates: templates.iter().map(template_to_proto).collect(),
@@ -377,12 +357,7 @@ impl CommsService for CommsApi {
             .0
             .store
             .modify_template(&context.tenant_id, id, |current| {
-                if !input.etag.is_empty() && input.etag != current.etag() {
-                    return Err(Error::Aborted {
-                        reason: "ETAG_MISMATCH",
-                        message: format!("template {id} was changed since it was read"),
-                    });
-                }
+                current.check_etag(&input.etag)?;
                 let mut next = current.clone();
                 for path in &requested {
                     match path.as_str() {
@@ -670,31 +645,19 @@ impl CommsService for CommsApi {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                self.0
-                    .page_tokens
-                    .decode::<AddressPosition>(&list.page_token)?
-                    .a,
-            )
-        };
-        let mut suppressions = self
+        let cursor = query::Cursor::new("", &store::SUPPRESSION_ORDER);
+        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (suppressions, more) = self
             .0
             .store
-            .suppressions(&context.tenant_id, size + 1, after)
+            .suppressions(&context.tenant_id, size, after.as_deref())
             .await?;
-        let next_page_token = if suppressions.len() > size as usize {
-            suppressions.truncate(size as usize);
-            let last = suppressions
-                .last()
-                .ok_or_else(|| Error::internal("empty page"))?;
-            self.0.page_tokens.encode(&AddressPosition {
-                a: last.address.clone(),
-            })?
-        } else {
-            String::new()
+        let next_page_token = match suppressions.last() {
+            Some(last) if more => cursor.next_key(
+                &self.0.page_tokens,
+                vec![KeyValue::Text(last.address.clone())],
+            )?,
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListSuppressionsResponse {
             suppressions: suppressions.iter().map(suppression_to_proto).collect(),

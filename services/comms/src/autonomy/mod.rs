@@ -19,14 +19,13 @@ use aida_core::error::FieldViolation;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
-use aida_core::query;
+use aida_core::query::{self, KeyValue};
 use aida_core::settings::CommsSettings;
 use aida_proto::aida::ai::v1 as pb;
 use aida_proto::aida::ai::v1::autonomy_service_server::AutonomyService;
 use aida_proto::aida::events::v1::event_envelope::Payload;
 use aida_proto::aida::events::v1::{AutonomyChanged, AutonomyProposed};
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -580,19 +579,9 @@ fn review_ms(
     duration.seconds * 1000 + i64::from(duration.nanos) / 1_000_000
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyPosition {
-    a: String,
-    c: String,
-    s: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LedgerPosition {
-    /// The key the listing is of.
-    k: String,
-    /// The last id returned.
-    i: Uuid,
+/// A ledger listing's cursor: its tokens continue only the key they were issued for.
+fn ledger_cursor(key: &Key) -> query::Cursor {
+    query::Cursor::new(&key_string(key), &store::LEDGER_ORDER)
 }
 
 fn key_string(key: &Key) -> String {
@@ -863,30 +852,6 @@ impl Autonomy {
         reply.autonomy = Some(self.reply(context, &record).await?);
         Ok(reply)
     }
-
-    fn resume_ledger(&self, key: &Key, token: &str) -> Result<Option<Uuid>, Error> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let position: LedgerPosition = self.page_tokens.decode(token)?;
-        if position.k != key_string(key) {
-            return Err(Error::invalid(
-                "page_token",
-                "was issued for another agent, action or segment",
-            ));
-        }
-        Ok(Some(position.i))
-    }
-
-    fn next_ledger(&self, key: &Key, last: Option<Uuid>, more: bool) -> Result<String, Error> {
-        match last {
-            Some(id) if more => self.page_tokens.encode(&LedgerPosition {
-                k: key_string(key),
-                i: id,
-            }),
-            _ => Ok(String::new()),
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -914,29 +879,22 @@ impl AutonomyService for AutonomyApi {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let after = if list.page_token.is_empty() {
-            None
-        } else {
-            let position: KeyPosition = self.0.page_tokens.decode(&list.page_token)?;
-            Some(Key {
-                agent: position.a,
-                action: position.c,
-                segment: position.s,
-            })
-        };
-        let mut grants = self
+        let cursor = query::Cursor::new("", &store::GRANT_ORDER);
+        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (grants, more) = self
             .0
             .store
-            .grants(&context.tenant_id, size + 1, after.as_ref())
+            .grants(&context.tenant_id, size, after.as_deref())
             .await?;
-        let more = grants.len() > size as usize;
-        grants.truncate(size as usize);
         let next_page_token = match grants.last() {
-            Some(last) if more => self.0.page_tokens.encode(&KeyPosition {
-                a: last.key.agent.clone(),
-                c: last.key.action.clone(),
-                s: last.key.segment.clone(),
-            })?,
+            Some(last) if more => cursor.next_key(
+                &self.0.page_tokens,
+                vec![
+                    KeyValue::Text(last.key.agent.clone()),
+                    KeyValue::Text(last.key.action.clone()),
+                    KeyValue::Text(last.key.segment.clone()),
+                ],
+            )?,
             _ => String::new(),
         };
         let baseline = self.0.baseline(&context.tenant_id).await?;
@@ -1040,17 +998,19 @@ impl AutonomyService for AutonomyApi {
         let list = request.get_ref();
         let key = key(&list.agent, &list.action, &list.segment)?;
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let before = self.0.resume_ledger(&key, &list.page_token)?;
-        let mut decisions = self
+        let cursor = ledger_cursor(&key);
+        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (decisions, more) = self
             .0
             .store
-            .decisions(&context.tenant_id, &key, size + 1, before)
+            .decisions(&context.tenant_id, &key, size, after.as_deref())
             .await?;
-        let more = decisions.len() > size as usize;
-        decisions.truncate(size as usize);
-        let next_page_token =
-            self.0
-                .next_ledger(&key, decisions.last().map(|decision| decision.id), more)?;
+        let next_page_token = match decisions.last() {
+            Some(last) if more => {
+                cursor.next_key(&self.0.page_tokens, vec![KeyValue::Uuid(last.id)])?
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListDecisionsResponse {
             decisions: decisions.iter().map(decision_to_proto).collect(),
             next_page_token,
@@ -1065,19 +1025,19 @@ impl AutonomyService for AutonomyApi {
         let list = request.get_ref();
         let key = key(&list.agent, &list.action, &list.segment)?;
         let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let before = self.0.resume_ledger(&key, &list.page_token)?;
-        let mut transitions = self
+        let cursor = ledger_cursor(&key);
+        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (transitions, more) = self
             .0
             .store
-            .transitions(&context.tenant_id, &key, size + 1, before)
+            .transitions(&context.tenant_id, &key, size, after.as_deref())
             .await?;
-        let more = transitions.len() > size as usize;
-        transitions.truncate(size as usize);
-        let next_page_token = self.0.next_ledger(
-            &key,
-            transitions.last().map(|transition| transition.id),
-            more,
-        )?;
+        let next_page_token = match transitions.last() {
+            Some(last) if more => {
+                cursor.next_key(&self.0.page_tokens, vec![KeyValue::Uuid(last.id)])?
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListTransitionsResponse {
             transitions: transitions.iter().map(transition_to_proto).collect(),
             next_page_token,

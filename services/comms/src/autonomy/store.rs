@@ -4,6 +4,7 @@
 
 use aida_ai::autonomy::{BusinessOutcome, Grant, Level, Review};
 use aida_core::db::{Count, Database, Sql, Tx};
+use aida_core::query::{FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
@@ -12,6 +13,15 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::domain::MessageStatus;
+
+/// How ListAutonomy pages: by key, unique within a tenant.
+pub const GRANT_ORDER: [OrderTerm; 3] = [
+    OrderTerm::key("agent", FieldKind::Text, false),
+    OrderTerm::key("action", FieldKind::Text, false),
+    OrderTerm::key("segment", FieldKind::Text, false),
+];
+/// How ListDecisions and ListTransitions page: newest first (ids are time-ordered).
+pub const LEDGER_ORDER: [OrderTerm; 1] = [OrderTerm::key("id", FieldKind::Uuid, true)];
 
 /// What a grant is kept for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -291,27 +301,13 @@ pub struct PeopleOutcomes {
     pub unsubscribed: i64,
 }
 
-/// A page of a key's ledger table (`autonomy_decisions`, `autonomy_transitions`), newest
-/// first, before the id `before`.
-fn ledger_page(
-    columns: &str,
-    table: &str,
-    tenant: &str,
-    key: &Key,
-    limit: u32,
-    before: Option<Uuid>,
-) -> Sql {
+/// The SELECT of one key's ledger rows (decisions or transitions), WHERE begun.
+fn ledger(columns: &str, table: &str, tenant: &str, key: &Key) -> Sql {
     let mut sql = Sql::new(format!(
         "SELECT {columns} FROM {table} WHERE tenant_id = $1"
     ))
     .bind(tenant);
     key_clause(&mut sql, key);
-    if let Some(before) = before {
-        sql.push(" AND id < ");
-        sql.push_arg(before);
-    }
-    sql.push(" ORDER BY id DESC LIMIT ");
-    sql.push_arg(i64::from(limit));
     sql
 }
 
@@ -344,34 +340,22 @@ impl AutonomyStore {
         Ok(row.map(GrantRecord::from))
     }
 
-    /// Grants by key, after `after`.
+    /// A page of grants in [`GRANT_ORDER`], after `after`, and whether more follow.
     pub async fn grants(
         &self,
         tenant: &str,
         limit: u32,
-        after: Option<&Key>,
-    ) -> Result<Vec<GrantRecord>, Error> {
-        let mut sql = Sql::new(format!(
+        after: Option<&[KeyValue]>,
+    ) -> Result<(Vec<GrantRecord>, bool), Error> {
+        let sql = Sql::new(format!(
             "SELECT {GRANT_COLUMNS} FROM autonomy_grants WHERE tenant_id = $1"
         ))
         .bind(tenant);
-        if let Some(after) = after {
-            sql.push(" AND (agent > ");
-            sql.push_arg(after.agent.as_str());
-            sql.push(" OR (agent = ");
-            sql.push_arg(after.agent.as_str());
-            sql.push(" AND (action > ");
-            sql.push_arg(after.action.as_str());
-            sql.push(" OR (action = ");
-            sql.push_arg(after.action.as_str());
-            sql.push(" AND segment > ");
-            sql.push_arg(after.segment.as_str());
-            sql.push("))))");
-        }
-        sql.push(" ORDER BY agent, action, segment LIMIT ");
-        sql.push_arg(i64::from(limit));
-        let rows: Vec<GrantRow> = self.db.fetch_all(sql).await?;
-        Ok(rows.into_iter().map(GrantRecord::from).collect())
+        let (rows, more) = self
+            .db
+            .fetch_keyset::<GrantRow>(sql, &GRANT_ORDER, limit, after)
+            .await?;
+        Ok((rows.into_iter().map(GrantRecord::from).collect(), more))
     }
 
     pub async fn decision(&self, tenant: &str, id: Uuid) -> Result<DecisionRecord, Error> {
@@ -407,44 +391,56 @@ impl AutonomyStore {
         row.map(DecisionRecord::try_from).transpose()
     }
 
-    /// The key's decisions, newest first, before `before`.
+    /// A page of the key's decisions, newest first ([`LEDGER_ORDER`]), and whether more
+    /// follow.
     pub async fn decisions(
         &self,
         tenant: &str,
         key: &Key,
         limit: u32,
-        before: Option<Uuid>,
-    ) -> Result<Vec<DecisionRecord>, Error> {
-        let sql = ledger_page(
-            DECISION_COLUMNS,
-            "autonomy_decisions",
-            tenant,
-            key,
-            limit,
-            before,
-        );
-        let rows: Vec<DecisionRow> = self.db.fetch_all(sql).await?;
-        rows.into_iter().map(DecisionRecord::try_from).collect()
+        after: Option<&[KeyValue]>,
+    ) -> Result<(Vec<DecisionRecord>, bool), Error> {
+        let (rows, more) = self
+            .db
+            .fetch_keyset::<DecisionRow>(
+                ledger(DECISION_COLUMNS, "autonomy_decisions", tenant, key),
+                &LEDGER_ORDER,
+                limit,
+                after,
+            )
+            .await?;
+        Ok((
+            rows.into_iter()
+                .map(DecisionRecord::try_from)
+                .collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 
-    /// The key's transitions, newest first, before `before`.
+    /// A page of the key's transitions, newest first ([`LEDGER_ORDER`]), and whether more
+    /// follow.
     pub async fn transitions(
         &self,
         tenant: &str,
         key: &Key,
         limit: u32,
-        before: Option<Uuid>,
-    ) -> Result<Vec<StoredTransition>, Error> {
-        let sql = ledger_page(
-            TRANSITION_COLUMNS,
-            "autonomy_transitions",
-            tenant,
-            key,
-            limit,
-            before,
-        );
-        let rows: Vec<TransitionRow> = self.db.fetch_all(sql).await?;
-        rows.into_iter().map(StoredTransition::try_from).collect()
+        after: Option<&[KeyValue]>,
+    ) -> Result<(Vec<StoredTransition>, bool), Error> {
+        let (rows, more) = self
+            .db
+            .fetch_keyset::<TransitionRow>(
+                ledger(TRANSITION_COLUMNS, "autonomy_transitions", tenant, key),
+                &LEDGER_ORDER,
+                limit,
+                after,
+            )
+            .await?;
+        Ok((
+            rows.into_iter()
+                .map(StoredTransition::try_from)
+                .collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 
     /// How people's own messages of the last `since` fared: sent, replied, failed, and the

@@ -1,0 +1,8 @@
+//! The crate's integration tests as one binary: one link, and one pool of test threads
+//! across every area (each module below is one area).
+
+mod autonomy;
+mod behaviour;
+mod drafts;
+mod outreach;
+mod support;
