@@ -80,7 +80,19 @@ pub struct Edge {
     cache: moka::future::Cache<String, Arc<Cached>>,
     openapi: Bytes,
     settings: EdgeSettings,
+    /// Fires when the edge begins to drain: it then reports NOT_SERVING.
+    draining: CancellationToken,
 }
+
+/// HTTP requests the edge answered, by `handler` (the REST route's gRPC method, `grpc`,
+/// `tracking`, `healthz`, …) and HTTP `status`.
+pub const HTTP_REQUESTS: &str = "aida_edge_http_requests_total";
+/// Seconds until the response head, by `handler`.
+pub const HTTP_SECONDS: &str = "aida_edge_http_request_seconds";
+/// Calls refused by a rate limit, by `limiter` (`principal`, `address`, `blocked`).
+pub const RATE_LIMITED: &str = "aida_edge_rate_limited_total";
+/// Report cache lookups, by `result` (`hit`, `miss`).
+pub const CACHE_LOOKUPS: &str = "aida_edge_cache_lookups_total";
 
 fn nonzero(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
@@ -130,8 +142,9 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// RESOURCE_EXHAUSTED with `retry-after` seconds.
-fn rate_limited(wait: Duration) -> tonic::Status {
+/// RESOURCE_EXHAUSTED with `retry-after` seconds, counted under `limiter`.
+fn rate_limited(limiter: &'static str, wait: Duration) -> tonic::Status {
+    metrics::counter!(RATE_LIMITED, "limiter" => limiter).increment(1);
     let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     let mut status: tonic::Status =
         Error::ResourceExhausted(format!("rate limit reached; retry in {seconds} s")).into();
@@ -157,7 +170,7 @@ impl Edge {
         {
             let now = Instant::now();
             if until > now {
-                return Err(rate_limited(until - now));
+                return Err(rate_limited("blocked", until - now));
             }
             self.blocked.invalidate(&ip);
         }
@@ -166,6 +179,7 @@ impl Edge {
                 let key = format!("{}|{}", context.tenant_id, context.subject);
                 if let Err(not_until) = self.limiter.check_key(&key) {
                     return Err(rate_limited(
+                        "principal",
                         not_until.wait_time_from(DefaultClock::default().now()),
                     ));
                 }
@@ -191,7 +205,7 @@ impl Edge {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 self.blocked.insert(ip, Instant::now() + wait);
-                Err(rate_limited(wait))
+                Err(rate_limited("address", wait))
             }
         }
     }
@@ -315,9 +329,16 @@ impl Edge {
                 roles.sort();
                 format!("{}|{}|{}", context.tenant_id, roles.join(","), parts.uri)
             });
-        if let Some(key) = &cache_key
-            && let Some(cached) = self.cache.get(key).await
-        {
+        let cached = match &cache_key {
+            Some(key) => {
+                let cached = self.cache.get(key).await;
+                let result = if cached.is_some() { "hit" } else { "miss" };
+                metrics::counter!(CACHE_LOOKUPS, "result" => result).increment(1);
+                cached
+            }
+            None => None,
+        };
+        if let Some(cached) = cached {
             return self.json_response(
                 &parts.headers,
                 cached.etag.clone(),
@@ -472,13 +493,83 @@ async fn openapi(State(edge): State<Arc<Edge>>) -> Response {
     response
 }
 
-async fn health() -> Response {
+/// `/healthz` and `/readyz`: SERVING (200) while every service of the mesh can answer
+/// (in process, or a replica whose last probe passed) and the edge is not draining;
+/// NOT_SERVING (503) otherwise, with each service's status.
+async fn health(State(edge): State<Arc<Edge>>) -> Response {
+    let services = edge.upstreams.readiness();
+    let serving = !edge.draining.is_cancelled() && services.iter().all(|(_, ready)| *ready);
+    let status = |up: bool| if up { "SERVING" } else { "NOT_SERVING" };
+    let body = serde_json::json!({
+        "status": status(serving),
+        "draining": edge.draining.is_cancelled(),
+        "services": services
+            .iter()
+            .map(|(name, ready)| ((*name).to_owned(), serde_json::Value::from(status(*ready))))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let code = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
+        code,
         [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"SERVING"}"#,
+        body.to_string(),
     )
         .into_response()
+}
+
+/// Prometheus text of the edge's process (in `aida up`, the whole mesh).
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, aida_core::metrics::CONTENT_TYPE)],
+        aida_core::metrics::render(),
+    )
+        .into_response()
+}
+
+/// What a request is, as the `handler` label: bounded (never a raw path).
+fn handler_label(edge: &Edge, request: &Request) -> String {
+    let path = request.uri().path();
+    if header_text(request.headers(), "content-type")
+        .is_some_and(|content_type| content_type.starts_with("application/grpc"))
+    {
+        return "grpc".to_owned();
+    }
+    if let Some(fixed) = ["/healthz", "/readyz", "/metrics", "/openapi.json"]
+        .into_iter()
+        .find(|fixed| *fixed == path)
+    {
+        return fixed.trim_start_matches('/').to_owned();
+    }
+    if path.starts_with("/t/") {
+        return "tracking".to_owned();
+    }
+    match edge.routes.find(request.method(), path) {
+        Some((route, _)) => route.grpc_path.trim_start_matches('/').to_owned(),
+        None => "unmatched".to_owned(),
+    }
+}
+
+/// Counts and times every request (RED at the edge).
+async fn observe(
+    State(edge): State<Arc<Edge>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let handler = handler_label(&edge, &request);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::counter!(
+        HTTP_REQUESTS,
+        "handler" => handler.clone(),
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!(HTTP_SECONDS, "handler" => handler).record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// 431 (RFC 6585) for requests whose headers exceed `edge.max_header_bytes` in total.
@@ -551,7 +642,7 @@ pub async fn build(
     } else {
         None
     };
-    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, local, shutdown)
+    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, local, shutdown.clone())
         .await
         .map_err(StartError::Server)?;
     let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);
@@ -560,6 +651,14 @@ pub async fn build(
         .allow_burst(nonzero(edge_settings.rate_limit_burst));
     let anonymous = Quota::per_minute(nonzero(edge_settings.anonymous_rate_limit_per_minute))
         .allow_burst(nonzero(edge_settings.anonymous_rate_limit_burst));
+    // The edge's own series, at zero from the start.
+    aida_core::metrics::install();
+    for limiter in ["principal", "address", "blocked"] {
+        metrics::counter!(RATE_LIMITED, "limiter" => limiter).increment(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!(CACHE_LOOKUPS, "result" => result).increment(0);
+    }
     Ok(Arc::new(Edge {
         pool,
         routes,
@@ -578,6 +677,7 @@ pub async fn build(
             .build(),
         openapi: json_body(&document),
         settings: edge_settings,
+        draining: shutdown,
     }))
 }
 
@@ -635,6 +735,8 @@ pub async fn serve(
     tokio::spawn(invalidate_on_snapshots(edge.clone(), bus, shutdown.clone()));
     let app = axum::Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .route("/t/o/{token}", get(track_open))
         .route("/t/c/{token}", get(track_click))
@@ -650,6 +752,7 @@ pub async fn serve(
             limit_headers,
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(axum::middleware::from_fn_with_state(edge.clone(), observe))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     // Small responses go out at once, not after the peer's delayed ACK.

@@ -1,5 +1,8 @@
 //! The services behind the edge: per service, one channel per replica, chosen round-robin
-//! among the replicas whose gRPC health check passes (all of them if none does). With
+//! among the replicas whose gRPC health check (overall `""`) passes, probed every two
+//! seconds whether a service has one replica or many. When none passes, every replica is
+//! tried (fail open: a service that reports NOT_SERVING because the bus is away still takes
+//! captures into its outbox, and a wrong probe must not take the whole service down). With
 //! mutual TLS each channel presents the edge's certificate and checks that the replica is
 //! the service it should be (`spiffe://aida/<service>`). A service running in the edge's
 //! own process (`aida up`) is called there, without a socket (see
@@ -36,6 +39,8 @@ struct Replica {
 struct ReplicaSet {
     replicas: Vec<Replica>,
     next: AtomicUsize,
+    /// The health of the service when it runs in the edge's process (`aida up`).
+    local_healthy: AtomicBool,
 }
 
 impl ReplicaSet {
@@ -102,6 +107,7 @@ impl Upstreams {
                 ReplicaSet {
                     replicas,
                     next: AtomicUsize::new(0),
+                    local_healthy: AtomicBool::new(true),
                 },
             );
         }
@@ -124,31 +130,84 @@ impl Upstreams {
     }
 }
 
-/// Health-checks every replica of every service with more than one.
+impl Upstreams {
+    /// Per mesh service, whether it can answer now: it runs in process and reports
+    /// SERVING, or one of its replicas does (as last probed).
+    pub fn readiness(&self) -> Vec<(&'static str, bool)> {
+        aida_core::mesh::SERVICES
+            .iter()
+            .map(|service| {
+                let ready = self.sets.get(service.name).is_some_and(|set| {
+                    if self
+                        .local
+                        .as_ref()
+                        .and_then(|local| local.get(service.name))
+                        .is_some()
+                    {
+                        set.local_healthy.load(Ordering::Relaxed)
+                    } else {
+                        set.replicas
+                            .iter()
+                            .any(|replica| replica.healthy.load(Ordering::Relaxed))
+                    }
+                });
+                (service.name, ready)
+            })
+            .collect()
+    }
+}
+
+/// Whether `upstream` reports SERVING (overall `""`) within a second.
+async fn serving(upstream: Upstream) -> bool {
+    let mut client = HealthClient::new(upstream);
+    let check = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await;
+    matches!(check, Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32)
+}
+
+/// Health-checks every replica of every service, and the services running in process.
 async fn probe(upstreams: Upstreams, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        for set in upstreams.sets.values().filter(|set| set.replicas.len() > 1) {
+        for (name, set) in upstreams.sets.iter() {
+            if let Some(local) = upstreams.local.as_ref().and_then(|local| local.get(name)) {
+                let healthy = serving(local).await;
+                if set.local_healthy.swap(healthy, Ordering::Relaxed) != healthy {
+                    tracing::info!(
+                        service = name,
+                        serving = healthy,
+                        "in-process service health changed"
+                    );
+                }
+                continue;
+            }
             for (index, replica) in set.replicas.iter().enumerate() {
-                let mut client = HealthClient::new(replica.channel.clone());
-                let check = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    client.check(HealthCheckRequest {
-                        service: String::new(),
-                    }),
-                )
-                .await;
-                let serving = matches!(check, Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32);
-                if replica.healthy.swap(serving, Ordering::Relaxed) != serving {
-                    tracing::info!(replica = index, serving, "upstream health changed");
+                let healthy = serving(replica.channel.clone()).await;
+                metrics::gauge!(UPSTREAM_UP, "service" => *name, "replica" => index.to_string())
+                    .set(if healthy { 1.0 } else { 0.0 });
+                if replica.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+                    tracing::info!(
+                        service = name,
+                        replica = index,
+                        serving = healthy,
+                        "upstream health changed"
+                    );
                 }
             }
         }
     }
 }
+
+/// Whether a replica answered its last health probe with SERVING, by service and replica.
+pub const UPSTREAM_UP: &str = "aida_edge_upstream_up";
 
 #[cfg(test)]
 mod tests {

@@ -63,8 +63,15 @@ pub const MAX_TOKENS: usize = 256;
 /// Texts run through the model together; larger inputs are split to bound memory.
 const MAX_BATCH: usize = 32;
 
-/// The model if `model_dir` holds it intact, else the [`Lexical`] fallback with a warning.
+/// The model if `model_dir` holds it intact, else the [`Lexical`] fallback with a warning;
+/// its calls measured (see [`crate::measured`]).
 pub fn load(model_dir: &Path) -> Box<dyn Embedder> {
+    Box::new(crate::measured::MeasuredEmbedder(load_unmeasured(
+        model_dir,
+    )))
+}
+
+fn load_unmeasured(model_dir: &Path) -> Box<dyn Embedder> {
     match MiniLm::load(model_dir) {
         Ok(model) => {
             tracing::info!(

@@ -12,6 +12,7 @@
 pub mod autonomy;
 pub mod embed;
 pub mod generate;
+pub mod measured;
 pub mod models;
 pub mod scoring;
 pub mod vector;

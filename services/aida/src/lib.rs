@@ -246,6 +246,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("bind {} on {address}", service.name()))?;
             tracing::info!(address = %listener.local_addr()?, "{} listening", service.grpc_name());
+            if let Some(entry) = service.entry() {
+                let address = settings.metrics_address(entry);
+                let bound = aida_core::metrics::spawn(address, shutdown.clone())
+                    .await
+                    .with_context(|| format!("bind /metrics of {} on {address}", service.name()))?;
+                tracing::info!(address = %bound, "metrics at http://{bound}/metrics");
+            }
             service.run(settings, bus, listener, shutdown).await?;
             Ok(())
         }
@@ -483,7 +490,12 @@ fn print_banner(settings: &Settings, mesh: &Mesh) -> anyhow::Result<()> {
         let _ = writeln!(banner, "  {:<17} grpc://{address}", service.grpc_name());
     }
     banner.push_str(
-        "  health            grpc.health.v1.Health on every address; reflection enabled\n\n",
+        "  health            grpc.health.v1.Health on every address; reflection enabled\n",
+    );
+    let _ = writeln!(
+        banner,
+        "  {:<17} http://{}/metrics (Prometheus, the whole mesh); /healthz, /readyz\n",
+        "metrics", mesh.edge_address
     );
     banner.push_str("Development token (tenant \"dev\", role admin, valid 24 h):\n");
     let _ = writeln!(banner, "  export AIDA_TOKEN={token}");

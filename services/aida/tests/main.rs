@@ -6,3 +6,4 @@ mod cli;
 mod edge;
 mod full_loop;
 mod mtls;
+mod observability;

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::warehouse::{Grouping, Range, Warehouse};
+use crate::warehouse::{Grouping, Range, Snapshot, Warehouse};
 
 /// How ListAlerts pages: newest first (ties by id).
 pub const ALERT_ORDER: [OrderTerm; 1] = [OrderTerm::key("raise_time", FieldKind::Timestamp, true)];
@@ -469,6 +469,7 @@ impl Monitor {
 
     async fn publish_snapshot(&self, tenant: &str) -> Result<(), Error> {
         let snapshot = self.warehouse.snapshot(tenant).await?;
+        self.business_gauges(tenant, &snapshot).await?;
         let closed = snapshot.deals_won + snapshot.deals_lost;
         let computed = AnalyticsComputed {
             leads_captured: snapshot.leads_captured,
@@ -504,4 +505,83 @@ impl Monitor {
         tx.commit().await?;
         Ok(())
     }
+
+    /// The business figures of a snapshot as Prometheus gauges, per tenant: counts only,
+    /// never a person (the warehouse holds no PII).
+    async fn business_gauges(&self, tenant: &str, snapshot: &Snapshot) -> Result<(), Error> {
+        let tenant_label = tenant.to_owned();
+        for (stage, count) in [
+            ("captured", snapshot.leads_captured),
+            ("qualified", snapshot.leads_qualified),
+        ] {
+            metrics::gauge!(BUSINESS_LEADS, "tenant" => tenant_label.clone(), "stage" => stage)
+                .set(count as f64);
+        }
+        for (state, count) in [
+            ("open", snapshot.deals_open),
+            ("won", snapshot.deals_won),
+            ("lost", snapshot.deals_lost),
+        ] {
+            metrics::gauge!(BUSINESS_DEALS, "tenant" => tenant_label.clone(), "state" => state)
+                .set(count as f64);
+        }
+        let closed = snapshot.deals_won + snapshot.deals_lost;
+        // No closed deal yet: no rate (NaN, a gap on a graph), not a 0 % that never was.
+        metrics::gauge!(BUSINESS_WIN_RATE, "tenant" => tenant_label.clone()).set(if closed > 0 {
+            snapshot.deals_won as f64 / closed as f64
+        } else {
+            f64::NAN
+        });
+        for (currency, amount) in &snapshot.forecast {
+            metrics::gauge!(
+                BUSINESS_FORECAST,
+                "tenant" => tenant_label.clone(),
+                "currency" => currency.clone()
+            )
+            .set(*amount as f64);
+        }
+        for row in self
+            .warehouse
+            .funnel(tenant, Range::ALL, Grouping::Source)
+            .await?
+        {
+            metrics::gauge!(
+                BUSINESS_LEADS_BY_SOURCE,
+                "tenant" => tenant_label.clone(),
+                "source" => row.key
+            )
+            .set(row.captured as f64);
+        }
+        let engagement = self
+            .warehouse
+            .engagement(tenant, Range::ALL, Grouping::None)
+            .await?;
+        let total = |pick: fn(&crate::warehouse::EngagementRow) -> i64| {
+            engagement.iter().map(pick).sum::<i64>() as f64
+        };
+        for (kind, value) in [
+            ("delivered", total(|row| row.delivered)),
+            ("opened", total(|row| row.opened)),
+            ("clicked", total(|row| row.clicked)),
+            ("replied", total(|row| row.replied)),
+            ("unsubscribed", total(|row| row.unsubscribed)),
+        ] {
+            metrics::gauge!(BUSINESS_ENGAGEMENT, "tenant" => tenant_label.clone(), "kind" => kind)
+                .set(value);
+        }
+        Ok(())
+    }
 }
+
+/// Leads of a tenant by funnel `stage` (`captured`, `qualified`), as of the last snapshot.
+pub const BUSINESS_LEADS: &str = "aida_business_leads";
+/// Leads captured by `source` (cumulative; `delta(…[1h])` is leads per hour).
+pub const BUSINESS_LEADS_BY_SOURCE: &str = "aida_business_leads_by_source";
+/// Deals by `state` (`open`, `won`, `lost`).
+pub const BUSINESS_DEALS: &str = "aida_business_deals";
+/// Won / (won + lost); NaN until a deal closed.
+pub const BUSINESS_WIN_RATE: &str = "aida_business_win_rate";
+/// Weighted open pipeline in minor units, by `currency`.
+pub const BUSINESS_FORECAST: &str = "aida_business_forecast_minor";
+/// Messages by `kind` (`delivered`, `opened`, `clicked`, `replied`, `unsubscribed`).
+pub const BUSINESS_ENGAGEMENT: &str = "aida_business_engagement";

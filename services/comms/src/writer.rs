@@ -671,6 +671,8 @@ impl Writer {
             }
             None => Arc::new(Offline),
         };
+        let generator: Arc<dyn ContentGenerator> =
+            Arc::new(aida_ai::measured::MeasuredGenerator(generator));
         let model_dir = ai.model_dir(&settings.data_dir);
         let embedder: Arc<dyn Embedder> = Arc::from(embed::load(&model_dir));
         let vectors: Arc<dyn VectorStore> = match &ai.chroma_url {

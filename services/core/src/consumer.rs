@@ -129,6 +129,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let consumer = options.spec.durable_name.clone();
+    register(&consumer);
     let Some(mut source) = subscribe_until_ready(bus.as_ref(), &options.spec, &shutdown).await
     else {
         return;
@@ -184,6 +185,7 @@ pub async fn run_batched(
     shutdown: CancellationToken,
 ) {
     let consumer = options.spec.durable_name.clone();
+    register(&consumer);
     let Some(mut source) = subscribe_until_ready(bus.as_ref(), &options.spec, &shutdown).await
     else {
         return;
@@ -244,8 +246,18 @@ pub async fn run_batched(
             .iter()
             .map(|(envelope, _)| envelope.clone())
             .collect();
-        match handler.handle_batch(&events).await {
+        for (_, delivery) in &decoded {
+            delivered(&consumer, delivery.attempt);
+        }
+        let started = std::time::Instant::now();
+        let handled = handler.handle_batch(&events).await;
+        metrics::histogram!(BATCH_SECONDS, "consumer" => consumer.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(BATCH_SIZE, "consumer" => consumer.clone()).record(events.len() as f64);
+        match handled {
             Ok(()) => {
+                metrics::counter!(EVENTS, "consumer" => consumer.clone(), "outcome" => "ok")
+                    .increment(events.len() as u64);
                 for (_, delivery) in decoded {
                     if let Err(error) = delivery.ack().await {
                         tracing::warn!(%consumer, %error, "ack failed");
@@ -268,6 +280,8 @@ pub async fn run_batched(
                 for (envelope, delivery) in decoded {
                     match handler.handle_batch(std::slice::from_ref(&envelope)).await {
                         Ok(()) => {
+                            metrics::counter!(EVENTS, "consumer" => consumer.clone(), "outcome" => "ok")
+                                .increment(1);
                             if let Err(error) = delivery.ack().await {
                                 tracing::warn!(%consumer, %error, "ack failed");
                             }
@@ -324,6 +338,11 @@ async fn settle_failure(
     delivery: Delivery,
     error: HandlerError,
 ) {
+    let outcome = match &error {
+        HandlerError::Transient(_) if delivery.attempt < u64::from(max_deliver) => "retried",
+        _ => "dead_lettered",
+    };
+    metrics::counter!(EVENTS, "consumer" => consumer.to_owned(), "outcome" => outcome).increment(1);
     match error {
         HandlerError::Poison(reason) => {
             tracing::warn!(%reason, "poison event; dead-lettering");
@@ -378,14 +397,54 @@ async fn process(
         attempt = delivery.attempt,
     );
     let _guard = span.enter();
-    match handler.handle(&envelope).await {
+    delivered(consumer, delivery.attempt);
+    let started = std::time::Instant::now();
+    let handled = handler.handle(&envelope).await;
+    metrics::histogram!(HANDLING_SECONDS, "consumer" => consumer.to_owned())
+        .record(started.elapsed().as_secs_f64());
+    match handled {
         Ok(()) => {
+            metrics::counter!(EVENTS, "consumer" => consumer.to_owned(), "outcome" => "ok")
+                .increment(1);
             if let Err(error) = delivery.ack().await {
                 // Not acked means redelivered; the inbox makes that harmless.
                 tracing::warn!(%error, "ack failed");
             }
         }
         Err(error) => settle_failure(bus, consumer, max_deliver, delivery, error).await,
+    }
+}
+
+/// Events a durable consumer settled, by `outcome`: `ok`, `retried` (redelivery asked
+/// for) or `dead_lettered`.
+pub const EVENTS: &str = "aida_consumer_events_total";
+/// Deliveries that were redeliveries (a second or later attempt), by consumer.
+pub const REDELIVERIES: &str = "aida_consumer_redeliveries_total";
+/// Deliveries moved to the dead-letter stream, by consumer.
+pub const DEAD_LETTERS: &str = "aida_consumer_dead_letters_total";
+/// Seconds one event's handler took, by consumer.
+pub const HANDLING_SECONDS: &str = "aida_consumer_handling_seconds";
+/// Seconds one batch's handler took (analytics ingest: one DuckDB append), by consumer.
+pub const BATCH_SECONDS: &str = "aida_consumer_batch_seconds";
+/// Events per handled batch, by consumer.
+pub const BATCH_SIZE: &str = "aida_consumer_batch_events";
+/// Messages the durable has not yet been delivered, by consumer (sampled).
+pub const PENDING: &str = "aida_consumer_pending";
+
+/// The consumer's series, at zero, from its start: a dashboard sees "no dead letters yet"
+/// rather than no data, and `rate()` has a first sample.
+fn register(consumer: &str) {
+    for outcome in ["ok", "retried", "dead_lettered"] {
+        metrics::counter!(EVENTS, "consumer" => consumer.to_owned(), "outcome" => outcome)
+            .increment(0);
+    }
+    metrics::counter!(REDELIVERIES, "consumer" => consumer.to_owned()).increment(0);
+    metrics::counter!(DEAD_LETTERS, "consumer" => consumer.to_owned()).increment(0);
+}
+
+fn delivered(consumer: &str, attempt: u64) {
+    if attempt > 1 {
+        metrics::counter!(REDELIVERIES, "consumer" => consumer.to_owned()).increment(1);
     }
 }
 
@@ -425,6 +484,7 @@ async fn dead_letter(bus: &dyn EventBus, consumer: &str, delivery: Delivery, rea
     let published = bus.publish(std::slice::from_ref(&message)).await;
     match published.into_iter().next() {
         Some(Ok(())) => {
+            metrics::counter!(DEAD_LETTERS, "consumer" => consumer.to_owned()).increment(1);
             if let Err(error) = delivery.term().await {
                 tracing::warn!(%error, "term after dead-lettering failed");
             }

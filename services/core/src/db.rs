@@ -417,6 +417,22 @@ impl Database {
             .ok_or(sqlx::Error::RowNotFound)
     }
 
+    /// Whether the database answers a trivial query within `limit` (health).
+    pub async fn ping(&self, limit: std::time::Duration) -> bool {
+        let query = self.fetch_optional::<Count>(Sql::new("SELECT CAST(1 AS BIGINT) AS count"));
+        matches!(tokio::time::timeout(limit, query).await, Ok(Ok(Some(_))))
+    }
+
+    /// Connections of the pool: (in use, idle).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let (size, idle) = match self {
+            Self::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Self::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        (size.saturating_sub(idle), idle)
+    }
+
     pub async fn close(&self) {
         match self {
             Self::Postgres(pool) => pool.close().await,

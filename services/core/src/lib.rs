@@ -10,6 +10,7 @@ pub mod etag;
 pub mod events;
 pub mod idempotency;
 pub mod mesh;
+pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod query;

@@ -15,6 +15,8 @@ pub struct MeshService {
     pub grpc_services: &'static [&'static str],
     /// Its port unless the settings say otherwise.
     pub default_port: u16,
+    /// Its `/metrics` port under `aida serve` unless `telemetry.metrics_port` says otherwise.
+    pub metrics_port: u16,
     /// The stream its events are published to.
     pub stream: &'static str,
 }
@@ -24,6 +26,7 @@ pub const LEADS: MeshService = MeshService {
     title: "LeadService",
     grpc_services: &["aida.leads.v1.LeadService"],
     default_port: 50051,
+    metrics_port: 9451,
     stream: LEADS_STREAM,
 };
 
@@ -32,6 +35,7 @@ pub const DEALS: MeshService = MeshService {
     title: "DealService",
     grpc_services: &["aida.deals.v1.DealService"],
     default_port: 50052,
+    metrics_port: 9452,
     stream: DEALS_STREAM,
 };
 
@@ -44,6 +48,7 @@ pub const COMMS: MeshService = MeshService {
         "aida.ai.v1.AutonomyService",
     ],
     default_port: 50053,
+    metrics_port: 9453,
     stream: COMMS_STREAM,
 };
 
@@ -52,6 +57,7 @@ pub const ANALYTICS: MeshService = MeshService {
     title: "AnalyticsService",
     grpc_services: &["aida.analytics.v1.AnalyticsService"],
     default_port: 50054,
+    metrics_port: 9454,
     stream: ANALYTICS_STREAM,
 };
 

@@ -55,7 +55,17 @@ struct PendingRow {
     event_id: Uuid,
     event_type: String,
     payload: Vec<u8>,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// Events the relay published (the bus acked them).
+pub const PUBLISHED: &str = "aida_outbox_published_total";
+/// Events a publish round failed to publish (they stay queued and are retried).
+pub const PUBLISH_FAILURES: &str = "aida_outbox_publish_failures_total";
+/// Seconds from an event's commit to the bus's ack of its publish, by event type.
+pub const PUBLISH_LAG: &str = "aida_outbox_publish_lag_seconds";
+/// Events committed and not yet published, by service (sampled).
+pub const BACKLOG: &str = "aida_outbox_backlog";
 
 /// How long the relay waits after a wake-up before it reads the outbox.
 const WAKE_LINGER: Duration = Duration::from_millis(2);
@@ -86,6 +96,8 @@ impl Relay {
 
     /// Runs until `shutdown`, then makes a last attempt (bounded) to publish what is left.
     pub async fn run(self, shutdown: CancellationToken) {
+        metrics::counter!(PUBLISHED).increment(0);
+        metrics::counter!(PUBLISH_FAILURES).increment(0);
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
         let mut streams_ready = false;
         let mut failures: u32 = 0;
@@ -173,7 +185,7 @@ impl Relay {
                 let rows: Vec<PendingRow> = tx
                     .fetch_all(
                         Sql::new(
-                            "SELECT seq, event_id, event_type, payload FROM outbox \
+                            "SELECT seq, event_id, event_type, payload, created_at FROM outbox \
                              WHERE published_at IS NULL ORDER BY seq LIMIT $1 \
                              FOR UPDATE SKIP LOCKED",
                         )
@@ -192,7 +204,7 @@ impl Relay {
                     .db
                     .fetch_all(
                         Sql::new(
-                            "SELECT seq, event_id, event_type, payload FROM outbox \
+                            "SELECT seq, event_id, event_type, payload, created_at FROM outbox \
                              WHERE published_at IS NULL ORDER BY seq LIMIT $1",
                         )
                         .bind(limit),
@@ -236,14 +248,23 @@ impl Relay {
         let results = self.bus.publish(&messages).await;
         let mut published = Vec::new();
         let mut first_error = None;
+        let now = chrono::Utc::now();
         for (row, result) in rows.iter().zip(results) {
             match result {
-                Ok(()) => published.push(row.seq),
+                Ok(()) => {
+                    published.push(row.seq);
+                    // Commit to bus ack: what a consumer waits on top of its own work.
+                    let lag = (now - row.created_at).to_std().unwrap_or_default();
+                    metrics::histogram!(PUBLISH_LAG, "event_type" => row.event_type.clone())
+                        .record(lag.as_secs_f64());
+                }
                 Err(error) => {
                     first_error.get_or_insert_with(|| error.to_string());
                 }
             }
         }
+        metrics::counter!(PUBLISHED).increment(published.len() as u64);
+        metrics::counter!(PUBLISH_FAILURES).increment((rows.len() - published.len()) as u64);
         (published, first_error)
     }
 

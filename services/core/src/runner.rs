@@ -4,6 +4,9 @@
 //! ```text
 //! start     relay running → workers spawned → health SERVING ("" and each named service)
 //!           → reflection, local registration (`aida up`) → listening
+//! running   every HEALTH_INTERVAL: NOT_SERVING ("" and named) while the database or the
+//!           bus is unreachable, SERVING again once both answer; outbox backlog, pool and
+//!           consumer gauges sampled
 //! shutdown  signal → health NOT_SERVING ("" and named) → in-flight calls drain
 //!           (at most `SHUTDOWN_GRACE`) → workers stopped and awaited → the relay publishes
 //!           what the last calls and workers committed, then stops → tasks started with
@@ -22,11 +25,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::consumer::{self, EventHandler};
 use crate::runtime::{ServiceContext, StartError};
@@ -42,7 +47,16 @@ pub struct ServiceRunner {
     workers: Vec<JoinHandle<()>>,
     after_relay_shutdown: CancellationToken,
     after_relay: Vec<JoinHandle<()>>,
+    durables: Vec<crate::bus::ConsumerSpec>,
 }
+
+/// How often a running service checks its database and bus and samples its gauges.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Whether the service's `dependency` (`database`, `bus`) answered at the last check.
+pub const DEPENDENCY_UP: &str = "aida_dependency_up";
+/// Connections of the service's database pool, by `state` (`in_use`, `idle`).
+pub const POOL_CONNECTIONS: &str = "aida_db_pool_connections";
 
 impl ServiceRunner {
     /// Starts the relay of `context` for `service` (its name in the mesh registry),
@@ -52,6 +66,8 @@ impl ServiceRunner {
         service: &'static str,
         shutdown: CancellationToken,
     ) -> Self {
+        // Before anything records: a sample taken without the recorder is lost.
+        crate::metrics::install();
         let relay_shutdown = CancellationToken::new();
         let relay = tokio::spawn(context.relay.clone().run(relay_shutdown.clone()));
         Self {
@@ -63,6 +79,7 @@ impl ServiceRunner {
             workers: Vec::new(),
             after_relay_shutdown: CancellationToken::new(),
             after_relay: Vec::new(),
+            durables: Vec::new(),
         }
     }
 
@@ -94,6 +111,7 @@ impl ServiceRunner {
         handler: Arc<dyn EventHandler>,
     ) {
         let options = self.context.durable(name, stream, filter);
+        self.durables.push(options.spec.clone());
         let task = consumer::run(
             self.context.bus.clone(),
             options,
@@ -131,17 +149,16 @@ impl ServiceRunner {
                 .set_service_status(name, ServingStatus::Serving)
                 .await;
         }
-        // Draining: balancers and the edge stop sending new calls before the server stops.
-        let draining = self.shutdown.clone();
-        let names = named.to_vec();
-        tokio::spawn(async move {
-            draining.cancelled().await;
-            for name in std::iter::once("").chain(names) {
-                reporter
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-        });
+        tokio::spawn(watch(
+            Watched {
+                service: self.service,
+                named: named.to_vec(),
+                context: self.context.clone(),
+                durables: self.durables.clone(),
+            },
+            reporter,
+            self.shutdown.clone(),
+        ));
         let reflection =
             server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
         let router = add(server::builder(self.context.verifier.clone())
@@ -170,5 +187,92 @@ impl ServiceRunner {
             let _ = task.await;
         }
         served.map_err(|error| StartError::Server(error.to_string()))
+    }
+}
+
+/// What the health watcher of one service looks at.
+struct Watched {
+    service: &'static str,
+    named: Vec<&'static str>,
+    context: ServiceContext,
+    durables: Vec<crate::bus::ConsumerSpec>,
+}
+
+/// Reports the service's health until shutdown: NOT_SERVING ("" and named) while its
+/// database or bus is unreachable, and for good once draining begins (balancers and the
+/// edge stop sending new calls before the server stops). Samples the gauges meanwhile.
+async fn watch(watched: Watched, reporter: HealthReporter, shutdown: CancellationToken) {
+    let mut serving = true;
+    let mut round: u64 = 0;
+    loop {
+        // Draining wins over everything here, even a probe that is still waiting.
+        let checked = async {
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+            let database = watched.context.db.ping(HEALTH_INTERVAL).await;
+            let bus = watched.context.bus.is_connected();
+            sample(&watched, database, round).await;
+            (database, bus)
+        };
+        let (database, bus) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            checked = checked => checked,
+        };
+        round += 1;
+        for (dependency, up) in [("database", database), ("bus", bus)] {
+            metrics::gauge!(DEPENDENCY_UP, "service" => watched.service, "dependency" => dependency)
+                .set(if up { 1.0 } else { 0.0 });
+        }
+        let healthy = database && bus;
+        if healthy == serving {
+            continue;
+        }
+        serving = healthy;
+        if healthy {
+            tracing::info!(
+                service = watched.service,
+                "database and bus answer again; serving"
+            );
+        } else {
+            tracing::warn!(
+                service = watched.service,
+                database,
+                bus,
+                "a dependency is unreachable; reporting NOT_SERVING"
+            );
+        }
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in std::iter::once("").chain(watched.named.iter().copied()) {
+            reporter.set_service_status(name, status).await;
+        }
+    }
+    for name in std::iter::once("").chain(watched.named.iter().copied()) {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// Samples the gauges no single call sees: the pool, the outbox backlog and (every few
+/// rounds, as it asks the bus) each durable's pending messages.
+async fn sample(watched: &Watched, database: bool, round: u64) {
+    let (in_use, idle) = watched.context.db.pool_state();
+    metrics::gauge!(POOL_CONNECTIONS, "service" => watched.service, "state" => "in_use")
+        .set(f64::from(in_use));
+    metrics::gauge!(POOL_CONNECTIONS, "service" => watched.service, "state" => "idle")
+        .set(f64::from(idle));
+    if database && let Ok(backlog) = watched.context.relay.pending_count().await {
+        metrics::gauge!(crate::outbox::BACKLOG, "service" => watched.service).set(backlog as f64);
+    }
+    if round.is_multiple_of(5) && watched.context.bus.is_connected() {
+        for spec in &watched.durables {
+            if let Some(pending) = watched.context.bus.pending(spec).await {
+                metrics::gauge!(consumer::PENDING, "consumer" => spec.durable_name.clone())
+                    .set(pending as f64);
+            }
+        }
     }
 }

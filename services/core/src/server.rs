@@ -87,7 +87,9 @@ impl MeshRouter {
     /// The routes behind the [`AuthLayer`], callable in process. The caller's
     /// `grpc-timeout` is enforced as the network server enforces it.
     pub fn local(&self) -> LocalService {
-        let inner = AuthLayer::new(self.verifier.clone()).layer(self.routes.clone());
+        // Counted as the network server counts them: refusals of the AuthLayer included.
+        let inner = crate::metrics::GrpcMetricsLayer
+            .layer(AuthLayer::new(self.verifier.clone()).layer(self.routes.clone()));
         let service = tower::service_fn(move |request: http::Request<Body>| {
             let inner = inner.clone();
             async move {
@@ -139,8 +141,11 @@ pub fn builder(verifier: Arc<TokenVerifier>) -> MeshRouter {
     }
 }
 
-/// A server with the mesh's transport settings, the [`AuthLayer`] outermost.
-fn server(verifier: Arc<TokenVerifier>) -> Server<Stack<AuthLayer, Identity>> {
+/// A server with the mesh's transport settings: the RED metrics outermost (so refused
+/// calls are counted with their code), then the [`AuthLayer`].
+fn server(
+    verifier: Arc<TokenVerifier>,
+) -> Server<Stack<AuthLayer, Stack<crate::metrics::GrpcMetricsLayer, Identity>>> {
     Server::builder()
         // A span per call, named by the method, so every log line carries it.
         .trace_fn(|request| {
@@ -155,6 +160,7 @@ fn server(verifier: Arc<TokenVerifier>) -> Server<Stack<AuthLayer, Identity>> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        .layer(crate::metrics::GrpcMetricsLayer)
         .layer(AuthLayer::new(verifier))
 }
 

@@ -34,6 +34,28 @@ pub struct Settings {
     pub ai: AiSettings,
     pub edge: EdgeSettings,
     pub tls: TlsSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Metrics (and, as they come, traces and error reports).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The port of the `/metrics` listener of `aida serve <service>` (on `listen.host`);
+    /// unset: the service's default from the mesh registry (9451 leads, 9452 deals, 9453
+    /// comms, 9454 analytics); 0 picks a free one. The edge serves `/metrics` on its own
+    /// port, and in `aida up` that is the whole mesh's.
+    pub metrics_port: Option<u16>,
+}
+
+impl Settings {
+    /// Where `aida serve <service>` serves `/metrics`.
+    pub fn metrics_address(&self, service: &crate::mesh::MeshService) -> SocketAddr {
+        SocketAddr::new(
+            self.listen.host,
+            self.telemetry.metrics_port.unwrap_or(service.metrics_port),
+        )
+    }
 }
 
 impl AiSettings {
@@ -379,6 +401,7 @@ struct Defaults {
     ai: AiSettings,
     edge: EdgeSettings,
     tls: TlsSettings,
+    telemetry: TelemetrySettings,
 }
 
 impl Default for Defaults {
@@ -486,6 +509,7 @@ impl Default for Defaults {
                 dir: None,
                 reload_secs: 10,
             },
+            telemetry: TelemetrySettings::default(),
         }
     }
 }

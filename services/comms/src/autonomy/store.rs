@@ -566,9 +566,25 @@ impl AutonomyStore {
             outbox::enqueue(&mut tx, event).await?;
         }
         tx.commit().await?;
+        metrics::gauge!(
+            LEVEL,
+            "tenant" => tenant.to_owned(),
+            "agent" => key.agent.clone(),
+            "action" => key.action.clone(),
+            "segment" => key.segment.clone()
+        )
+        .set(if record.grant.killed {
+            -1.0
+        } else {
+            f64::from(record.grant.level.number())
+        });
         Ok((record, writes))
     }
 }
+
+/// The autonomy level of a key (its number as the API reports it; -1 while killed), as last
+/// written.
+pub const LEVEL: &str = "aida_autonomy_level";
 
 fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, Error> {
     serde_json::to_value(value).map_err(Error::internal)

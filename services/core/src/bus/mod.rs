@@ -265,6 +265,17 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// The naming scheme this bus uses.
     fn topology(&self) -> &Topology;
+
+    /// Whether the bus is reachable now (health): the client's connection is up.
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    /// Messages the durable consumer `spec` has not yet been delivered (metrics); `None`
+    /// when the bus cannot tell now.
+    async fn pending(&self, _spec: &ConsumerSpec) -> Option<u64> {
+        None
+    }
 }
 
 /// NATS subject matching: `*` matches one token, `>` the rest.

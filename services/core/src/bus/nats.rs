@@ -101,6 +101,20 @@ impl EventBus for NatsBus {
         results
     }
 
+    fn is_connected(&self) -> bool {
+        self.jetstream.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    async fn pending(&self, spec: &ConsumerSpec) -> Option<u64> {
+        let stream = self
+            .jetstream
+            .get_stream(self.topology.stream(&spec.stream))
+            .await
+            .ok()?;
+        let info = stream.consumer_info(&spec.durable_name).await.ok()?;
+        Some(info.num_pending)
+    }
+
     async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Box<dyn MessageSource>, BusError> {
         let stream_name = self.topology.stream(&spec.stream);
         let stream = self
