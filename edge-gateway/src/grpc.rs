@@ -93,6 +93,12 @@ impl Edge {
             ))
         });
         request.headers_mut().remove(header::CONTENT_LENGTH);
+        // The service continues the trace from the edge's span, not the client's.
+        if let Some(traceparent) = aida_core::telemetry::current_traceparent()
+            .and_then(|traceparent| http::HeaderValue::from_str(&traceparent).ok())
+        {
+            request.headers_mut().insert("traceparent", traceparent);
+        }
         match channel.oneshot(request).await {
             Ok(response) => response,
             Err(error) => {

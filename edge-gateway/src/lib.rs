@@ -219,6 +219,12 @@ impl Edge {
                 metadata.insert(name, value);
             }
         }
+        // The service continues the trace from the edge's span, not the client's.
+        if let Some(value) = aida_core::telemetry::current_traceparent()
+            .and_then(|traceparent| traceparent.parse().ok())
+        {
+            metadata.insert("traceparent", value);
+        }
         let default = Duration::from_millis(self.settings.request_timeout_ms);
         let timeout =
             aida_core::server::grpc_timeout(headers).map_or(default, |asked| asked.min(default));
@@ -553,6 +559,24 @@ fn handler_label(edge: &Edge, request: &Request) -> String {
     }
 }
 
+/// The span of one request at the edge: it starts the trace, or continues the caller's
+/// (W3C `traceparent`).
+fn request_span(request: &http::Request<Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %request.method(),
+        otel.kind = "server",
+        method = %request.method(),
+        uri = %request.uri(),
+        trace_id = tracing::field::Empty,
+    );
+    aida_core::telemetry::continue_trace(
+        &span,
+        aida_core::telemetry::parent_from_headers(request.headers()),
+    );
+    span
+}
+
 /// Counts and times every request (RED at the edge).
 async fn observe(
     State(edge): State<Arc<Edge>>,
@@ -753,7 +777,7 @@ pub async fn serve(
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::from_fn_with_state(edge.clone(), observe))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     // Small responses go out at once, not after the peer's delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -202,7 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up => {
             // Loopback too runs on mutual TLS unless the settings turn it off.
             settings.tls.enabled.get_or_insert(true);
-            telemetry::init(&settings.log);
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry, "aida");
             let shutdown = CancellationToken::new();
             server::cancel_on_signal(shutdown.clone());
             let mesh = Mesh::start(&settings, shutdown.clone()).await?;
@@ -210,7 +210,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mesh.wait().await
         }
         Command::Serve { service } => {
-            telemetry::init(&settings.log);
+            let _telemetry = telemetry::init(
+                &settings.log,
+                &settings.telemetry,
+                &format!("aida-{service}"),
+            );
             let Some(service) = Service::parse(&service) else {
                 bail!(
                     "unknown service '{service}'; known: {}, edge",
@@ -257,7 +261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            telemetry::init(&settings.log);
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry, "aida-migrate");
             for service in Service::ALL {
                 let db = Database::connect(&settings.database_url_for(service.name())).await?;
                 db.migrate(&mut core_migrations()).await?;

@@ -16,6 +16,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const SIGNING_KEY: &str = "observability-test-signing-key-0123456789";
+/// The trace the test's capture belongs to, and the client's span in it.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// The Prometheus server binary (`TEST_PROMETHEUS`, else Debian's, which the test command
 /// installs).
@@ -42,7 +45,7 @@ struct Ports {
     metrics: u16,
 }
 
-fn aida(dir: &Path, namespace: &str) -> Command {
+fn aida(dir: &Path, namespace: &str, collector: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_aida"));
     command
         .current_dir(dir)
@@ -50,7 +53,10 @@ fn aida(dir: &Path, namespace: &str) -> Command {
         .env("AIDA_NATS_URL", shared_nats_url())
         .env("AIDA_BUS__NAMESPACE", namespace)
         .env("AIDA_AUTH__SIGNING_KEY", SIGNING_KEY)
+        .env("AIDA_TELEMETRY__OTLP_ENDPOINT", collector)
         .env("AIDA_LOG__FILTER", "warn")
+        // Spans leave in batches every 100 ms (the OpenTelemetry SDK's variable).
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     command
@@ -109,9 +115,10 @@ async fn prometheus_scrapes_every_service_and_the_edge_and_sees_a_capture_counte
         })
         .collect();
     let edge_port = free_port();
+    let collector = Collector::start().await;
     let mut processes = Processes(Vec::new());
     for (service, port) in services.iter().zip(&ports) {
-        let mut command = aida(dir.path(), &namespace);
+        let mut command = aida(dir.path(), &namespace, &collector.url());
         for (other, other_port) in services.iter().zip(&ports) {
             command.env(
                 format!("AIDA_LISTEN__{}_PORT", other.to_uppercase()),
@@ -132,7 +139,7 @@ async fn prometheus_scrapes_every_service_and_the_edge_and_sees_a_capture_counte
                 .unwrap_or_else(|error| panic!("spawn {service}: {error}")),
         );
     }
-    let mut edge = aida(dir.path(), &namespace);
+    let mut edge = aida(dir.path(), &namespace, &collector.url());
     edge.env("AIDA_EDGE__PORT", edge_port.to_string())
         .env("AIDA_EDGE__CORS_ORIGINS", "[\"*\"]");
     for (service, port) in services.iter().zip(&ports) {
@@ -235,6 +242,7 @@ async fn prometheus_scrapes_every_service_and_the_edge_and_sees_a_capture_counte
     let response = client
         .post(format!("{edge_url}/v1/leads"))
         .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
         .json(&serde_json::json!({"email": "watched@example.com"}))
         .send()
         .await
@@ -327,6 +335,7 @@ async fn prometheus_scrapes_every_service_and_the_edge_and_sees_a_capture_counte
                 .map(move |name| format!("{file} / {panel}: {name}"))
         })
         .collect();
+    one_capture_is_one_trace(&collector).await;
     assert!(
         complete && missing.is_empty(),
         "panels query metrics nobody exports: {missing:#?}"
@@ -613,5 +622,172 @@ fn promql_metric_names_skip_functions_labels_and_ranges() {
     assert_eq!(
         metric_names("sum(x_total) / ignoring(kind) group_left sum(y{kind=\"z\"}) > 0.5"),
         vec!["x_total", "y"]
+    );
+}
+
+/// An OpenTelemetry collector as far as the mesh can tell: the OTLP `TraceService` over
+/// gRPC (tonic, the generated server of `opentelemetry-proto`), keeping every span with
+/// the `service.name` of its resource.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, otlp::trace::v1::Span)>>>,
+    address: Option<SocketAddr>,
+}
+
+use opentelemetry_proto::tonic as otlp;
+use otlp::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use otlp::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use std::sync::{Arc, Mutex};
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut kept = self.spans.lock().expect("spans");
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| attribute.value.as_ref())
+                .and_then(|value| match &value.value {
+                    Some(otlp::common::v1::any_value::Value::StringValue(name)) => {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    kept.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let collector = Collector {
+            address: Some(listener.local_addr().expect("address")),
+            ..Collector::default()
+        };
+        let server = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        collector
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address.expect("bound"))
+    }
+
+    /// (service, span) of the trace `trace_id` (hex).
+    fn trace(&self, trace_id: &str) -> Vec<(String, otlp::trace::v1::Span)> {
+        self.spans
+            .lock()
+            .expect("spans")
+            .iter()
+            .filter(|(_, span)| hex(&span.trace_id) == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The capture sent with `traceparent` 00-[`TRACE_ID`]-[`CLIENT_SPAN`]: one trace from the
+/// edge through LeadService, the relay and NATS into the analytics consumer and DuckDB, and
+/// into the scoring and outreach consumers, each span the child of the hop before.
+async fn one_capture_is_one_trace(collector: &Collector) {
+    let find = |spans: &[(String, otlp::trace::v1::Span)], service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|(of, span)| of == service && span.name.contains(name))
+            .map(|(_, span)| span.clone())
+    };
+    let wanted = [
+        ("aida-edge", "POST"),
+        ("aida-leads", "aida.leads.v1.LeadService/CaptureLead"),
+        ("aida-leads", "publish leads.captured"),
+        ("aida-analytics", "leads.captured"),
+        ("aida-analytics", "duckdb append"),
+        ("aida-leads", "leads-scoring-leads leads.captured"),
+        ("aida-comms", "comms-outreach leads.captured"),
+    ];
+    let arrived = eventually(Duration::from_secs(30), || async {
+        let spans = collector.trace(TRACE_ID);
+        wanted
+            .iter()
+            .all(|(service, name)| find(&spans, service, name).is_some())
+    })
+    .await;
+    let spans = collector.trace(TRACE_ID);
+    let seen: Vec<(String, String)> = spans
+        .iter()
+        .map(|(service, span)| (service.clone(), span.name.clone()))
+        .collect();
+    assert!(
+        arrived,
+        "every hop of the capture in trace {TRACE_ID}: {seen:#?}"
+    );
+    println!("trace {TRACE_ID}: {} spans: {seen:?}", seen.len());
+    let span = |service: &str, name: &str| find(&spans, service, name).expect("span");
+    let edge = span("aida-edge", "POST");
+    let call = span("aida-leads", "aida.leads.v1.LeadService/CaptureLead");
+    let publish = span("aida-leads", "publish leads.captured");
+    let ingest = span("aida-analytics", "duckdb append");
+    assert_eq!(
+        hex(&edge.parent_span_id),
+        CLIENT_SPAN,
+        "the edge continues the caller's trace"
+    );
+    assert_eq!(
+        call.parent_span_id, edge.span_id,
+        "LeadService is the edge's child"
+    );
+    let ids: std::collections::HashMap<Vec<u8>, (String, String)> = spans
+        .iter()
+        .map(|(service, span)| (span.span_id.clone(), (service.clone(), span.name.clone())))
+        .collect();
+    // The relay publishes inside the trace of the call that committed the event.
+    let mut ancestor = publish.parent_span_id.clone();
+    while ancestor != call.span_id {
+        let parent = spans
+            .iter()
+            .find(|(_, span)| span.span_id == ancestor)
+            .unwrap_or_else(|| {
+                panic!("the publish span descends from the capture call: {seen:#?}")
+            });
+        ancestor = parent.1.parent_span_id.clone();
+    }
+    for (service, name) in [
+        ("aida-analytics", "leads.captured"),
+        ("aida-leads", "leads-scoring-leads leads.captured"),
+        ("aida-comms", "comms-outreach leads.captured"),
+    ] {
+        let consumed = span(service, name);
+        assert_eq!(
+            consumed.parent_span_id, publish.span_id,
+            "{service} {name} continues from the relay's span over NATS"
+        );
+    }
+    assert!(
+        ids.contains_key(&ingest.parent_span_id),
+        "the DuckDB append has its parent in the trace: {seen:#?}"
     );
 }

@@ -205,9 +205,14 @@ impl BatchHandler for Ingestor {
         if rows.is_empty() {
             return Ok(());
         }
-        let inserted = self
-            .warehouse
-            .ingest(rows)
+        let span = tracing::info_span!(
+            "duckdb append",
+            otel.name = "duckdb append",
+            otel.kind = "client",
+            db.system = "duckdb",
+            rows = rows.len(),
+        );
+        let inserted = tracing::Instrument::instrument(self.warehouse.ingest(rows), span)
             .await
             .map_err(|error| HandlerError::Transient(error.to_string()))?;
         self.ingested.fetch_add(inserted as u64, Ordering::Relaxed);

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::bus::{ConsumerSpec, Delivery, EventBus, MessageSource, OutgoingMessage, headers};
 use crate::db::{Sql, Tx};
@@ -246,11 +247,28 @@ pub async fn run_batched(
             .iter()
             .map(|(envelope, _)| envelope.clone())
             .collect();
-        for (_, delivery) in &decoded {
+        // The batch continues the trace of its first event; every other event's trace gets
+        // a span of its own, linked to the batch.
+        let batch_span = tracing::info_span!(
+            "batch",
+            otel.name = %format!("{consumer} batch"),
+            otel.kind = "consumer",
+            %consumer,
+            size = events.len(),
+            trace_id = tracing::field::Empty,
+        );
+        for (index, (envelope, delivery)) in decoded.iter().enumerate() {
             delivered(&consumer, delivery.attempt);
+            let span = event_span(&consumer, envelope, delivery);
+            if index == 0 {
+                crate::telemetry::continue_trace(&batch_span, span.context());
+            } else {
+                span.follows_from(&batch_span);
+            }
         }
         let started = std::time::Instant::now();
-        let handled = handler.handle_batch(&events).await;
+        let handled =
+            tracing::Instrument::instrument(handler.handle_batch(&events), batch_span).await;
         metrics::histogram!(BATCH_SECONDS, "consumer" => consumer.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(BATCH_SIZE, "consumer" => consumer.clone()).record(events.len() as f64);
@@ -388,31 +406,59 @@ async fn process(
             return;
         }
     };
+    let span = event_span(consumer, &envelope, &delivery);
+    let settle = async move {
+        delivered(consumer, delivery.attempt);
+        let started = std::time::Instant::now();
+        let handled = handler.handle(&envelope).await;
+        metrics::histogram!(HANDLING_SECONDS, "consumer" => consumer.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        match handled {
+            Ok(()) => {
+                metrics::counter!(EVENTS, "consumer" => consumer.to_owned(), "outcome" => "ok")
+                    .increment(1);
+                if let Err(error) = delivery.ack().await {
+                    // Not acked means redelivered; the inbox makes that harmless.
+                    tracing::warn!(%error, "ack failed");
+                }
+            }
+            Err(error) => settle_failure(bus, consumer, max_deliver, delivery, error).await,
+        }
+    };
+    tracing::Instrument::instrument(settle, span).await;
+}
+
+/// The span of one event's handling, continuing the trace its publisher started (the
+/// `traceparent` header, else the envelope's).
+fn event_span(consumer: &str, envelope: &EventEnvelope, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "event",
+        otel.name = %format!("{consumer} {}", envelope.event_type),
+        otel.kind = "consumer",
         %consumer,
         event_type = %envelope.event_type,
         event_id = %envelope.event_id,
         tenant = %envelope.tenant_id,
         attempt = delivery.attempt,
+        trace_id = tracing::field::Empty,
     );
-    let _guard = span.enter();
-    delivered(consumer, delivery.attempt);
-    let started = std::time::Instant::now();
-    let handled = handler.handle(&envelope).await;
-    metrics::histogram!(HANDLING_SECONDS, "consumer" => consumer.to_owned())
-        .record(started.elapsed().as_secs_f64());
-    match handled {
-        Ok(()) => {
-            metrics::counter!(EVENTS, "consumer" => consumer.to_owned(), "outcome" => "ok")
-                .increment(1);
-            if let Err(error) = delivery.ack().await {
-                // Not acked means redelivered; the inbox makes that harmless.
-                tracing::warn!(%error, "ack failed");
-            }
-        }
-        Err(error) => settle_failure(bus, consumer, max_deliver, delivery, error).await,
+    let traceparent = delivery
+        .header(headers::TRACEPARENT)
+        .map(str::to_owned)
+        .or_else(|| {
+            envelope
+                .trace
+                .as_ref()
+                .map(|trace| trace.traceparent.clone())
+        })
+        .filter(|traceparent| !traceparent.is_empty());
+    if let Some(traceparent) = traceparent {
+        crate::telemetry::continue_trace(
+            &span,
+            crate::telemetry::parent_from_traceparent(&traceparent),
+        );
     }
+    span
 }
 
 /// Events a durable consumer settled, by `outcome`: `ok`, `retried` (redelivery asked

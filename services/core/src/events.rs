@@ -52,11 +52,12 @@ pub fn envelope(
             roles: context.roles.clone(),
         }),
         subject,
-        trace: context
-            .traceparent
-            .as_ref()
+        // The span that caused the event (a service's call, a consumer's handling), else
+        // the caller's trace as it came in.
+        trace: crate::telemetry::current_traceparent()
+            .or_else(|| context.traceparent.clone())
             .map(|traceparent| TraceContext {
-                traceparent: traceparent.clone(),
+                traceparent,
                 tracestate: String::new(),
             }),
         request_id: context.request_id.clone(),

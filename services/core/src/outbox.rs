@@ -227,6 +227,9 @@ impl Relay {
         if rows.is_empty() {
             return (Vec::new(), None);
         }
+        // One producer span per event, in the trace of the call that committed it; the
+        // consumers continue from this span (its traceparent goes in the NATS headers).
+        let mut spans = Vec::with_capacity(rows.len());
         let messages: Vec<OutgoingMessage> = rows
             .iter()
             .map(|row| {
@@ -235,7 +238,23 @@ impl Relay {
                     && let Some(trace) = envelope.trace
                     && !trace.traceparent.is_empty()
                 {
-                    message_headers.push((headers::TRACEPARENT.to_owned(), trace.traceparent));
+                    let span = tracing::info_span!(
+                        "publish",
+                        otel.name = %format!("publish {}", row.event_type),
+                        otel.kind = "producer",
+                        event_type = %row.event_type,
+                        event_id = %row.event_id,
+                        trace_id = tracing::field::Empty,
+                    );
+                    crate::telemetry::continue_trace(
+                        &span,
+                        crate::telemetry::parent_from_traceparent(&trace.traceparent),
+                    );
+                    let traceparent = span
+                        .in_scope(crate::telemetry::current_traceparent)
+                        .unwrap_or(trace.traceparent);
+                    spans.push(span);
+                    message_headers.push((headers::TRACEPARENT.to_owned(), traceparent));
                 }
                 OutgoingMessage {
                     event_type: row.event_type.clone(),
@@ -263,6 +282,7 @@ impl Relay {
                 }
             }
         }
+        drop(spans);
         metrics::counter!(PUBLISHED).increment(published.len() as u64);
         metrics::counter!(PUBLISH_FAILURES).increment((rows.len() - published.len()) as u64);
         (published, first_error)

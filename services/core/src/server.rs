@@ -92,21 +92,25 @@ impl MeshRouter {
             .layer(AuthLayer::new(self.verifier.clone()).layer(self.routes.clone()));
         let service = tower::service_fn(move |request: http::Request<Body>| {
             let inner = inner.clone();
-            async move {
-                let called = match grpc_timeout(request.headers()) {
-                    Some(limit) => {
-                        match tokio::time::timeout(limit, inner.oneshot(request)).await {
-                            Ok(called) => called,
-                            Err(_) => Ok(tonic::Status::deadline_exceeded(
-                                "the deadline passed before the call finished",
-                            )
-                            .into_http()),
+            let span = call_span(request.uri().path(), request.headers());
+            tracing::Instrument::instrument(
+                async move {
+                    let called = match grpc_timeout(request.headers()) {
+                        Some(limit) => {
+                            match tokio::time::timeout(limit, inner.oneshot(request)).await {
+                                Ok(called) => called,
+                                Err(_) => Ok(tonic::Status::deadline_exceeded(
+                                    "the deadline passed before the call finished",
+                                )
+                                .into_http()),
+                            }
                         }
-                    }
-                    None => inner.oneshot(request).await,
-                };
-                called.map_err(|never: Infallible| -> CallError { match never {} })
-            }
+                        None => inner.oneshot(request).await,
+                    };
+                    called.map_err(|never: Infallible| -> CallError { match never {} })
+                },
+                span,
+            )
         });
         tower::util::BoxCloneSyncService::new(service)
     }
@@ -132,6 +136,24 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The span of one gRPC call, named by its method, continuing the caller's trace.
+pub fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        method = %path,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, crate::telemetry::parent_from_headers(headers));
+    span
+}
+
 /// The mesh's routes: every call is authenticated and checked against the RBAC table
 /// (health, reflection and public methods pass without a token).
 pub fn builder(verifier: Arc<TokenVerifier>) -> MeshRouter {
@@ -148,14 +170,7 @@ fn server(
 ) -> Server<Stack<AuthLayer, Stack<crate::metrics::GrpcMetricsLayer, Identity>>> {
     Server::builder()
         // A span per call, named by the method, so every log line carries it.
-        .trace_fn(|request| {
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!("grpc", method = %request.uri().path(), request_id = %request_id)
-        })
+        .trace_fn(|request| call_span(request.uri().path(), request.headers()))
         // Dead peers are noticed and their streams freed.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

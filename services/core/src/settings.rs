@@ -46,6 +46,10 @@ pub struct TelemetrySettings {
     /// comms, 9454 analytics); 0 picks a free one. The edge serves `/metrics` on its own
     /// port, and in `aida up` that is the whole mesh's.
     pub metrics_port: Option<u16>,
+    /// An OpenTelemetry collector (OTLP over gRPC, `http://collector:4317`): every span
+    /// is exported there as the service `aida-<service>` (`aida` for `aida up`). Unset:
+    /// no traces leave the process (log lines still carry a caller's trace id).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -588,6 +592,14 @@ impl Settings {
                 message: "must start with nats:// or tls://".into(),
             });
         }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingsError::Field {
+                field: "telemetry.otlp_endpoint",
+                message: "an OTLP gRPC endpoint such as http://collector:4317".into(),
+            });
+        }
         let currency = &self.deals.default_currency;
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(SettingsError::Field {
@@ -807,6 +819,37 @@ mod tests {
         std::fs::write(&file, "database_url = \"mysql://x\"\n").expect("write");
         let error = Settings::load(Some(&file)).expect_err("bad url");
         assert!(error.to_string().contains("database_url"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_settings_load_and_a_bad_otlp_endpoint_names_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "[telemetry]\nmetrics_port = 9999\notlp_endpoint = \"http://collector:4317\"\n",
+        )
+        .expect("write");
+        let settings = Settings::load(Some(&good)).expect("load");
+        assert_eq!(settings.telemetry.metrics_port, Some(9999));
+        assert_eq!(
+            settings.metrics_address(&crate::mesh::DEALS).port(),
+            9999,
+            "the override wins over the registry's port"
+        );
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[telemetry]\notlp_endpoint = \"collector:4317\"\n").expect("write");
+        let error = Settings::load(Some(&bad)).expect_err("bad endpoint");
+        assert!(
+            error.to_string().contains("telemetry.otlp_endpoint"),
+            "{error}"
+        );
+        assert_eq!(
+            Settings::embedded()
+                .metrics_address(&crate::mesh::DEALS)
+                .port(),
+            crate::mesh::DEALS.metrics_port
+        );
     }
 
     #[test]
