@@ -584,8 +584,21 @@ async fn observe(
     next: axum::middleware::Next,
 ) -> Response {
     let handler = handler_label(&edge, &request);
+    let request_id = header_text(request.headers(), "x-request-id")
+        .unwrap_or_default()
+        .to_owned();
+    let trace_id = aida_core::telemetry::trace_id_of(request.headers());
     let started = Instant::now();
     let response = next.run(request).await;
+    // gRPC answers are the services' to report; a 5xx of the edge's own is reported here.
+    if response.status().is_server_error() && handler != "grpc" {
+        aida_core::telemetry::report_server_error(
+            &handler,
+            response.status().as_str(),
+            &request_id,
+            trace_id.as_deref(),
+        );
+    }
     metrics::counter!(
         HTTP_REQUESTS,
         "handler" => handler.clone(),

@@ -267,6 +267,13 @@ where
             service,
             method,
             start: Instant::now(),
+            request_id: request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            trace_id: crate::telemetry::trace_id_of(request.headers()),
         };
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -292,10 +299,23 @@ struct Call {
     service: &'static str,
     method: &'static str,
     start: Instant,
+    request_id: String,
+    trace_id: Option<String>,
 }
 
 impl Call {
     fn finish(self, code: tonic::Code) {
+        if matches!(
+            code,
+            tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss
+        ) {
+            crate::telemetry::report_server_error(
+                &format!("{}/{}", self.service, self.method),
+                code_name(code),
+                &self.request_id,
+                self.trace_id.as_deref(),
+            );
+        }
         metrics::counter!(
             "grpc_server_handled_total",
             "grpc_service" => self.service,

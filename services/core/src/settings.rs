@@ -50,6 +50,10 @@ pub struct TelemetrySettings {
     /// is exported there as the service `aida-<service>` (`aida` for `aida up`). Unset:
     /// no traces leave the process (log lines still carry a caller's trace id).
     pub otlp_endpoint: Option<String>,
+    /// A Sentry DSN: panics and every INTERNAL (gRPC) or 5xx (edge) answer are reported
+    /// there with the request id and trace id, never with a person's data.
+    #[serde(skip_serializing)]
+    pub sentry_dsn: Option<SecretString>,
 }
 
 impl Settings {
@@ -598,6 +602,14 @@ impl Settings {
             return Err(SettingsError::Field {
                 field: "telemetry.otlp_endpoint",
                 message: "an OTLP gRPC endpoint such as http://collector:4317".into(),
+            });
+        }
+        if let Some(dsn) = &self.telemetry.sentry_dsn
+            && dsn.expose_secret().parse::<sentry::types::Dsn>().is_err()
+        {
+            return Err(SettingsError::Field {
+                field: "telemetry.sentry_dsn",
+                message: "a Sentry DSN such as https://key@o0.ingest.sentry.io/0".into(),
             });
         }
         let currency = &self.deals.default_currency;

@@ -1,7 +1,8 @@
 //! Logging and tracing: the tracing subscriber, and OpenTelemetry traces exported over OTLP
 //! gRPC when `telemetry.otlp_endpoint` is set.
 //!
-//! The W3C `traceparent` carries a trace from hop to hop: the edge starts or continues it,
+//! The W3C `traceparent` (the one propagation format of the mesh) carries a trace from hop
+//! to hop: the edge starts or continues it,
 //! gRPC metadata takes it into a service ([`parent_from_headers`] in the server's span),
 //! an event's envelope and its NATS headers take it to every consumer
 //! ([`current_traceparent`] when the envelope is built, [`parent_from_traceparent`] when it
@@ -12,7 +13,7 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -25,9 +26,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::{LogFormat, LogSettings, TelemetrySettings};
 
-/// What [`init`] started; dropping it flushes the spans not yet exported.
+/// What [`init`] started; dropping it flushes the spans and error reports not yet sent.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    _sentry: Option<sentry::ClientInitGuard>,
 }
 
 impl Drop for Telemetry {
@@ -45,10 +47,6 @@ impl Drop for Telemetry {
 /// the user; and, with `telemetry.otlp_endpoint`, every span exported as the OpenTelemetry
 /// service `service`. Calling it twice keeps the first (tests start several services).
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) -> Telemetry {
-    static PROPAGATOR: OnceLock<()> = OnceLock::new();
-    PROPAGATOR.get_or_init(|| {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let provider =
         telemetry
@@ -88,10 +86,94 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings, service: &str) -> 
             )
             .try_init(),
     };
+    let sentry = telemetry.sentry_dsn.as_ref().and_then(|dsn| {
+        init_sentry(dsn, service)
+            .map_err(|error| eprintln!("telemetry: no error reports to Sentry: {error}"))
+            .ok()
+    });
     Telemetry {
         // A second subscriber was refused: its provider would never see a span.
         provider: provider.filter(|_| installed.is_ok()),
+        _sentry: sentry,
     }
+}
+
+/// Sends panics and server errors ([`report_server_error`]) to the Sentry project of `dsn`,
+/// as `service`. Nothing about a person leaves: no default PII, no request, no user.
+pub fn init_sentry(
+    dsn: &secrecy::SecretString,
+    service: &str,
+) -> Result<sentry::ClientInitGuard, String> {
+    use secrecy::ExposeSecret as _;
+    let dsn: sentry::types::Dsn = dsn
+        .expose_secret()
+        .parse()
+        .map_err(|error| format!("telemetry.sentry_dsn: {error}"))?;
+    let guard = sentry::init(sentry::ClientOptions {
+        dsn: Some(dsn),
+        release: sentry::release_name!(),
+        // The service, not the host's name.
+        server_name: Some(service.to_owned().into()),
+        send_default_pii: false,
+        // A server error's stack is the reporting code's; a panic brings its own.
+        attach_stacktrace: false,
+        before_send: Some(std::sync::Arc::new(|mut event| {
+            event.user = None;
+            event.request = None;
+            Some(event)
+        })),
+        ..Default::default()
+    });
+    // `init` binds the calling thread's hub; threads that start later inherit the process
+    // hub's, so bind it there too, wherever `init` ran.
+    if let Some(client) = sentry::Hub::current().client() {
+        sentry::Hub::main().bind_client(Some(client));
+    }
+    Ok(guard)
+}
+
+/// Reports a server error to Sentry (when configured): `what` failed with `code`, for the
+/// request `request_id` in trace `trace_id`. Only these identifiers are sent, never the
+/// request's content or the error's cause (which may name a person).
+pub fn report_server_error(what: &str, code: &str, request_id: &str, trace_id: Option<&str>) {
+    if sentry::Hub::current()
+        .client()
+        .is_none_or(|client| !client.is_enabled())
+    {
+        return;
+    }
+    sentry::with_scope(
+        |scope| {
+            scope.set_tag("endpoint", what);
+            scope.set_tag("code", code);
+            if !request_id.is_empty() {
+                scope.set_tag("request_id", request_id);
+            }
+            if let Some(trace_id) = trace_id {
+                scope.set_tag("trace_id", trace_id);
+            }
+            scope.set_fingerprint(Some(&["server-error", what, code]));
+        },
+        || sentry::capture_message(&format!("{code} from {what}"), sentry::Level::Error),
+    );
+}
+
+/// The trace a request belongs to: the one its `traceparent` names, else the current span's.
+pub fn trace_id_of(headers: &http::HeaderMap) -> Option<String> {
+    let continued = parent_from_headers(headers)
+        .span()
+        .span_context()
+        .trace_id();
+    let trace_id = if continued == opentelemetry::trace::TraceId::INVALID {
+        tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .trace_id()
+    } else {
+        continued
+    };
+    (trace_id != opentelemetry::trace::TraceId::INVALID).then(|| trace_id.to_string())
 }
 
 /// The tracer provider exporting to the OTLP gRPC collector at `endpoint`.
@@ -198,9 +280,7 @@ impl Injector for MapCarrier {
 
 /// The trace a request continues, from its `traceparent` (and `tracestate`) header.
 pub fn parent_from_headers(headers: &http::HeaderMap) -> opentelemetry::Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    })
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
 /// The trace an event continues, from the `traceparent` it carries.
@@ -209,7 +289,7 @@ pub fn parent_from_traceparent(traceparent: &str) -> opentelemetry::Context {
         "traceparent".to_owned(),
         traceparent.to_owned(),
     )]));
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier))
+    TraceContextPropagator::new().extract(&carrier)
 }
 
 /// The `traceparent` of the current span, when it belongs to a trace (traces exported, or a
@@ -220,9 +300,7 @@ pub fn current_traceparent() -> Option<String> {
         return None;
     }
     let mut carrier = MapCarrier(HashMap::new());
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut carrier);
-    });
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
     carrier.0.remove("traceparent")
 }
 
