@@ -295,16 +295,9 @@ impl AlertStore {
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1"
         ))
         .bind(tenant);
-        let (rows, more) = self
-            .db
-            .fetch_page::<AlertRow>(sql, &ALERT_ORDER, limit, after)
-            .await?;
-        Ok((
-            rows.into_iter()
-                .map(Alert::try_from)
-                .collect::<Result<_, _>>()?,
-            more,
-        ))
+        self.db
+            .fetch_page_as::<AlertRow, _>(sql, &ALERT_ORDER, limit, after)
+            .await
     }
 }
 

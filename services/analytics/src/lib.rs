@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use aida_core::consumer::{self, BatchOptions};
+use aida_core::consumer::BatchOptions;
 use aida_core::db::Migrations;
 use aida_core::runner::ServiceRunner;
 use aida_core::runtime::{ServiceContext, StartError};
@@ -68,14 +68,7 @@ pub async fn serve(
     };
     let mut runner = ServiceRunner::new(context.clone(), SERVICE, shutdown);
     for (name, stream) in CONSUMERS {
-        let options = context.durable(name, stream, None);
-        runner.spawn(consumer::run_batched(
-            context.bus.clone(),
-            options,
-            batch,
-            ingestor.clone(),
-            runner.shutdown(),
-        ));
+        runner.consume_batched(name, stream, None, batch, ingestor.clone());
     }
     let alert_store = AlertStore::new(context.db.clone());
     let monitor = Monitor {

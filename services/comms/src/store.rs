@@ -224,16 +224,9 @@ impl CommsStore {
             "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1"
         ))
         .bind(tenant);
-        let (rows, more) = self
-            .db
-            .fetch_page::<TemplateRow>(sql, &TEMPLATE_ORDER, limit, after)
-            .await?;
-        Ok((
-            rows.into_iter()
-                .map(Template::try_from)
-                .collect::<Result<_, _>>()?,
-            more,
-        ))
+        self.db
+            .fetch_page_as::<TemplateRow, _>(sql, &TEMPLATE_ORDER, limit, after)
+            .await
     }
 
     /// Reads a template under a write lock and writes what `decide` returns (`None`: delete).

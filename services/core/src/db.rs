@@ -386,6 +386,30 @@ impl Database {
         self.fetch_limited(sql, limit).await
     }
 
+    /// [`Database::fetch_keyset`], each row turned into its domain value.
+    pub async fn fetch_keyset_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
+        &self,
+        sql: Sql,
+        keys: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&[crate::query::KeyValue]>,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
+        let (rows, more) = self.fetch_keyset::<R>(sql, keys, limit, after).await?;
+        Ok((rows_into(rows)?, more))
+    }
+
+    /// [`Database::fetch_page`], each row turned into its domain value.
+    pub async fn fetch_page_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
+        &self,
+        sql: Sql,
+        order: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&crate::query::After>,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
+        let (rows, more) = self.fetch_page::<R>(sql, order, limit, after).await?;
+        Ok((rows_into(rows)?, more))
+    }
+
     /// `sql` with ` LIMIT limit + 1`: at most `limit` rows and whether more follow.
     async fn fetch_limited<T: Row>(
         &self,
@@ -520,4 +544,11 @@ pub fn core_migrations() -> Migrations {
 #[derive(Debug, sqlx::FromRow)]
 pub struct Count {
     pub count: i64,
+}
+
+/// Rows turned into their domain values; the first that does not convert fails them all.
+pub fn rows_into<R, T: TryFrom<R, Error = crate::Error>>(
+    rows: Vec<R>,
+) -> Result<Vec<T>, crate::Error> {
+    rows.into_iter().map(T::try_from).collect()
 }

@@ -121,6 +121,28 @@ impl ServiceRunner {
         self.spawn(task);
     }
 
+    /// A durable consumer `name` of `stream` handed events in batches (see
+    /// [`consumer::run_batched`]), as a worker.
+    pub fn consume_batched(
+        &mut self,
+        name: &str,
+        stream: &str,
+        filter: Option<&str>,
+        batch: consumer::BatchOptions,
+        handler: Arc<dyn consumer::BatchHandler>,
+    ) {
+        let options = self.context.durable(name, stream, filter);
+        self.durables.push(options.spec.clone());
+        let task = consumer::run_batched(
+            self.context.bus.clone(),
+            options,
+            batch,
+            handler,
+            self.shutdown.clone(),
+        );
+        self.spawn(task);
+    }
+
     /// Runs the task `start` makes from its own stop signal, which fires only after the
     /// relay stopped: for work the last calls still rely on (the search re-indexer).
     pub fn spawn_after_relay<F, T>(&mut self, start: impl FnOnce(CancellationToken) -> F)

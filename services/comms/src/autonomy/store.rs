@@ -400,21 +400,14 @@ impl AutonomyStore {
         limit: u32,
         after: Option<&[KeyValue]>,
     ) -> Result<(Vec<DecisionRecord>, bool), Error> {
-        let (rows, more) = self
-            .db
-            .fetch_keyset::<DecisionRow>(
+        self.db
+            .fetch_keyset_as::<DecisionRow, _>(
                 ledger(DECISION_COLUMNS, "autonomy_decisions", tenant, key),
                 &LEDGER_ORDER,
                 limit,
                 after,
             )
-            .await?;
-        Ok((
-            rows.into_iter()
-                .map(DecisionRecord::try_from)
-                .collect::<Result<_, _>>()?,
-            more,
-        ))
+            .await
     }
 
     /// A page of the key's transitions, newest first ([`LEDGER_ORDER`]), and whether more
@@ -426,21 +419,14 @@ impl AutonomyStore {
         limit: u32,
         after: Option<&[KeyValue]>,
     ) -> Result<(Vec<StoredTransition>, bool), Error> {
-        let (rows, more) = self
-            .db
-            .fetch_keyset::<TransitionRow>(
+        self.db
+            .fetch_keyset_as::<TransitionRow, _>(
                 ledger(TRANSITION_COLUMNS, "autonomy_transitions", tenant, key),
                 &LEDGER_ORDER,
                 limit,
                 after,
             )
-            .await?;
-        Ok((
-            rows.into_iter()
-                .map(StoredTransition::try_from)
-                .collect::<Result<_, _>>()?,
-            more,
-        ))
+            .await
     }
 
     /// How people's own messages of the last `since` fared: sent, replied, failed, and the
