@@ -599,13 +599,16 @@ async fn observe(
             trace_id.as_deref(),
         );
     }
-    metrics::counter!(
-        HTTP_REQUESTS,
-        "handler" => handler.clone(),
-        "status" => response.status().as_u16().to_string()
-    )
-    .increment(1);
-    metrics::histogram!(HTTP_SECONDS, "handler" => handler).record(started.elapsed().as_secs_f64());
+    if aida_core::metrics::enabled() {
+        metrics::counter!(
+            HTTP_REQUESTS,
+            "handler" => handler.clone(),
+            "status" => response.status().as_u16().to_string()
+        )
+        .increment(1);
+        metrics::histogram!(HTTP_SECONDS, "handler" => handler)
+            .record(started.elapsed().as_secs_f64());
+    }
     response
 }
 

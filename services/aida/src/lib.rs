@@ -198,6 +198,9 @@ fn service_names() -> String {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = Settings::load(cli.config.as_deref())?;
+    if !settings.telemetry.metrics {
+        aida_core::metrics::disable();
+    }
     match cli.command {
         Command::Up => {
             // Loopback too runs on mutual TLS unless the settings turn it off.
@@ -250,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("bind {} on {address}", service.name()))?;
             tracing::info!(address = %listener.local_addr()?, "{} listening", service.grpc_name());
-            if let Some(entry) = service.entry() {
+            if let Some(entry) = service.entry().filter(|_| settings.telemetry.metrics) {
                 let address = settings.metrics_address(entry);
                 let bound = aida_core::metrics::spawn(address, shutdown.clone())
                     .await

@@ -30,6 +30,21 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Set by [`disable`]: no recorder, nothing recorded (`telemetry.metrics = false`).
+static DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns metrics off for this process (`telemetry.metrics = false`): call before anything
+/// records. Every macro then goes to the no-op recorder, the gRPC layer passes calls
+/// straight through and [`render`] is empty.
+pub fn disable() {
+    DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process records metrics.
+pub fn enabled() -> bool {
+    !DISABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The process's recorder, installed on first use.
 fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -119,12 +134,18 @@ fn describe() {
 
 /// Installs the recorder (idempotent): call before recording, so no early sample is lost.
 pub fn install() {
-    handle();
+    if enabled() {
+        handle();
+    }
 }
 
-/// The Prometheus text exposition of every metric of the process.
+/// The Prometheus text exposition of every metric of the process (empty when off).
 pub fn render() -> String {
-    handle().render()
+    if enabled() {
+        handle().render()
+    } else {
+        String::new()
+    }
 }
 
 /// The content type of [`render`]'s text.
@@ -256,6 +277,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !enabled() {
+            return Box::pin(self.inner.call(request));
+        }
         let (service, method) = labels_of(request.uri().path());
         metrics::counter!(
             "grpc_server_started_total",

@@ -37,10 +37,13 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
 }
 
-/// Metrics (and, as they come, traces and error reports).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Metrics, traces and error reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
+    /// Whether the process records Prometheus metrics at all (on by default; off only to
+    /// measure what they cost).
+    pub metrics: bool,
     /// The port of the `/metrics` listener of `aida serve <service>` (on `listen.host`);
     /// unset: the service's default from the mesh registry (9451 leads, 9452 deals, 9453
     /// comms, 9454 analytics); 0 picks a free one. The edge serves `/metrics` on its own
@@ -517,7 +520,12 @@ impl Default for Defaults {
                 dir: None,
                 reload_secs: 10,
             },
-            telemetry: TelemetrySettings::default(),
+            telemetry: TelemetrySettings {
+                metrics: true,
+                metrics_port: None,
+                otlp_endpoint: None,
+                sentry_dsn: None,
+            },
         }
     }
 }
@@ -844,11 +852,18 @@ mod tests {
         .expect("write");
         let settings = Settings::load(Some(&good)).expect("load");
         assert_eq!(settings.telemetry.metrics_port, Some(9999));
+        assert!(
+            settings.telemetry.metrics,
+            "metrics are on unless turned off"
+        );
         assert_eq!(
             settings.metrics_address(&crate::mesh::DEALS).port(),
             9999,
             "the override wins over the registry's port"
         );
+        let off = dir.path().join("off.toml");
+        std::fs::write(&off, "[telemetry]\nmetrics = false\n").expect("write");
+        assert!(!Settings::load(Some(&off)).expect("load").telemetry.metrics);
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[telemetry]\notlp_endpoint = \"collector:4317\"\n").expect("write");
         let error = Settings::load(Some(&bad)).expect_err("bad endpoint");

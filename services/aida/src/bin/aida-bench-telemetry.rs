@@ -1,0 +1,359 @@
+//! `aida-bench-telemetry`: what watching the mesh costs. Two `aida up` meshes run side by
+//! side in the same run (release build, PostgreSQL + NATS JetStream, no mutual TLS):
+//!
+//! - *off*: `telemetry.metrics = false`, no traces;
+//! - *on*: Prometheus metrics, and every span exported over OTLP gRPC to a collector in
+//!   this process (a tonic `TraceService` that counts what it receives).
+//!
+//! `GetLead` and `CaptureLead` (direct gRPC to LeadService) take turns on both meshes, round
+//! after round, and each figure of *on* is printed beside *off* (the ceiling). Then 10,000
+//! autonomy keys give the watched mesh 10,000 more series, and its `/metrics` is scraped
+//! beside `/healthz` of the same edge (the ceiling: the same HTTP path without rendering).
+//! Run: `cargo run --release -p aida --bin aida-bench-telemetry`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aida::bench::{
+    ChildMesh, Phase, ScratchDatabase, print_header, print_row, run_phase, start_mesh,
+};
+use aida_proto::aida::ai::v1::KillAutonomyRequest;
+use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
+use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark metrics and tracing on against off in the same run")]
+struct Args {
+    /// Seconds per phase and round.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds; each measures every phase on both meshes, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Extra series given to the watched mesh before its `/metrics` is scraped.
+    #[arg(long, default_value_t = 10_000)]
+    series: usize,
+    /// Scrapes timed.
+    #[arg(long, default_value_t = 30)]
+    scrapes: usize,
+    #[command(flatten)]
+    backends: aida::bench::Backends,
+}
+
+/// Counts the spans exported to it.
+#[derive(Clone, Default)]
+struct Collector(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+struct Target {
+    label: &'static str,
+    mesh: ChildMesh,
+    leads: Channel,
+    token: MetadataValue<tonic::metadata::Ascii>,
+    id: String,
+    database: ScratchDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Target {
+    async fn start(
+        args: &Args,
+        label: &'static str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let database =
+            ScratchDatabase::create(&args.backends.postgres, "aida_bench_telemetry").await?;
+        let data_dir = tempfile::tempdir()?;
+        let namespace = format!("benchtelemetry{label}{}", database.suffix);
+        let mut env = vec![
+            ("AIDA_EDGE__RATE_LIMIT_PER_SECOND", "1000000"),
+            ("AIDA_EDGE__RATE_LIMIT_BURST", "1000000"),
+        ];
+        env.extend_from_slice(extra_env);
+        let mesh = start_mesh(
+            &database.url,
+            &args.backends.nats,
+            &namespace,
+            data_dir.path(),
+            &env,
+        )?;
+        let token: MetadataValue<_> = format!("Bearer {}", mesh.token).parse()?;
+        let leads = Channel::from_shared(format!("http://{}", mesh.leads))?
+            .connect()
+            .await?;
+        let mut request = tonic::Request::new(CaptureLeadRequest {
+            lead: Some(Lead {
+                email: format!("read-{label}@example.com"),
+                first_name: "Ada".into(),
+                last_name: "Lovelace".into(),
+                company: "Analytical Engines".into(),
+                ..Lead::default()
+            }),
+            request_id: String::new(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+        let id = LeadServiceClient::new(leads.clone())
+            .capture_lead(request)
+            .await?
+            .into_inner()
+            .id;
+        Ok(Self {
+            label,
+            mesh,
+            leads,
+            token,
+            id,
+            database,
+            _data_dir: data_dir,
+        })
+    }
+
+    async fn get_lead(&self, clients: usize, duration: Duration) -> Phase {
+        let (channel, token, id) = (self.leads.clone(), self.token.clone(), self.id.clone());
+        let name = if self.label == "on" {
+            "GetLead, metrics + traces on"
+        } else {
+            "GetLead, off (ceiling)"
+        };
+        run_phase(name, clients, duration, move |_, _| {
+            let mut leads = LeadServiceClient::new(channel.clone());
+            let mut request = tonic::Request::new(GetLeadRequest { id: id.clone() });
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+            async move { leads.get_lead(request).await.is_ok() }
+        })
+        .await
+    }
+
+    async fn capture_lead(&self, clients: usize, duration: Duration, round: u32) -> Phase {
+        let (channel, token, label) = (self.leads.clone(), self.token.clone(), self.label);
+        let name = if label == "on" {
+            "CaptureLead, metrics + traces on"
+        } else {
+            "CaptureLead, off (ceiling)"
+        };
+        run_phase(name, clients, duration, move |client, sequence| {
+            let mut leads = LeadServiceClient::new(channel.clone());
+            let mut request = tonic::Request::new(CaptureLeadRequest {
+                lead: Some(Lead {
+                    email: format!("bench-{label}-{round}-{client}-{sequence}@example.com"),
+                    first_name: "Grace".into(),
+                    company: "Compilers Inc".into(),
+                    ..Lead::default()
+                }),
+                request_id: String::new(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+            async move { leads.capture_lead(request).await.is_ok() }
+        })
+        .await
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.mesh.stop();
+        self.database.remove().await
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.seconds);
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector_url = format!("http://{}", listener.local_addr()?);
+    let serving = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(serving)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+
+    let off = Target::start(&args, "off", &[("AIDA_TELEMETRY__METRICS", "false")]).await?;
+    let on = Target::start(
+        &args,
+        "on",
+        &[("AIDA_TELEMETRY__OTLP_ENDPOINT", collector_url.as_str())],
+    )
+    .await?;
+    // Let both meshes finish starting (consumers, first batches) before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut totals: Vec<Option<Phase>> = vec![None, None, None, None];
+    for round in 0..args.rounds {
+        let phases = [
+            off.get_lead(args.clients, duration).await,
+            on.get_lead(args.clients, duration).await,
+            off.capture_lead(args.clients, duration, round).await,
+            on.capture_lead(args.clients, duration, round).await,
+        ];
+        for (total, phase) in totals.iter_mut().zip(phases) {
+            *total = Some(match total.take() {
+                Some(total) => total.merge(phase),
+                None => phase,
+            });
+        }
+    }
+    let [
+        Some(get_off),
+        Some(get_on),
+        Some(capture_off),
+        Some(capture_on),
+    ] = <[Option<Phase>; 4]>::try_from(totals).map_err(|_| anyhow::anyhow!("four phases"))?
+    else {
+        anyhow::bail!("no rounds were run (--rounds 0)");
+    };
+
+    // Scrape cost at scale: one autonomy-level series per key.
+    let edge = Channel::from_shared(format!("http://{}", on.mesh.edge))?
+        .connect()
+        .await?;
+    let made = Arc::new(AtomicU64::new(0));
+    let total = args.series as u64;
+    let series_started = Instant::now();
+    let workers: Vec<_> = (0..args.clients.max(1))
+        .map(|worker| {
+            let (edge, token, made) = (edge.clone(), on.token.clone(), made.clone());
+            let stride = args.clients.max(1) as u64;
+            tokio::spawn(async move {
+                let mut key = worker as u64;
+                while key < total {
+                    let mut request = tonic::Request::new(KillAutonomyRequest {
+                        agent: "bench".into(),
+                        action: "scrape".into(),
+                        segment: format!("s{key}"),
+                        reason: "the scrape benchmark".into(),
+                    });
+                    request
+                        .metadata_mut()
+                        .insert("authorization", token.clone());
+                    if AutonomyServiceClient::new(edge.clone())
+                        .kill_autonomy(request)
+                        .await
+                        .is_ok()
+                    {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
+                    key += stride;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await?;
+    }
+    let series_made = made.load(Ordering::Relaxed);
+    let series_time = series_started.elapsed();
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://{}/metrics", on.mesh.edge);
+    let health_url = format!("http://{}/healthz", on.mesh.edge);
+    let mut scrape = Vec::new();
+    let mut health = Vec::new();
+    let mut lines = 0;
+    let mut bytes = 0;
+    for _ in 0..args.scrapes {
+        let begun = Instant::now();
+        let body = http.get(&metrics_url).send().await?.text().await?;
+        scrape.push(begun.elapsed());
+        lines = body.lines().filter(|line| !line.starts_with('#')).count();
+        bytes = body.len();
+        let begun = Instant::now();
+        http.get(&health_url).send().await?.bytes().await?;
+        health.push(begun.elapsed());
+    }
+    scrape.sort();
+    health.sort();
+    let spans = collector.0.load(Ordering::Relaxed);
+    off.stop().await?;
+    on.stop().await?;
+
+    println!();
+    println!(
+        "aida-bench-telemetry: {} clients, {} rounds of {} s per phase, {} cores",
+        args.clients,
+        args.rounds,
+        args.seconds,
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(0)
+    );
+    println!();
+    print_header();
+    print_row(&get_off, None);
+    print_row(&get_on, Some(&get_off));
+    print_row(&capture_off, None);
+    print_row(&capture_on, Some(&capture_off));
+    println!();
+    println!(
+        "GetLead on / off = {:.3}; CaptureLead on / off = {:.3}; spans the collector received: {spans}",
+        get_on.rate() / get_off.rate(),
+        capture_on.rate() / capture_off.rate()
+    );
+    let percentile = |sorted: &[Duration], fraction: f64| {
+        let index = ((sorted.len().max(1) - 1) as f64 * fraction).round() as usize;
+        sorted
+            .get(index)
+            .map_or(0.0, |duration| duration.as_secs_f64() * 1000.0)
+    };
+    println!();
+    println!(
+        "{series_made} extra series made in {:.1} s; /metrics: {lines} series, {} KiB",
+        series_time.as_secs_f64(),
+        bytes / 1024
+    );
+    println!("| {:<24} | p50 (ms) | p99 (ms) |", "request");
+    println!("|--------------------------|----------|----------|");
+    println!(
+        "| {:<24} | {:>8.2} | {:>8.2} |",
+        "GET /metrics",
+        percentile(&scrape, 0.5),
+        percentile(&scrape, 0.99)
+    );
+    println!(
+        "| {:<24} | {:>8.2} | {:>8.2} |",
+        "GET /healthz (ceiling)",
+        percentile(&health, 0.5),
+        percentile(&health, 0.99)
+    );
+    Ok(())
+}
