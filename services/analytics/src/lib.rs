@@ -68,7 +68,8 @@ pub async fn serve(
     };
     let mut runner = ServiceRunner::new(context.clone(), SERVICE, shutdown);
     for (name, stream) in CONSUMERS {
-        runner.consume_batched(name, stream, None, batch, ingestor.clone());
+        let name = context.settings.analytics.consumer_name(name);
+        runner.consume_batched(&name, stream, None, batch, ingestor.clone());
     }
     let alert_store = AlertStore::new(context.db.clone());
     let monitor = Monitor {
@@ -78,7 +79,9 @@ pub async fn serve(
         relay: context.relay.clone(),
         interval: Duration::from_secs(context.settings.analytics.snapshot_interval_secs.max(1)),
     };
-    runner.spawn(monitor.run(runner.shutdown()));
+    if context.settings.analytics.monitor {
+        runner.spawn(monitor.run(runner.shutdown()));
+    }
     let api = AnalyticsApi {
         warehouse,
         alerts: alert_store,

@@ -44,6 +44,25 @@ impl App {
         AnalyticsServiceClient::new(self.server.channel().await)
     }
 
+    /// Another analytics instance on the same bus and database, with its own DuckDB file
+    /// and the settings `configure` gives it.
+    async fn replica(&self, configure: impl FnOnce(&mut aida_core::Settings)) -> RunningServer {
+        let mut settings = self.env.settings.clone();
+        configure(&mut settings);
+        let context = aida_core::runtime::ServiceContext::start(
+            &settings,
+            aida_analytics::SERVICE,
+            self.env.bus.shared(),
+            aida_analytics::migrations(),
+        )
+        .await
+        .expect("start the replica");
+        RunningServer::start(|listener, shutdown| {
+            aida_analytics::serve(context, listener, shutdown)
+        })
+        .await
+    }
+
     async fn publish(&self, events: &[(String, EventEnvelope)]) {
         let messages: Vec<OutgoingMessage> = events
             .iter()
@@ -399,7 +418,85 @@ async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
     assert_eq!(unauthenticated.code(), Code::Unauthenticated);
 }
 
+async fn funnel_of(server: &RunningServer, env: &TestEnv, tenant: &str) -> i64 {
+    AnalyticsServiceClient::new(server.channel().await)
+        .get_funnel(env.request(tenant, GetFunnelRequest::default()))
+        .await
+        .expect("funnel")
+        .into_inner()
+        .total
+        .map_or(0, |total| total.captured)
+}
+
+async fn every_analytics_replica_reads_every_event_into_its_own_duckdb(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let dir = tempfile::tempdir().expect("replica dir");
+    let path = dir.path().join("replica.duckdb");
+    let replica = app
+        .replica(|settings| {
+            settings.analytics.instance = Some("r2".into());
+            settings.analytics.duckdb_path = Some(path.clone());
+            settings.analytics.monitor = false;
+        })
+        .await;
+    let events: Vec<(String, EventEnvelope)> = (0..20)
+        .map(|index| {
+            (
+                format!("replicated-{index}"),
+                captured("acme", &format!("lead-{index}"), LeadSource::WebForm),
+            )
+        })
+        .collect();
+    app.publish(&events).await;
+    for (name, server) in [("primary", &app.server), ("replica", &replica)] {
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                funnel_of(server, &app.env, "acme").await == 20
+            })
+            .await,
+            "the {name} counted {} of 20",
+            funnel_of(server, &app.env, "acme").await
+        );
+    }
+    assert!(path.exists(), "the replica writes its own DuckDB file");
+}
+
+async fn an_instance_that_does_not_monitor_publishes_no_snapshots(backend: Backend) {
+    let mut env = TestEnv::new(backend).await;
+    env.settings.analytics.snapshot_interval_secs = 1;
+    env.settings.analytics.monitor = false;
+    env.bus.shared().ensure_streams().await.expect("streams");
+    let context = env
+        .context(aida_analytics::SERVICE, aida_analytics::migrations())
+        .await;
+    let server = RunningServer::start(|listener, shutdown| {
+        aida_analytics::serve(context, listener, shutdown)
+    })
+    .await;
+    let app = App { env, server };
+    app.publish(&[("one".into(), captured("acme", "lead-1", LeadSource::Event))])
+        .await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.funnel("acme").await.captured == 1
+        })
+        .await
+    );
+    // Three snapshot intervals: a monitoring instance publishes one within the first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let published = app.env.bus.stored("CRM_ANALYTICS").await;
+    assert!(
+        published
+            .iter()
+            .all(|message| message.event_type != "analytics.computed"),
+        "{} messages, a snapshot among them",
+        published.len()
+    );
+}
+
 aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    every_analytics_replica_reads_every_event_into_its_own_duckdb,
+    an_instance_that_does_not_monitor_publishes_no_snapshots,
     a_redelivered_event_is_counted_once,
     a_poison_message_is_dead_lettered_and_ingestion_goes_on,
     an_alert_is_raised_once_per_breach_and_resolved,

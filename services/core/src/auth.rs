@@ -19,14 +19,16 @@ use crate::error::Error;
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// The roles the mesh knows.
-pub const ROLES: [&str; 6] = [
+/// The roles the mesh knows. `operator` is no tenant's role: it runs the platform
+/// (ReleaseService), whatever tenant its token names.
+pub const ROLES: [&str; 7] = [
     "admin",
     "manager",
     "sales_rep",
     "analyst",
     "viewer",
     "service",
+    "operator",
 ];
 
 /// Who is calling, for which tenant: put into every authenticated request's extensions.
@@ -134,15 +136,111 @@ pub struct Claims {
     pub nbf: Option<u64>,
 }
 
+/// Where tokens carry the tenant and the roles: a claim name or a dotted path into nested
+/// objects (`app_metadata.tenant_id`), as `auth.tenant_claim` and `auth.roles_claim` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPaths {
+    pub tenant: String,
+    pub roles: String,
+}
+
+impl Default for ClaimPaths {
+    /// AIDA's own shape: top-level `tenant_id` and `roles`.
+    fn default() -> Self {
+        Self {
+            tenant: "tenant_id".into(),
+            roles: "roles".into(),
+        }
+    }
+}
+
+impl ClaimPaths {
+    pub fn new(tenant: &str, roles: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            roles: roles.to_owned(),
+        }
+    }
+
+    /// The claim at `path` (dotted) of `claims`.
+    fn find<'a>(
+        claims: &'a serde_json::Map<String, serde_json::Value>,
+        path: &str,
+    ) -> Option<&'a serde_json::Value> {
+        let mut segments = path.split('.');
+        let mut value = claims.get(segments.next()?)?;
+        for segment in segments {
+            value = value.as_object()?.get(segment)?;
+        }
+        Some(value)
+    }
+
+    /// Tenant and roles of verified `claims`, or why the token does not grant any.
+    fn read(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(String, Vec<String>), String> {
+        let tenant = match Self::find(claims, &self.tenant) {
+            None => return Err(format!("invalid token: no {} claim", self.tenant)),
+            Some(serde_json::Value::String(tenant)) if valid_tenant(tenant) => tenant.clone(),
+            Some(_) => return Err(format!("invalid token: bad {} claim", self.tenant)),
+        };
+        let bad_roles = || format!("invalid token: bad {} claim", self.roles);
+        let roles = match Self::find(claims, &self.roles) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(role)) => vec![role.clone()],
+            Some(serde_json::Value::Array(roles)) if roles.len() <= 32 => roles
+                .iter()
+                .map(|role| role.as_str().map(str::to_owned).ok_or_else(bad_roles))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad_roles()),
+        };
+        Ok((tenant, roles))
+    }
+
+    /// `claims` with `tenant` and `roles` written where these paths say.
+    fn write(
+        &self,
+        claims: &mut serde_json::Map<String, serde_json::Value>,
+        tenant: &str,
+        roles: &[&str],
+    ) {
+        fn put(
+            claims: &mut serde_json::Map<String, serde_json::Value>,
+            path: &str,
+            value: serde_json::Value,
+        ) {
+            let mut target = claims;
+            let mut segments: Vec<&str> = path.split('.').collect();
+            let Some(last) = segments.pop() else { return };
+            for segment in segments {
+                let entry = target
+                    .entry(segment.to_owned())
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if !entry.is_object() {
+                    *entry = serde_json::Value::Object(Default::default());
+                }
+                let serde_json::Value::Object(next) = entry else {
+                    return;
+                };
+                target = next;
+            }
+            target.insert(last.to_owned(), value);
+        }
+        put(claims, &self.tenant, tenant.into());
+        put(claims, &self.roles, roles.into());
+    }
+}
+
+/// The registered claims every accepted token carries (the rest is read by path).
 #[derive(Debug, Deserialize)]
-struct VerifiedClaims {
+struct RegisteredClaims {
     sub: String,
-    tenant_id: String,
-    #[serde(default)]
-    roles: Vec<String>,
     exp: u64,
     #[serde(default)]
     nbf: Option<u64>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A token that passed full verification: what it grants and until when.
@@ -170,10 +268,15 @@ const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// changed JWKS invalidates everything verified against the previous key set.
 pub struct TokenVerifier {
     hs256: DecodingKey,
+    /// `iss` and `aud` of HS256 tokens.
     issuer: String,
     audience: String,
     leeway: u64,
     jwks: Option<Arc<Jwks>>,
+    /// `iss` and `aud` of tokens signed by a JWKS key.
+    jwks_issuer: String,
+    jwks_audience: String,
+    claims: ClaimPaths,
     verified: moka::sync::Cache<String, Verified>,
 }
 
@@ -201,6 +304,9 @@ impl TokenVerifier {
             audience: audience.to_owned(),
             leeway: leeway.as_secs(),
             jwks: None,
+            jwks_issuer: issuer.to_owned(),
+            jwks_audience: audience.to_owned(),
+            claims: ClaimPaths::default(),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
@@ -208,16 +314,30 @@ impl TokenVerifier {
         }
     }
 
-    /// Also accepts RS256/ES256 tokens signed by a key of `jwks`.
-    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+    /// Also accepts RS256/ES256 tokens signed by a key of `jwks`, which must name `issuer`
+    /// and `audience` (an identity provider's, not necessarily the HS256 ones).
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>, issuer: &str, audience: &str) -> Self {
         self.jwks = Some(jwks);
+        self.jwks_issuer = issuer.to_owned();
+        self.jwks_audience = audience.to_owned();
+        self
+    }
+
+    /// Reads tenant and roles where `claims` say (every key source).
+    pub fn with_claims(mut self, claims: ClaimPaths) -> Self {
+        self.claims = claims;
         self
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
+        let (issuer, audience) = if algorithm == Algorithm::HS256 {
+            (&self.issuer, &self.audience)
+        } else {
+            (&self.jwks_issuer, &self.jwks_audience)
+        };
         let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[self.issuer.as_str()]);
-        validation.set_audience(&[self.audience.as_str()]);
+        validation.set_issuer(&[issuer.as_str()]);
+        validation.set_audience(&[audience.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
@@ -255,7 +375,7 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
         let data = if header.alg == Algorithm::HS256 {
-            jsonwebtoken::decode::<VerifiedClaims>(
+            jsonwebtoken::decode::<RegisteredClaims>(
                 token,
                 &self.hs256,
                 &self.validation(Algorithm::HS256),
@@ -282,22 +402,18 @@ impl TokenVerifier {
                     "invalid token: algorithm does not match the key".into(),
                 ));
             }
-            jsonwebtoken::decode::<VerifiedClaims>(token, &key, &self.validation(algorithm))
+            jsonwebtoken::decode::<RegisteredClaims>(token, &key, &self.validation(algorithm))
         }
         .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
         let claims = data.claims;
-        if !valid_tenant(&claims.tenant_id) {
-            return Err(Refusal::Invalid(
-                "invalid token: bad tenant_id claim".into(),
-            ));
-        }
+        let (tenant_id, roles) = self.claims.read(&claims.rest).map_err(Refusal::Invalid)?;
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(Refusal::Invalid("invalid token: bad sub claim".into()));
         }
         Ok(Verified {
-            tenant_id: claims.tenant_id,
+            tenant_id,
             subject: claims.sub,
-            roles: claims.roles,
+            roles,
             exp: claims.exp,
             nbf: claims.nbf,
             generation,
@@ -463,6 +579,7 @@ pub struct TokenIssuer {
     key: EncodingKey,
     issuer: String,
     audience: String,
+    claims: ClaimPaths,
 }
 
 impl TokenIssuer {
@@ -471,7 +588,14 @@ impl TokenIssuer {
             key: EncodingKey::from_secret(secret.expose_secret().as_bytes()),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            claims: ClaimPaths::default(),
         }
+    }
+
+    /// Writes tenant and roles where `claims` say, so the verifier reads them back.
+    pub fn with_claims(mut self, claims: ClaimPaths) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// A token for `subject` in `tenant` with `roles`, valid for `ttl`.
@@ -483,16 +607,14 @@ impl TokenIssuer {
         ttl: Duration,
     ) -> Result<String, Error> {
         let now = unix_now();
-        let claims = Claims {
-            sub: subject.to_owned(),
-            tenant_id: tenant.to_owned(),
-            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
-            exp: now + ttl.as_secs(),
-            iat: Some(now),
-            nbf: Some(now),
-        };
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), subject.into());
+        claims.insert("iss".into(), self.issuer.clone().into());
+        claims.insert("aud".into(), self.audience.clone().into());
+        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("nbf".into(), now.into());
+        self.claims.write(&mut claims, tenant, roles);
         self.sign(&claims)
     }
 
@@ -796,6 +918,63 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
         assert!(verifier.verify(&unsigned).is_err());
+    }
+
+    #[test]
+    fn tenant_and_roles_are_read_from_the_configured_claim_paths() {
+        let secret = SecretString::from("s".repeat(40));
+        let paths = ClaimPaths::new("app_metadata.tenant_id", "app_metadata.roles");
+        let issuer = TokenIssuer::hs256(&secret, "aida-dev", "aida-crm").with_claims(paths.clone());
+        let verifier =
+            TokenVerifier::hs256(&secret, "aida-dev", "aida-crm", Duration::from_secs(5))
+                .with_claims(paths);
+        let token = issuer
+            .mint("acme", "ada", &["manager"], Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(
+            verifier.verify(&token).expect("verify"),
+            ("acme".into(), "ada".into(), vec!["manager".into()])
+        );
+        let now = unix_now();
+        let sign = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "sub": "ada", "iss": "aida-dev", "aud": "aida-crm", "exp": now + 60,
+            });
+            claims
+                .as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            issuer.sign(&claims).expect("sign")
+        };
+        // One role as a plain string.
+        let single =
+            sign(serde_json::json!({"app_metadata": {"tenant_id": "acme", "roles": "viewer"}}));
+        assert_eq!(
+            verifier.verify(&single).expect("verify").2,
+            vec!["viewer".to_owned()]
+        );
+        // The AIDA shape is not read when the paths point elsewhere.
+        let flat = sign(serde_json::json!({"tenant_id": "acme", "roles": ["admin"]}));
+        let refused = verifier
+            .verify(&flat)
+            .expect_err("no tenant where configured");
+        assert!(
+            matches!(&refused, Error::Unauthenticated(message) if message.contains("app_metadata.tenant_id")),
+            "{refused:?}"
+        );
+        for bad in [
+            serde_json::json!({"app_metadata": {"tenant_id": 7}}),
+            serde_json::json!({"app_metadata": {"tenant_id": "a/b"}}),
+            serde_json::json!({"app_metadata": "acme"}),
+            serde_json::json!({"app_metadata": {"tenant_id": "acme", "roles": [1]}}),
+            serde_json::json!({"app_metadata": {"tenant_id": "acme", "roles": {"admin": true}}}),
+        ] {
+            let token = sign(bad.clone());
+            assert!(
+                matches!(verifier.verify(&token), Err(Error::Unauthenticated(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -257,8 +257,18 @@ pub struct Migrations {
 }
 
 impl Database {
-    /// Connects to `url` (`postgres://…` or `sqlite:…`).
+    /// Connects to `url` (`postgres://…` or `sqlite:…`) with the default pool.
     pub async fn connect(url: &SecretString) -> Result<Self, sqlx::Error> {
+        Self::connect_with(url, &crate::settings::DatabaseSettings::default()).await
+    }
+
+    /// Connects to `url` with the pool size, acquire timeout and statement timeout of
+    /// `pool` (PostgreSQL; SQLite keeps its own small pool). TLS comes from the URL
+    /// (`sslmode=verify-full&sslrootcert=…`).
+    pub async fn connect_with(
+        url: &SecretString,
+        pool: &crate::settings::DatabaseSettings,
+    ) -> Result<Self, sqlx::Error> {
         let url = url.expose_secret();
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -275,10 +285,14 @@ impl Database {
                 .await?;
             Ok(Self::Sqlite(pool))
         } else {
-            let options = PgConnectOptions::from_str(url)?;
+            let mut options = PgConnectOptions::from_str(url)?;
+            if pool.statement_timeout_ms > 0 {
+                options =
+                    options.options([("statement_timeout", pool.statement_timeout_ms.to_string())]);
+            }
             let pool = PgPoolOptions::new()
-                .max_connections(32)
-                .acquire_timeout(Duration::from_secs(10))
+                .max_connections(pool.max_connections.max(1))
+                .acquire_timeout(Duration::from_millis(pool.acquire_timeout_ms.max(1)))
                 // A ping on every acquire doubled the round trips of a read. Connections
                 // in steady use are live; one idle for a second or more (say, across a
                 // PostgreSQL restart) is pinged first and replaced when dead.

@@ -32,6 +32,9 @@ const REPORT_READERS: &[&str] = &[
     "viewer",
     "service",
 ];
+/// Those who run the platform: blue-green switches change every tenant's routing, so no
+/// tenant role may.
+const OPERATORS: &[&str] = &["operator"];
 /// Those who define alert rules.
 const ALERT_WRITERS: &[&str] = &["admin", "manager", "analyst"];
 
@@ -93,6 +96,14 @@ pub const TABLE: &[(&str, Option<&[&str]>)] = &[
     ("aida.comms.v1.CommsService/DiscardDraft", Some(SELLERS)),
     ("aida.comms.v1.CommsService/ListDrafts", Some(COMMS_READERS)),
     ("aida.comms.v1.CommsService/VetoDraft", Some(SELLERS)),
+    (
+        "aida.release.v1.ReleaseService/SwitchColor",
+        Some(OPERATORS),
+    ),
+    (
+        "aida.release.v1.ReleaseService/GetReleaseStatus",
+        Some(OPERATORS),
+    ),
     ("aida.ai.v1.AutonomyService/GetAutonomy", Some(ALL)),
     ("aida.ai.v1.AutonomyService/ListAutonomy", Some(ALL)),
     ("aida.ai.v1.AutonomyService/ListDecisions", Some(ALL)),

@@ -31,7 +31,7 @@ pub enum StartError {
 /// The bus the settings ask for: JetStream when `nats_url` is set, else in-process.
 pub async fn connect_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusError> {
     Ok(match &settings.nats_url {
-        Some(url) => Arc::new(NatsBus::connect(url, &settings.bus).await?),
+        Some(url) => Arc::new(NatsBus::connect_with(url, &settings.bus, &settings.nats).await?),
         None => Arc::new(MemoryBus::new(&settings.bus)),
     })
 }
@@ -40,12 +40,17 @@ pub async fn connect_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusEr
 /// the identity provider when one is configured (fetched now, refreshed when an unknown
 /// key id appears).
 pub async fn verifier(settings: &Settings, signing_key: &secrecy::SecretString) -> TokenVerifier {
+    let auth = &settings.auth;
     let verifier = TokenVerifier::hs256(
         signing_key,
-        &settings.auth.issuer,
-        &settings.auth.audience,
-        Duration::from_secs(settings.auth.leeway_secs),
-    );
+        &auth.issuer,
+        &auth.audience,
+        Duration::from_secs(auth.leeway_secs),
+    )
+    .with_claims(crate::auth::ClaimPaths::new(
+        &auth.tenant_claim,
+        &auth.roles_claim,
+    ));
     match &settings.auth.jwks_url {
         Some(url) => {
             let jwks = Arc::new(crate::auth::Jwks::new(
@@ -55,7 +60,11 @@ pub async fn verifier(settings: &Settings, signing_key: &secrecy::SecretString) 
             if !jwks.refresh_if_due().await {
                 tracing::warn!(%url, "jwks not reachable at start; tokens it signs wait for a refresh");
             }
-            verifier.with_jwks(jwks)
+            verifier.with_jwks(
+                jwks,
+                auth.jwks_issuer.as_deref().unwrap_or(&auth.issuer),
+                auth.jwks_audience.as_deref().unwrap_or(&auth.audience),
+            )
         }
         None => verifier,
     }
@@ -129,7 +138,8 @@ impl ServiceContext {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let db = Database::connect(&settings.database_url_for(service)).await?;
+        let db =
+            Database::connect_with(&settings.database_url_for(service), &settings.database).await?;
         db.migrate(&mut core_migrations()).await?;
         db.migrate(&mut migrations).await?;
         let signing_key = settings.signing_key()?;

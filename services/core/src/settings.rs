@@ -12,16 +12,21 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Everything a service needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Where embedded defaults keep their files (SQLite, DuckDB, keys).
     pub data_dir: PathBuf,
     /// `postgres://…` for production; `sqlite://…` or unset for the embedded default (a
     /// SQLite file per service under `data_dir`).
+    #[serde(skip_serializing)]
     pub database_url: Option<SecretString>,
+    /// PostgreSQL pool and statement limits (`database_url` names the server).
+    pub database: DatabaseSettings,
     /// `nats://…` for JetStream; unset for the in-process bus.
     pub nats_url: Option<String>,
+    /// Credentials and TLS of the NATS connection (`nats_url` names the server).
+    pub nats: NatsSettings,
     pub bus: BusSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
@@ -57,6 +62,50 @@ pub struct TelemetrySettings {
     /// there with the request id and trace id, never with a person's data.
     #[serde(skip_serializing)]
     pub sentry_dsn: Option<SecretString>,
+}
+
+/// The PostgreSQL pool (SQLite keeps its own small pool). TLS is asked for in the URL:
+/// `?sslmode=verify-full&sslrootcert=/run/secrets/pg-ca.pem` checks the server's
+/// certificate against that CA and its host name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connections each service keeps open at most.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it fails (UNAVAILABLE).
+    pub acquire_timeout_ms: u64,
+    /// PostgreSQL's `statement_timeout` for every connection; 0: none.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            acquire_timeout_ms: 10_000,
+            statement_timeout_ms: 0,
+        }
+    }
+}
+
+/// How the services authenticate to NATS and verify it. At most one of `creds_file`,
+/// `user` (with `password`) and `token`; TLS is used with `tls://` URLs or when `ca_file`
+/// is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// A `.creds` file (user JWT and NKey seed), as `nsc` writes it.
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+    /// PEM CA that signed the server's certificate (turns TLS on).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key, for servers that verify clients.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -168,10 +217,36 @@ pub struct EdgeSettings {
     /// Requests a client address may burst above the anonymous rate.
     pub anonymous_rate_limit_burst: u32,
     /// Replicas of each service, as gRPC URLs; calls are balanced over the healthy ones.
+    /// These are the blue deployment.
     pub upstreams: Upstreams,
+    /// The green deployment's replicas, for blue-green releases (empty: none). `aida
+    /// release switch green` routes every service there once all of them serve.
+    pub green_upstreams: Upstreams,
+    /// The colour the edge routes to when it starts: `blue` or `green`.
+    pub color: String,
     /// In `aida up`, call the services of the same process in process (no socket, no
     /// TLS: nothing leaves the process) instead of over loopback.
     pub in_process: bool,
+    /// Proxies in front of the edge (addresses or CIDR ranges, such as Fly's
+    /// `172.16.0.0/12` or `fdaa::/16`). Only when the TCP peer is one of them does the edge
+    /// take the client address from `Fly-Client-IP` or `X-Forwarded-For`; rate limits of
+    /// anonymous and public calls count per client address.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl EdgeSettings {
+    /// The trusted proxies as networks (a bare address is a network of one).
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("'{entry}' is neither an address nor a CIDR range"))
+            })
+            .collect()
+    }
 }
 
 /// gRPC URLs of the replicas of each service.
@@ -287,6 +362,27 @@ pub struct AnalyticsSettings {
     pub batch_max_events: usize,
     /// How long a batch waits for more events.
     pub batch_max_wait_ms: u64,
+    /// This instance's name among several analytics replicas (`r1`, `r2`, … or Swarm's
+    /// `{{.Task.Slot}}`): each replica keeps its own DuckDB and must read every event, so
+    /// each gets durable consumers of its own (`analytics-<instance>-leads`, …). Unset:
+    /// the single instance's `analytics-leads`, …
+    pub instance: Option<String>,
+    /// Whether this instance publishes `analytics.computed` snapshots and evaluates alert
+    /// rules. Exactly one instance should (read replicas turn it off), or alerts open twice.
+    pub monitor: bool,
+}
+
+impl AnalyticsSettings {
+    /// The durable consumer of `stream` named `base` (`analytics-leads`) for this instance.
+    pub fn consumer_name(&self, base: &str) -> String {
+        match &self.instance {
+            Some(instance) => match base.strip_prefix("analytics-") {
+                Some(rest) => format!("analytics-{instance}-{rest}"),
+                None => format!("{base}-{instance}"),
+            },
+            None => base.to_owned(),
+        }
+    }
 }
 
 /// Event bus behaviour.
@@ -303,6 +399,9 @@ pub struct BusSettings {
     pub ack_wait_secs: u64,
     /// JetStream duplicate window: a republished event id within it is dropped.
     pub duplicate_window_secs: u64,
+    /// Copies JetStream keeps of each stream: 1 on a single server, 3 on a cluster of
+    /// three (an existing stream is updated to it at start).
+    pub stream_replicas: usize,
 }
 
 /// Bearer-token verification.
@@ -324,6 +423,18 @@ pub struct AuthSettings {
     /// unknown `kid` appears (at most once per `jwks_refresh_secs`).
     pub jwks_url: Option<String>,
     pub jwks_refresh_secs: u64,
+    /// Required `iss` of tokens signed by a JWKS key (Supabase:
+    /// `https://<project>.supabase.co/auth/v1`); unset: `issuer`.
+    pub jwks_issuer: Option<String>,
+    /// Required `aud` of tokens signed by a JWKS key (Supabase: `authenticated`); unset:
+    /// `audience`.
+    pub jwks_audience: Option<String>,
+    /// Where a token carries its tenant: a claim name or a dotted path into nested
+    /// objects (Supabase: `app_metadata.tenant_id`). `aida token` writes it there too.
+    pub tenant_claim: String,
+    /// Where a token carries its roles: a string or an array of strings, by name or
+    /// dotted path (Supabase: `app_metadata.roles`).
+    pub roles_claim: String,
 }
 
 /// Log output.
@@ -400,6 +511,8 @@ pub struct OutboxSettings {
 #[derive(Serialize)]
 struct Defaults {
     data_dir: PathBuf,
+    database: DatabaseSettings,
+    nats: NatsSettings,
     bus: BusSettings,
     auth: AuthSettings,
     log: LogSettings,
@@ -419,11 +532,14 @@ impl Default for Defaults {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            database: DatabaseSettings::default(),
+            nats: NatsSettings::default(),
             bus: BusSettings {
                 namespace: String::new(),
                 max_deliver: 5,
                 ack_wait_secs: 30,
                 duplicate_window_secs: 120,
+                stream_replicas: 1,
             },
             auth: AuthSettings {
                 issuer: "aida-dev".into(),
@@ -432,6 +548,10 @@ impl Default for Defaults {
                 leeway_secs: 30,
                 jwks_url: None,
                 jwks_refresh_secs: 60,
+                jwks_issuer: None,
+                jwks_audience: None,
+                tenant_claim: "tenant_id".into(),
+                roles_claim: "roles".into(),
             },
             log: LogSettings {
                 format: LogFormat::Text,
@@ -481,6 +601,8 @@ impl Default for Defaults {
                 snapshot_interval_secs: 60,
                 batch_max_events: 1000,
                 batch_max_wait_ms: 200,
+                instance: None,
+                monitor: true,
             },
             ai: AiSettings {
                 openrouter_api_key: None,
@@ -513,7 +635,15 @@ impl Default for Defaults {
                     comms: vec![loopback(&crate::mesh::COMMS)],
                     analytics: vec![loopback(&crate::mesh::ANALYTICS)],
                 },
+                green_upstreams: Upstreams {
+                    leads: Vec::new(),
+                    deals: Vec::new(),
+                    comms: Vec::new(),
+                    analytics: Vec::new(),
+                },
+                color: "blue".into(),
                 in_process: true,
+                trusted_proxies: Vec::new(),
             },
             tls: TlsSettings {
                 enabled: None,
@@ -534,6 +664,11 @@ impl Default for Defaults {
 fn loopback(service: &crate::mesh::MeshService) -> String {
     format!("http://127.0.0.1:{}", service.default_port)
 }
+
+/// `AIDA_*` variables that are not settings: the settings file itself, the Python that
+/// `aida models fetch` runs, the token the `aida up` banner tells users to export, and the
+/// model directory of `aida-bench-ai`.
+pub const NOT_SETTINGS: [&str; 4] = ["CONFIG", "PYTHON", "TOKEN", "EMBED_MODEL_DIR"];
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -568,7 +703,7 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("AIDA_").ignore(&["CONFIG"]).split("__"));
+        figment = figment.merge(Env::prefixed("AIDA_").ignore(&NOT_SETTINGS).split("__"));
         let settings: Settings = figment.extract()?;
         settings.validate()?;
         Ok(settings)
@@ -709,6 +844,100 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        if !(1..=5).contains(&self.bus.stream_replicas) {
+            return Err(SettingsError::Field {
+                field: "bus.stream_replicas",
+                message: "between 1 and 5 (JetStream's limit); 3 on a cluster of three".into(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(SettingsError::Field {
+                field: "database.max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
+        let nats = &self.nats;
+        let methods = [
+            nats.creds_file.is_some(),
+            nats.user.is_some(),
+            nats.token.is_some(),
+        ];
+        if methods.iter().filter(|set| **set).count() > 1 {
+            return Err(SettingsError::Field {
+                field: "nats",
+                message: "at most one of creds_file, user (with password) and token".into(),
+            });
+        }
+        if nats.user.is_some() != nats.password.is_some() {
+            return Err(SettingsError::Field {
+                field: "nats.password",
+                message: "nats.user and nats.password go together".into(),
+            });
+        }
+        if nats.cert_file.is_some() != nats.key_file.is_some() {
+            return Err(SettingsError::Field {
+                field: "nats.key_file",
+                message: "nats.cert_file and nats.key_file go together".into(),
+            });
+        }
+        for (field, file) in [
+            ("nats.creds_file", &nats.creds_file),
+            ("nats.ca_file", &nats.ca_file),
+            ("nats.cert_file", &nats.cert_file),
+            ("nats.key_file", &nats.key_file),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(SettingsError::Field {
+                    field,
+                    message: format!("{} is not a readable file", file.display()),
+                });
+            }
+        }
+        for (field, path) in [
+            ("auth.tenant_claim", &self.auth.tenant_claim),
+            ("auth.roles_claim", &self.auth.roles_claim),
+        ] {
+            if path.split('.').any(str::is_empty) {
+                return Err(SettingsError::Field {
+                    field,
+                    message: "a claim name or dotted path such as app_metadata.tenant_id".into(),
+                });
+            }
+        }
+        if !matches!(self.edge.color.as_str(), "blue" | "green") {
+            return Err(SettingsError::Field {
+                field: "edge.color",
+                message: "blue or green".into(),
+            });
+        }
+        if let Err(message) = self.edge.trusted_proxies() {
+            return Err(SettingsError::Field {
+                field: "edge.trusted_proxies",
+                message,
+            });
+        }
+        if let Some(instance) = &self.analytics.instance
+            && (instance.is_empty()
+                || instance.len() > 32
+                || !instance
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(SettingsError::Field {
+                field: "analytics.instance",
+                message: "1 to 32 letters, digits, '-' or '_'".into(),
+            });
+        }
+        if let Some(key) = &self.auth.signing_key
+            && key.expose_secret().len() < 32
+        {
+            return Err(SettingsError::Field {
+                field: "auth.signing_key",
+                message: "must be at least 32 characters".into(),
+            });
+        }
         if self.bus.max_deliver == 0 {
             return Err(SettingsError::Field {
                 field: "bus.max_deliver",
@@ -733,6 +962,52 @@ impl Settings {
             });
         }
         Ok(())
+    }
+
+    /// The settings in effect, as TOML (what `aida config check` prints): every secret
+    /// that is set shows as `[redacted]`, and the database URL keeps everything but its
+    /// password.
+    pub fn effective_toml(&self) -> String {
+        const REDACTED: &str = "[redacted]";
+        let mut table = match toml::Table::try_from(self) {
+            Ok(table) => table,
+            Err(error) => return format!("# settings cannot be shown: {error}\n"),
+        };
+        if let Some(url) = &self.database_url {
+            table.insert(
+                "database_url".into(),
+                toml::Value::String(redact_password(url.expose_secret())),
+            );
+        }
+        let secrets = [
+            ("auth", "signing_key", self.auth.signing_key.is_some()),
+            (
+                "ai",
+                "openrouter_api_key",
+                self.ai.openrouter_api_key.is_some(),
+            ),
+            ("comms", "smtp_url", self.comms.smtp_url.is_some()),
+            ("comms", "sms_api_key", self.comms.sms_api_key.is_some()),
+            ("nats", "password", self.nats.password.is_some()),
+            ("nats", "token", self.nats.token.is_some()),
+            (
+                "telemetry",
+                "sentry_dsn",
+                self.telemetry.sentry_dsn.is_some(),
+            ),
+        ];
+        for (section, key, set) in secrets {
+            if let (true, Some(toml::Value::Table(section))) = (set, table.get_mut(section)) {
+                section.insert(key.into(), toml::Value::String(REDACTED.into()));
+            }
+        }
+        // Scalars first, then the sections: TOML wants keys of the root table before any
+        // `[section]` header.
+        let (scalars, sections): (toml::Table, toml::Table) =
+            table.into_iter().partition(|(_, value)| !value.is_table());
+        let mut text = toml::to_string(&scalars).unwrap_or_default();
+        text.push_str(&toml::to_string(&sections).unwrap_or_default());
+        text
     }
 
     /// The database URL for `service`: the configured one, or a SQLite file under `data_dir`.
@@ -768,6 +1043,20 @@ impl Settings {
             }
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+/// `scheme://user:[redacted]@host/…` for a URL with a password; other URLs unchanged.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -905,6 +1194,80 @@ mod tests {
             let error = Settings::load(Some(&file)).expect_err(contents);
             assert!(error.to_string().contains(field), "{contents}: {error}");
         }
+    }
+
+    #[test]
+    fn effective_settings_redact_every_secret_and_parse_back() {
+        let mut settings = Settings::embedded();
+        settings.database_url = Some(SecretString::from(
+            "postgres://aida:hunter2@db:5432/aida?sslmode=verify-full".to_owned(),
+        ));
+        settings.auth.signing_key = Some(SecretString::from("k".repeat(40)));
+        settings.nats.password = Some(SecretString::from("natspass".to_owned()));
+        settings.nats.user = Some("svc".into());
+        let text = settings.effective_toml();
+        for secret in ["hunter2", &"k".repeat(40), "natspass"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(
+            text.contains(
+                "database_url = \"postgres://aida:[redacted]@db:5432/aida?sslmode=verify-full\""
+            ),
+            "{text}"
+        );
+        let parsed: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(parsed["auth"]["signing_key"].as_str(), Some("[redacted]"));
+        assert_eq!(parsed["auth"]["tenant_claim"].as_str(), Some("tenant_id"));
+        assert_eq!(parsed["bus"]["stream_replicas"].as_integer(), Some(1));
+    }
+
+    #[test]
+    fn bad_deployment_settings_name_the_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (contents, field) in [
+            ("[bus]\nstream_replicas = 0\n", "bus.stream_replicas"),
+            ("[bus]\nstream_replicas = 7\n", "bus.stream_replicas"),
+            (
+                "[database]\nmax_connections = 0\n",
+                "database.max_connections",
+            ),
+            ("[nats]\nuser = \"svc\"\n", "nats.password"),
+            (
+                "[nats]\nuser = \"svc\"\npassword = \"p\"\ntoken = \"t\"\n",
+                "nats",
+            ),
+            (
+                "[nats]\ncreds_file = \"/nonexistent.creds\"\n",
+                "nats.creds_file",
+            ),
+            ("[nats]\ncert_file = \"/etc/hostname\"\n", "nats.key_file"),
+            (
+                "[auth]\ntenant_claim = \"app_metadata.\"\n",
+                "auth.tenant_claim",
+            ),
+            ("[auth]\nroles_claim = \"\"\n", "auth.roles_claim"),
+            (
+                "[edge]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "edge.trusted_proxies",
+            ),
+            (
+                "[edge]\ntrusted_proxies = [\"fly\"]\n",
+                "edge.trusted_proxies",
+            ),
+        ] {
+            let file = dir.path().join("s.toml");
+            std::fs::write(&file, contents).expect("write");
+            let error = Settings::load(Some(&file)).expect_err(contents);
+            assert!(error.to_string().contains(field), "{contents}: {error}");
+        }
+        let file = dir.path().join("good.toml");
+        std::fs::write(
+            &file,
+            "[edge]\ntrusted_proxies = [\"172.16.0.0/12\", \"fdaa::/16\", \"10.1.2.3\"]\n",
+        )
+        .expect("write");
+        let settings = Settings::load(Some(&file)).expect("load");
+        assert_eq!(settings.edge.trusted_proxies().expect("parsed").len(), 3);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Test support: a fresh PostgreSQL database per test, a unique bus namespace per test,
-//! and private `nats-server` processes for fault tests.
+//! and private `nats-server` processes for fault tests; a Chroma server ([`chroma`]).
 //!
 //! The shared servers come from `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `TEST_NATS_URL` (default
 //! `nats://127.0.0.1:4222`); the test command starts them when they are not running.
+
+pub mod chroma;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -101,6 +103,8 @@ pub fn free_port() -> u16 {
 pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
+    /// A configuration file to start with instead of the plain JetStream flags.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -126,6 +130,31 @@ impl NatsServer {
         let mut server = Self {
             port: free_port(),
             store: tempfile::tempdir().expect("nats store dir"),
+            config: None,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// A server on loopback with JetStream and `extra` appended to its configuration file
+    /// (an `authorization { … }` or `tls { … }` block, say).
+    pub fn with_config(extra: &str) -> Self {
+        let port = free_port();
+        let store = tempfile::tempdir().expect("nats store dir");
+        let config = store.path().join("server.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+                store.path().join("js").display()
+            ),
+        )
+        .expect("write nats-server config");
+        let mut server = Self {
+            port,
+            store,
+            config: Some(config),
             child: None,
         };
         server.resume();
@@ -140,16 +169,21 @@ impl NatsServer {
     /// connections.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "nats-server already running");
-        let child = Command::new(nats_server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut command = Command::new(nats_server_binary());
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(self.store.path()),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

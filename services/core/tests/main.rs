@@ -2,5 +2,6 @@
 //! across every area (each module below is one area).
 
 mod bus;
+mod deployment;
 mod storage;
 mod telemetry;

@@ -1,3 +1,4 @@
 //! Shared test helpers.
 
-pub mod chroma_server;
+/// The Chroma test server (shared with the other crates' tests).
+pub use aida_core::testing::chroma as chroma_server;

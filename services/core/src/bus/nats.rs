@@ -11,7 +11,7 @@ use super::{
     Acker, BusError, ConsumerSpec, Delivery, EventBus, MessageSource, OutgoingMessage, Topology,
     headers,
 };
-use crate::settings::BusSettings;
+use crate::settings::{BusSettings, NatsSettings};
 
 /// JetStream behind [`EventBus`].
 #[derive(Clone)]
@@ -19,13 +19,45 @@ pub struct NatsBus {
     jetstream: jetstream::Context,
     topology: Topology,
     duplicate_window: Duration,
+    replicas: usize,
 }
 
 impl NatsBus {
     /// Connects to `url`. The client keeps reconnecting in the background, so a service
     /// starts (and its outbox fills) while NATS is down; nothing here waits for the server.
     pub async fn connect(url: &str, settings: &BusSettings) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(url, settings, &NatsSettings::default()).await
+    }
+
+    /// Like [`NatsBus::connect`], authenticated and verified as `nats` says: a `.creds`
+    /// file, user and password, or a token; TLS with `tls://` URLs or a CA file (and a
+    /// client certificate when the server asks for one).
+    pub async fn connect_with(
+        url: &str,
+        settings: &BusSettings,
+        nats: &NatsSettings,
+    ) -> Result<Self, BusError> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(file) = &nats.creds_file {
+            options = options.credentials_file(file).await.map_err(|error| {
+                BusError::Unavailable(format!("nats.creds_file {}: {error}", file.display()))
+            })?;
+        }
+        if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+            use secrecy::ExposeSecret as _;
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
+        if let Some(token) = &nats.token {
+            use secrecy::ExposeSecret as _;
+            options = options.token(token.expose_secret().to_owned());
+        }
+        if let Some(ca) = &nats.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&nats.cert_file, &nats.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
             .name("aida")
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -40,6 +72,7 @@ impl NatsBus {
             jetstream,
             topology: Topology::new(settings.namespace.clone()),
             duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
+            replicas: settings.stream_replicas.max(1),
         })
     }
 
@@ -66,6 +99,7 @@ impl EventBus for NatsBus {
                 // Events are kept a week: long enough for any consumer to catch up after an
                 // outage, and for the analytics service to rebuild a day of DuckDB.
                 max_age: Duration::from_secs(7 * 24 * 3600),
+                num_replicas: self.replicas,
                 ..Default::default()
             };
             self.jetstream

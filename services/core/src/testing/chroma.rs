@@ -1,8 +1,10 @@
-//! A Chroma server for tests, started at most once per test binary.
+//! A Chroma server for tests (the vector store tests of `aida-ai`, LeadService replicas
+//! sharing one store), started at most once per test binary.
 //!
 //! `TEST_CHROMA_URL` names a running server to use. Otherwise the first caller:
-//! 1. makes sure `$HOME/.cache/aida/chroma-venv` holds `chromadb` (creating the venv and
-//!    running `pip install --quiet chromadb` if `bin/chroma` is missing; about 1.5 min);
+//! 1. makes sure `$HOME/.cache/aida/chroma-venv` holds `chromadb` at [`CHROMADB`] (creating
+//!    the venv and running `pip install --quiet chromadb==…` when another version or none is
+//!    there; about 1.5 min);
 //! 2. starts `chroma run --path <fresh temp dir> --port <free port>` under a small `sh`
 //!    watchdog whose stdin is a pipe from this process;
 //! 3. waits for `GET /api/v2/heartbeat`.
@@ -21,6 +23,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The Chroma release the client is verified against (HTTP API v2), and the image tag the
+/// compose and Swarm files run.
+pub const CHROMADB: &str = "1.5.9";
 
 /// Runs the server and cleans up after it. The server is stopped when the watchdog's stdin
 /// reaches EOF (seen by the `cat` subshell through fd 3, since a background job's stdin is
@@ -79,7 +85,8 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 fn ensure_venv() -> Result<PathBuf, String> {
     let venv = venv_dir()?;
     let chroma = venv.join("bin/chroma");
-    if chroma.exists() {
+    let marker = venv.join(".aida-chromadb");
+    if chroma.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(CHROMADB) {
         return Ok(chroma);
     }
     eprintln!(
@@ -90,8 +97,13 @@ fn ensure_venv() -> Result<PathBuf, String> {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "chromadb"]))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        &format!("chromadb=={CHROMADB}"),
+    ]))?;
     if chroma.exists() {
+        std::fs::write(&marker, CHROMADB).map_err(|e| format!("{}: {e}", marker.display()))?;
         Ok(chroma)
     } else {
         Err(format!("{} missing after pip install", chroma.display()))
