@@ -76,8 +76,8 @@ impl Edge {
         };
         let peer = request
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
+            .get::<crate::ClientIp>()
+            .map(|client| client.0);
         if let Err(status) = self.admit(&path, request.headers(), peer).await {
             return status.into_http();
         }

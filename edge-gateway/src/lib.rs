@@ -13,6 +13,7 @@
 
 mod grpc;
 pub mod openapi;
+pub mod release;
 pub mod routes;
 pub mod template;
 mod tracking;
@@ -80,6 +81,8 @@ pub struct Edge {
     cache: moka::future::Cache<String, Arc<Cached>>,
     openapi: Bytes,
     settings: EdgeSettings,
+    /// Proxies whose `Fly-Client-IP` / `X-Forwarded-For` name the client.
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Fires when the edge begins to drain: it then reports NOT_SERVING.
     draining: CancellationToken,
 }
@@ -152,6 +155,62 @@ fn rate_limited(limiter: &'static str, wait: Duration) -> tonic::Status {
         status.metadata_mut().insert("retry-after", value);
     }
     status
+}
+
+/// The address a call is charged to: the TCP peer, or, when the peer is a trusted proxy,
+/// the client it names (`Fly-Client-IP`, else the right-most `X-Forwarded-For` entry that
+/// is not itself a trusted proxy). Put into every request's extensions by
+/// [`client_address`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    pub fn of(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Self {
+        let peer = peer.to_canonical();
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+        if !is_trusted(&peer) {
+            return Self(peer);
+        }
+        if let Some(ip) = header_text(headers, "fly-client-ip")
+            .and_then(|value| value.trim().parse::<IpAddr>().ok())
+        {
+            return Self(ip.to_canonical());
+        }
+        // Each proxy appends the address it received from; a client can only add entries
+        // to the left, so the right-most untrusted entry is the one to believe.
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect();
+        Self(
+            forwarded
+                .into_iter()
+                .rev()
+                .find(|ip| !is_trusted(ip))
+                .unwrap_or(peer),
+        )
+    }
+}
+
+/// Stores the [`ClientIp`] of every request (before anything charges it to a limit).
+async fn client_address(
+    State(edge): State<Arc<Edge>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(peer) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+    {
+        let client = ClientIp::of(peer, request.headers(), &edge.trusted_proxies);
+        request.extensions_mut().insert(client);
+    }
+    next.run(request).await
 }
 
 impl Edge {
@@ -277,7 +336,7 @@ impl Edge {
         Err(last.unwrap_or_else(|| tonic::Status::unavailable("no replica answered")))
     }
 
-    async fn rest(&self, request: Request, peer: Option<SocketAddr>) -> Response {
+    async fn rest(&self, request: Request, peer: Option<IpAddr>) -> Response {
         let (parts, body) = request.into_parts();
         let Some((route, bindings)) = self.routes.find(&parts.method, parts.uri.path()) else {
             let status = if self.routes.path_exists(parts.uri.path()) {
@@ -298,10 +357,7 @@ impl Edge {
             }
             return response;
         };
-        let context = match self
-            .admit(&route.grpc_path, &parts.headers, peer.map(|peer| peer.ip()))
-            .await
-        {
+        let context = match self.admit(&route.grpc_path, &parts.headers, peer).await {
             Ok(context) => context,
             Err(status) => return error_response(&self.pool, &status),
         };
@@ -475,8 +531,8 @@ impl Edge {
 async fn dispatch(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let peer = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
+        .get::<ClientIp>()
+        .map(|client| client.0);
     let grpc = header_text(request.headers(), "content-type")
         .is_some_and(|content_type| content_type.starts_with("application/grpc"));
     if grpc {
@@ -682,10 +738,38 @@ pub async fn build(
     } else {
         None
     };
-    let upstreams = Upstreams::start(&settings.edge.upstreams, tls, local, shutdown.clone())
-        .await
-        .map_err(StartError::Server)?;
+    let color = upstream::Color::parse(&settings.edge.color).ok_or_else(|| {
+        StartError::Server(format!(
+            "edge.color: {} (blue or green)",
+            settings.edge.color
+        ))
+    })?;
+    let upstreams = Upstreams::start_colors(
+        &settings.edge.upstreams,
+        &settings.edge.green_upstreams,
+        color,
+        tls,
+        local,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(StartError::Server)?;
     let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);
+    // ReleaseService runs here, behind the same authentication and RBAC as the services.
+    {
+        use aida_proto::aida::release::v1::release_service_server::ReleaseServiceServer;
+        use tonic::server::NamedService as _;
+        let api = release::ReleaseApi {
+            upstreams: upstreams.clone(),
+            drain: Duration::from_millis(settings.edge.request_timeout_ms),
+        };
+        let router = aida_core::server::builder(verifier.clone())
+            .add_service(ReleaseServiceServer::new(api));
+        upstreams.serve_here(
+            ReleaseServiceServer::<release::ReleaseApi>::NAME,
+            router.local(),
+        );
+    }
     let edge_settings = settings.edge.clone();
     let quota = Quota::per_second(nonzero(edge_settings.rate_limit_per_second))
         .allow_burst(nonzero(edge_settings.rate_limit_burst));
@@ -716,6 +800,9 @@ pub async fn build(
             .support_invalidation_closures()
             .build(),
         openapi: json_body(&document),
+        trusted_proxies: edge_settings
+            .trusted_proxies()
+            .map_err(|message| StartError::Server(format!("edge.trusted_proxies: {message}")))?,
         settings: edge_settings,
         draining: shutdown,
     }))
@@ -786,6 +873,10 @@ pub async fn serve(
         // Layers run bottom-up on the way in: the request id first, so every log line and
         // every upstream call carries it; oversized headers are refused before anything
         // reads them; CORS answers preflights before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            client_address,
+        ))
         .layer(cors(&settings.edge.cors_origins))
         .layer(axum::middleware::from_fn_with_state(
             edge.clone(),
@@ -808,4 +899,55 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
     .map_err(|error| StartError::Server(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_address_comes_from_forwarding_headers_only_behind_a_trusted_proxy() {
+        let fly: Vec<ipnet::IpNet> = vec!["172.16.0.0/12".parse().expect("net")];
+        let proxy: IpAddr = "172.19.0.3".parse().expect("ip");
+        let stranger: IpAddr = "192.0.2.1".parse().expect("ip");
+        let ip = |text: &str| ClientIp(text.parse().expect("ip"));
+        let fly_header = headers(&[("fly-client-ip", "198.51.100.7")]);
+        assert_eq!(ClientIp::of(proxy, &fly_header, &fly), ip("198.51.100.7"));
+        assert_eq!(
+            ClientIp::of(stranger, &fly_header, &fly),
+            ip("192.0.2.1"),
+            "an untrusted peer cannot name another client"
+        );
+        let chain = headers(&[
+            ("x-forwarded-for", "10.9.9.9, 198.51.100.8"),
+            ("x-forwarded-for", "172.20.0.1"),
+        ]);
+        assert_eq!(
+            ClientIp::of(proxy, &chain, &fly),
+            ip("198.51.100.8"),
+            "the right-most entry that is not a trusted proxy"
+        );
+        assert_eq!(
+            ClientIp::of(proxy, &headers(&[("x-forwarded-for", "junk")]), &fly),
+            ClientIp(proxy),
+            "nothing usable: the proxy itself"
+        );
+        let mapped: IpAddr = "::ffff:172.19.0.3".parse().expect("ip");
+        assert_eq!(
+            ClientIp::of(mapped, &fly_header, &fly),
+            ip("198.51.100.7"),
+            "an IPv4-mapped peer is its IPv4 address"
+        );
+    }
 }

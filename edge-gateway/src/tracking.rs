@@ -15,9 +15,9 @@ impl Edge {
     /// TrackingService.
     fn tracking_for(
         &self,
-        peer: SocketAddr,
+        peer: ClientIp,
     ) -> Result<TrackingServiceClient<upstream::Upstream>, tonic::Status> {
-        self.charge_address(Some(peer.ip()))?;
+        self.charge_address(Some(peer.0))?;
         self.upstreams
             .channel("aida.comms.v1.TrackingService")
             .map(TrackingServiceClient::new)
@@ -27,7 +27,7 @@ impl Edge {
 
 pub(crate) async fn track_open(
     State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(peer): axum::Extension<ClientIp>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -58,7 +58,7 @@ pub(crate) async fn track_open(
 
 pub(crate) async fn track_click(
     State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(peer): axum::Extension<ClientIp>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -85,7 +85,7 @@ pub(crate) async fn track_click(
 /// RFC 8058 one-click unsubscribe: a POST unsubscribes.
 pub(crate) async fn unsubscribe(
     State(edge): State<Arc<Edge>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(peer): axum::Extension<ClientIp>,
     Path(token): Path<String>,
 ) -> Response {
     let mut client = match edge.tracking_for(peer) {

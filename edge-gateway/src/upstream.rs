@@ -7,6 +7,12 @@
 //! the service it should be (`spiffe://aida/<service>`). A service running in the edge's
 //! own process (`aida up`) is called there, without a socket (see
 //! [`aida_core::server::LocalMesh`]).
+//!
+//! Blue-green: the replicas of `edge.upstreams` are the blue deployment and those of
+//! `edge.green_upstreams` the green one. Every call goes to the active colour
+//! ([`Upstreams::switch`] changes it for all services at once, after every instance of the
+//! new colour reported SERVING, and then waits for the calls still in flight on the old
+//! one: a call counts from the moment it is sent until its response head arrives).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +38,7 @@ pub fn service_key(grpc_service: &str) -> Option<&'static str> {
 }
 
 struct Replica {
+    url: String,
     channel: Upstream,
     healthy: AtomicBool,
 }
@@ -57,10 +64,96 @@ impl ReplicaSet {
     }
 }
 
+/// The two deployments a switch chooses between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    fn index(self) -> usize {
+        match self {
+            Color::Blue => 0,
+            Color::Green => 1,
+        }
+    }
+
+    fn of(index: usize) -> Self {
+        if index == 1 {
+            Color::Green
+        } else {
+            Color::Blue
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    /// `blue` or `green`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+}
+
+/// The replicas of one colour, and its calls in flight.
+struct Deployment {
+    sets: HashMap<&'static str, ReplicaSet>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One instance as [`Upstreams::instances`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub service: &'static str,
+    pub color: Color,
+    pub url: String,
+    pub serving: bool,
+}
+
+/// What a switch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    pub active: Color,
+    /// Calls in flight on the previous colour when it switched.
+    pub drained_calls: usize,
+    /// False when they were still not answered at the drain timeout.
+    pub drained: bool,
+}
+
+/// Counts a call in flight from its start until its response head.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Clone)]
 pub struct Upstreams {
-    sets: Arc<HashMap<&'static str, ReplicaSet>>,
+    colors: Arc<[Deployment; 2]>,
+    active: Arc<AtomicUsize>,
+    /// One switch at a time.
+    switching: Arc<tokio::sync::Mutex<()>>,
     local: Option<LocalMesh>,
+    /// The edge's own services (ReleaseService), by gRPC service name.
+    own: Arc<std::sync::RwLock<HashMap<String, Upstream>>>,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {
@@ -73,61 +166,222 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
 }
 
 impl Upstreams {
-    /// Channels to every configured replica, probed every two seconds; services found in
-    /// `local` are called in process instead.
+    /// Channels to every configured replica (blue only), probed every two seconds;
+    /// services found in `local` are called in process instead.
     pub async fn start(
         settings: &UpstreamSettings,
         tls: Option<Arc<MeshTls>>,
         local: Option<LocalMesh>,
         shutdown: CancellationToken,
     ) -> Result<Self, String> {
-        let mut sets = HashMap::new();
-        for service in aida_core::mesh::SERVICES {
-            let (key, urls) = (service.name, settings.of(service.name));
-            if urls.is_empty() {
-                return Err(format!("edge.upstreams.{key}: at least one replica"));
+        let none = UpstreamSettings {
+            leads: Vec::new(),
+            deals: Vec::new(),
+            comms: Vec::new(),
+            analytics: Vec::new(),
+        };
+        Self::start_colors(settings, &none, Color::Blue, tls, local, shutdown).await
+    }
+
+    /// Channels to the replicas of both colours (`green` may name none), routing to
+    /// `active` until [`Upstreams::switch`] says otherwise.
+    pub async fn start_colors(
+        blue: &UpstreamSettings,
+        green: &UpstreamSettings,
+        active: Color,
+        tls: Option<Arc<MeshTls>>,
+        local: Option<LocalMesh>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
+        let green_configured = aida_core::mesh::SERVICES
+            .iter()
+            .any(|service| !green.of(service.name).is_empty());
+        let blue = deployment(blue, "edge.upstreams", &tls)?;
+        let green = if green_configured {
+            deployment(green, "edge.green_upstreams", &tls)?
+        } else {
+            Deployment {
+                sets: HashMap::new(),
+                in_flight: Arc::new(AtomicUsize::new(0)),
             }
-            let mut replicas = Vec::new();
-            for url in urls {
-                let endpoint = endpoint(url)?;
-                let channel = match &tls {
-                    Some(tls) => aida_core::tls::channel(tls, endpoint, key)
-                        .map_err(|error| error.to_string())?,
-                    None => endpoint.connect_lazy(),
-                };
-                replicas.push(Replica {
-                    channel: Upstream::new(
-                        channel.map_err(|error| CallError(tower::BoxError::from(error))),
-                    ),
-                    healthy: AtomicBool::new(true),
-                });
-            }
-            sets.insert(
-                key,
-                ReplicaSet {
-                    replicas,
-                    next: AtomicUsize::new(0),
-                    local_healthy: AtomicBool::new(true),
-                },
-            );
+        };
+        if active == Color::Green && !green_configured {
+            return Err("edge.color: green, but edge.green_upstreams names no replica".into());
         }
         let upstreams = Self {
-            sets: Arc::new(sets),
+            colors: Arc::new([blue, green]),
+            active: Arc::new(AtomicUsize::new(active.index())),
+            switching: Arc::new(tokio::sync::Mutex::new(())),
             local,
+            own: Arc::default(),
         };
+        metrics::gauge!(ACTIVE_COLOR).set(active.index() as f64);
         tokio::spawn(probe(upstreams.clone(), shutdown));
         Ok(upstreams)
     }
 
-    /// A way to `grpc_service` (`package.Service`): in process when it runs here (and has
-    /// started), a replica over the network otherwise.
+    /// Serves `grpc_service` (`package.Service`) from the edge itself.
+    pub fn serve_here(&self, grpc_service: &str, service: Upstream) {
+        if let Ok(mut own) = self.own.write() {
+            own.insert(grpc_service.to_owned(), service);
+        }
+    }
+
+    /// A way to `grpc_service` (`package.Service`): the edge's own service, in process
+    /// when it runs here (and has started), else a replica of the active colour.
     pub fn channel(&self, grpc_service: &str) -> Option<Upstream> {
+        if let Some(own) = self
+            .own
+            .read()
+            .ok()
+            .and_then(|own| own.get(grpc_service).cloned())
+        {
+            return Some(own);
+        }
         let key = service_key(grpc_service)?;
         if let Some(service) = self.local.as_ref().and_then(|local| local.get(key)) {
             return Some(service);
         }
-        self.sets.get(key).map(ReplicaSet::pick)
+        self.colors[self.active.load(Ordering::Acquire)]
+            .sets
+            .get(key)
+            .map(ReplicaSet::pick)
     }
+
+    /// The colour every call goes to.
+    pub fn active(&self) -> Color {
+        Color::of(self.active.load(Ordering::Acquire))
+    }
+
+    /// Every instance of both colours, with its last probed health.
+    pub fn instances(&self) -> Vec<Instance> {
+        let mut instances = Vec::new();
+        for color in [Color::Blue, Color::Green] {
+            let deployment = &self.colors[color.index()];
+            for service in aida_core::mesh::SERVICES {
+                for replica in deployment
+                    .sets
+                    .get(service.name)
+                    .into_iter()
+                    .flat_map(|set| &set.replicas)
+                {
+                    instances.push(Instance {
+                        service: service.name,
+                        color,
+                        url: replica.url.clone(),
+                        serving: replica.healthy.load(Ordering::Relaxed),
+                    });
+                }
+            }
+        }
+        instances
+    }
+
+    /// Routes every service to `to` once every instance of `to` answers its health check
+    /// with SERVING (checked now, not as last probed); refused naming the first that does
+    /// not. Then waits up to `drain` for the calls in flight on the previous colour.
+    pub async fn switch(&self, to: Color, drain: Duration) -> Result<Switched, String> {
+        let _one_at_a_time = self.switching.lock().await;
+        let deployment = &self.colors[to.index()];
+        if deployment.sets.is_empty() {
+            return Err(format!(
+                "there is no {} deployment: edge.green_upstreams names no replica",
+                to.name()
+            ));
+        }
+        for service in aida_core::mesh::SERVICES {
+            let Some(set) = deployment.sets.get(service.name) else {
+                return Err(format!("{} has no {} replica", service.name, to.name()));
+            };
+            let checks = set
+                .replicas
+                .iter()
+                .map(|replica| serving(replica.channel.clone()));
+            let results = futures::future::join_all(checks).await;
+            for (replica, healthy) in set.replicas.iter().zip(results) {
+                replica.healthy.store(healthy, Ordering::Relaxed);
+                if !healthy {
+                    return Err(format!(
+                        "{} {} instance {} is not SERVING",
+                        service.name,
+                        to.name(),
+                        replica.url
+                    ));
+                }
+            }
+        }
+        let previous = Color::of(self.active.swap(to.index(), Ordering::AcqRel));
+        metrics::gauge!(ACTIVE_COLOR).set(to.index() as f64);
+        if previous == to {
+            return Ok(Switched {
+                active: to,
+                drained_calls: 0,
+                drained: true,
+            });
+        }
+        tracing::info!(from = previous.name(), to = to.name(), "release switched");
+        let in_flight = &self.colors[previous.index()].in_flight;
+        let drained_calls = in_flight.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + drain;
+        while in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Switched {
+            active: to,
+            drained_calls,
+            drained: in_flight.load(Ordering::Acquire) == 0,
+        })
+    }
+}
+
+/// The replica sets of one colour, from its settings (`field` names them in errors).
+fn deployment(
+    settings: &UpstreamSettings,
+    field: &str,
+    tls: &Option<Arc<MeshTls>>,
+) -> Result<Deployment, String> {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut sets = HashMap::new();
+    for service in aida_core::mesh::SERVICES {
+        let (key, urls) = (service.name, settings.of(service.name));
+        if urls.is_empty() {
+            return Err(format!("{field}.{key}: at least one replica"));
+        }
+        let mut replicas = Vec::new();
+        for url in urls {
+            let endpoint = endpoint(url)?;
+            let channel = match tls {
+                Some(tls) => aida_core::tls::channel(tls, endpoint, key)
+                    .map_err(|error| error.to_string())?,
+                None => endpoint.connect_lazy(),
+            };
+            let counter = in_flight.clone();
+            let counted = channel
+                .map_err(|error| CallError(tower::BoxError::from(error)))
+                .map_future(move |future| {
+                    let call = InFlight::start(&counter);
+                    async move {
+                        let answered = future.await;
+                        drop(call);
+                        answered
+                    }
+                });
+            replicas.push(Replica {
+                url: url.clone(),
+                channel: Upstream::new(counted),
+                healthy: AtomicBool::new(true),
+            });
+        }
+        sets.insert(
+            key,
+            ReplicaSet {
+                replicas,
+                next: AtomicUsize::new(0),
+                local_healthy: AtomicBool::new(true),
+            },
+        );
+    }
+    Ok(Deployment { sets, in_flight })
 }
 
 impl Upstreams {
@@ -137,7 +391,8 @@ impl Upstreams {
         aida_core::mesh::SERVICES
             .iter()
             .map(|service| {
-                let ready = self.sets.get(service.name).is_some_and(|set| {
+                let sets = &self.colors[self.active.load(Ordering::Acquire)].sets;
+                let ready = sets.get(service.name).is_some_and(|set| {
                     if self
                         .local
                         .as_ref()
@@ -177,37 +432,49 @@ async fn probe(upstreams: Upstreams, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        for (name, set) in upstreams.sets.iter() {
-            if let Some(local) = upstreams.local.as_ref().and_then(|local| local.get(name)) {
-                let healthy = serving(local).await;
-                if set.local_healthy.swap(healthy, Ordering::Relaxed) != healthy {
-                    tracing::info!(
-                        service = name,
-                        serving = healthy,
-                        "in-process service health changed"
-                    );
-                }
-                continue;
+        for (color, deployment) in upstreams.colors.iter().enumerate() {
+            probe_deployment(&upstreams, Color::of(color), deployment).await;
+        }
+    }
+}
+
+/// One probe round of one colour's replicas (and of the services running in process).
+async fn probe_deployment(upstreams: &Upstreams, color: Color, deployment: &Deployment) {
+    let color = color.name();
+    for (name, set) in deployment.sets.iter() {
+        if let Some(local) = upstreams.local.as_ref().and_then(|local| local.get(name)) {
+            let healthy = serving(local).await;
+            if set.local_healthy.swap(healthy, Ordering::Relaxed) != healthy {
+                tracing::info!(
+                    service = name,
+                    serving = healthy,
+                    "in-process service health changed"
+                );
             }
-            for (index, replica) in set.replicas.iter().enumerate() {
-                let healthy = serving(replica.channel.clone()).await;
-                metrics::gauge!(UPSTREAM_UP, "service" => *name, "replica" => index.to_string())
-                    .set(if healthy { 1.0 } else { 0.0 });
-                if replica.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-                    tracing::info!(
-                        service = name,
-                        replica = index,
-                        serving = healthy,
-                        "upstream health changed"
-                    );
-                }
+            continue;
+        }
+        for (index, replica) in set.replicas.iter().enumerate() {
+            let healthy = serving(replica.channel.clone()).await;
+            metrics::gauge!(UPSTREAM_UP, "service" => *name, "replica" => index.to_string(), "color" => color)
+                .set(if healthy { 1.0 } else { 0.0 });
+            if replica.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+                tracing::info!(
+                    service = name,
+                    color,
+                    replica = index,
+                    serving = healthy,
+                    "upstream health changed"
+                );
             }
         }
     }
 }
 
-/// Whether a replica answered its last health probe with SERVING, by service and replica.
+/// Whether a replica answered its last health probe with SERVING, by service, replica
+/// and colour.
 pub const UPSTREAM_UP: &str = "aida_edge_upstream_up";
+/// The colour calls go to: 0 blue, 1 green.
+pub const ACTIVE_COLOR: &str = "aida_edge_active_color";
 
 #[cfg(test)]
 mod tests {
