@@ -1,8 +1,11 @@
 //! The `aida` command: run the whole mesh on embedded defaults (`aida up`), run one service
 //! (`aida serve leads`), apply migrations (`aida migrate`), mint development tokens
-//! (`aida token`).
+//! (`aida token`), check a running process (`aida health`) and the settings (`aida config
+//! check`).
 
 pub mod bench;
+pub mod health;
+pub mod release;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,10 +38,55 @@ pub enum Command {
     /// Runs every service in one process on embedded defaults (SQLite under ./data,
     /// in-process bus) unless the settings name PostgreSQL and NATS.
     Up,
-    /// Runs one service.
+    /// Runs one service of the mesh, or the edge gateway.
     Serve {
-        /// The service: leads.
+        /// The service: leads, deals, comms, analytics or edge.
         service: String,
+    },
+    /// Asks a running service whether it serves: gRPC health (`grpc.health.v1.Health/Check`)
+    /// at `host:port`, or an HTTP GET of a URL with a path (the edge's
+    /// `http://127.0.0.1:8080/healthz`). Exits 0 when SERVING (200), 1 otherwise: made for
+    /// container health checks.
+    Health {
+        /// `host:port` (gRPC), `http://host:port` / `https://host:port` (gRPC), or
+        /// `http://host:port/path` (HTTP GET).
+        address: String,
+        /// The gRPC service to ask about (default: the process as a whole).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// With mutual TLS on (tls.enabled): the mesh identity whose certificate to present
+        /// (leads, deals, comms, analytics or edge); the server must prove the same one
+        /// unless --peer names another.
+        #[arg(long)]
+        identity: Option<String>,
+        /// The identity the server must prove (default: --identity).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Blue-green releases: `aida release switch green` routes every service, on every
+    /// edge named, to the green deployment (`edge.green_upstreams`) once all of its
+    /// instances report SERVING, and waits until the blue one's calls in flight have their
+    /// answers; `aida release switch blue` goes back; `aida release status` shows both.
+    Release {
+        #[command(subcommand)]
+        action: ReleaseCommand,
+        /// An edge, `host:port` (default 127.0.0.1:8080); a name that resolves to several
+        /// addresses (Fly's `aida-edge.internal`) means every one of them. Repeat for more.
+        #[arg(long = "edge", global = true)]
+        edges: Vec<String>,
+        /// A token with the `operator` role (default: one minted with auth.signing_key).
+        #[arg(long, global = true)]
+        token: Option<String>,
+    },
+    /// Settings: `aida config check` loads them as `aida serve` would (defaults, the file,
+    /// `AIDA_*` variables), prints the effective settings with secrets redacted, and exits
+    /// non-zero naming the key on any error.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
     },
     /// Applies database migrations of every service and exits.
     Migrate,
@@ -64,7 +112,8 @@ pub enum Command {
         /// Tenant id.
         #[arg(long)]
         tenant: String,
-        /// Role (repeat for several): admin, manager, sales_rep, analyst, viewer, service.
+        /// Role (repeat for several): admin, manager, sales_rep, analyst, viewer, service,
+        /// operator (ReleaseService only).
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// Subject (user id); defaults to "dev-user".
@@ -73,6 +122,27 @@ pub enum Command {
         /// Lifetime in hours.
         #[arg(long, default_value_t = 24)]
         hours: u64,
+    },
+}
+
+/// What `aida release` does.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Routes every service to `color` (blue or green).
+    Switch { color: String },
+    /// Prints the active colour and every instance's health.
+    Status,
+}
+
+/// What `aida config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validates the settings and prints the effective ones (secrets redacted).
+    Check {
+        /// Also check what `aida serve <service>` needs beyond valid keys (the edge: its
+        /// CORS origins).
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -198,6 +268,30 @@ fn service_names() -> String {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Command::Health {
+        address,
+        service,
+        identity,
+        peer,
+        timeout,
+    } = &cli.command
+    {
+        let tls = if health::is_http(address) {
+            None
+        } else {
+            tls_for_health(&settings, identity.as_deref())?
+        };
+        let status = health::check(
+            address,
+            service,
+            tls,
+            peer.as_deref().or(identity.as_deref()),
+            Duration::from_secs((*timeout).max(1)),
+        )
+        .await?;
+        println!("{status}");
+        return Ok(());
+    }
     if !settings.telemetry.metrics {
         aida_core::metrics::disable();
     }
@@ -231,15 +325,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let shutdown = CancellationToken::new();
             server::cancel_on_signal(shutdown.clone());
+            ready_to_serve(service, &settings)?;
             let bus = connect_bus(&settings).await?;
             if service == Service::Edge {
-                if settings.edge.cors_origins.is_empty() {
-                    bail!(
-                        "edge.cors_origins must be set for a deployed edge: the origins of the \
-                         browser apps that call it (AIDA_EDGE__CORS_ORIGINS='[\"https://app.example.com\"]'), \
-                         or [\"*\"] to allow any origin"
-                    );
-                }
                 let address = SocketAddr::new(settings.listen.host, settings.edge.port);
                 let listener = TcpListener::bind(address)
                     .await
@@ -297,6 +385,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Health { .. } => Ok(()),
+        Command::Release {
+            action,
+            edges,
+            token,
+        } => {
+            let token = match token {
+                Some(token) => token,
+                None => mint_token(
+                    &settings,
+                    "platform",
+                    "aida-release",
+                    &["operator".to_owned()],
+                    Duration::from_secs(300),
+                )?,
+            };
+            let edges = if edges.is_empty() {
+                vec!["127.0.0.1:8080".to_owned()]
+            } else {
+                edges
+            };
+            let color = match &action {
+                ReleaseCommand::Switch { color } => Some(release::color(color)?),
+                ReleaseCommand::Status => None,
+            };
+            for line in release::run(&edges, &token, color).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigCommand::Check { service },
+        } => {
+            // Loading validated every key; what is printed is what a service would use.
+            if let Some(service) = service {
+                let Some(service) = Service::parse(&service) else {
+                    bail!(
+                        "unknown service '{service}'; known: {}, edge",
+                        service_names()
+                    );
+                };
+                ready_to_serve(service, &settings)?;
+            }
+            print!("{}", settings.effective_toml());
+            Ok(())
+        }
         Command::Token {
             tenant,
             roles,
@@ -316,6 +450,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `aida serve <service>` needs beyond valid settings.
+fn ready_to_serve(service: Service, settings: &Settings) -> anyhow::Result<()> {
+    if service == Service::Edge && settings.edge.cors_origins.is_empty() {
+        bail!(
+            "edge.cors_origins must be set for a deployed edge: the origins of the \
+             browser apps that call it (AIDA_EDGE__CORS_ORIGINS='[\"https://app.example.com\"]'), \
+             or [\"*\"] to allow any origin"
+        );
+    }
+    Ok(())
+}
+
+/// The mesh certificate `aida health` presents when mutual TLS is on.
+fn tls_for_health(
+    settings: &Settings,
+    identity: Option<&str>,
+) -> anyhow::Result<Option<Arc<aida_core::tls::MeshTls>>> {
+    if settings.tls.enabled != Some(true) {
+        return Ok(None);
+    }
+    let Some(identity) = identity else {
+        bail!(
+            "tls.enabled is on: name the certificate to present with --identity <{}>",
+            MESH_IDENTITIES.join("|")
+        );
+    };
+    Ok(Some(
+        aida_core::tls::MeshTls::load(&settings.certs_dir(), identity)
+            .with_context(|| format!("tls.dir: the certificate of {identity}"))?,
+    ))
 }
 
 /// A token for local use, checked against the known roles and tenant syntax.
@@ -338,7 +504,11 @@ pub fn mint_token(
         &settings.signing_key()?,
         &settings.auth.issuer,
         &settings.auth.audience,
-    );
+    )
+    .with_claims(aida_core::auth::ClaimPaths::new(
+        &settings.auth.tenant_claim,
+        &settings.auth.roles_claim,
+    ));
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     Ok(issuer.mint(tenant, subject, &roles, ttl)?)
 }

@@ -22,9 +22,11 @@ fn aida(dir: &std::path::Path) -> Command {
 }
 
 struct Up {
-    child: Child,
+    child: Option<Child>,
     address: String,
     token: String,
+    /// `(gRPC service name, host:port)` of every service in the banner.
+    services: Vec<(String, String)>,
 }
 
 /// Starts `aida up` and reads its banner.
@@ -39,6 +41,7 @@ fn start_up(dir: &std::path::Path) -> Up {
     let stdout = child.stdout.take().expect("stdout");
     let mut address = None;
     let mut token = None;
+    let mut services = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.expect("banner line");
@@ -50,6 +53,9 @@ fn start_up(dir: &std::path::Path) -> Up {
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(str::to_owned);
         }
+        if let Some((name, address)) = line.trim().split_once(" grpc://") {
+            services.push((name.trim().to_owned(), address.trim().to_owned()));
+        }
         if let Some(rest) = line.trim().strip_prefix("export AIDA_TOKEN=") {
             token = Some(rest.to_owned());
             break;
@@ -59,9 +65,27 @@ fn start_up(dir: &std::path::Path) -> Up {
     // Keep draining stdout so the child never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     Up {
-        child,
+        child: Some(child),
         address: address.expect("edge address in the banner"),
         token: token.expect("token in the banner"),
+        services,
+    }
+}
+
+impl Up {
+    /// The running `aida up`, to stop it.
+    fn take(&mut self) -> Child {
+        self.child.take().expect("running")
+    }
+}
+
+impl Drop for Up {
+    /// A failing test must not leave `aida up` running: it holds the harness's output.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -85,7 +109,7 @@ async fn stop(mut child: Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn aida_up_serves_leads_with_the_token_it_prints_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up = start_up(dir.path());
+    let mut up = start_up(dir.path());
     let mut client = LeadServiceClient::connect(format!("http://{}", up.address))
         .await
         .expect("connect");
@@ -124,7 +148,7 @@ async fn aida_up_serves_leads_with_the_token_it_prints_and_stops_cleanly_on_sigt
     }
     assert_eq!(listed, vec![lead]);
 
-    let status = stop(up.child).await;
+    let status = stop(up.take()).await;
     assert!(status.success(), "exit status {status}");
     assert!(
         dir.path().join("data/leads.db").exists(),
@@ -132,7 +156,7 @@ async fn aida_up_serves_leads_with_the_token_it_prints_and_stops_cleanly_on_sigt
     );
 
     // The data survives a restart, and the development key too (the old token still works).
-    let again = start_up(dir.path());
+    let mut again = start_up(dir.path());
     let mut client = LeadServiceClient::connect(format!("http://{}", again.address))
         .await
         .expect("connect");
@@ -151,7 +175,7 @@ async fn aida_up_serves_leads_with_the_token_it_prints_and_stops_cleanly_on_sigt
             .len(),
         1
     );
-    assert!(stop(again.child).await.success());
+    assert!(stop(again.take()).await.success());
 }
 
 #[test]
@@ -220,4 +244,137 @@ fn a_deployed_edge_refuses_to_start_without_cors_origins() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(listening, "the edge started with its origins named");
+}
+
+#[test]
+fn aida_config_check_prints_redacted_settings_and_names_a_bad_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "compose-signing-key-0123456789abcdef-xyz";
+    // AIDA_TOKEN (the banner tells users to export it) and AIDA_PYTHON (`aida models
+    // fetch` reads it) are not settings, and must not make the loader refuse.
+    let output = aida(dir.path())
+        .args(["config", "check"])
+        .env("AIDA_TOKEN", "eyJ.a.b")
+        .env("AIDA_PYTHON", "/usr/bin/python3")
+        .env("AIDA_AUTH__SIGNING_KEY", key)
+        .env(
+            "AIDA_DATABASE_URL",
+            "postgres://aida:pg-secret@db:5432/aida",
+        )
+        .env("AIDA_BUS__STREAM_REPLICAS", "3")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains(key) && !stdout.contains("pg-secret"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("signing_key = \"[redacted]\""), "{stdout}");
+    assert!(stdout.contains("stream_replicas = 3"), "{stdout}");
+    let effective: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(
+        effective["database_url"].as_str(),
+        Some("postgres://aida:[redacted]@db:5432/aida")
+    );
+
+    for (name, value, named) in [
+        ("AIDA_TYPO", "1", "typo"),
+        ("AIDA_BUS__STREAM_REPLICAS", "9", "bus.stream_replicas"),
+        ("AIDA_AUTH__SIGNING_KEY", "short", "auth.signing_key"),
+        (
+            "AIDA_EDGE__TRUSTED_PROXIES",
+            "[\"not-an-ip\"]",
+            "edge.trusted_proxies",
+        ),
+    ] {
+        let refused = aida(dir.path())
+            .args(["config", "check"])
+            .env(name, value)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{name}={value} accepted");
+        assert!(stderr.contains(named), "{name}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn aida_serve_help_names_every_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = aida(dir.path())
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("leads, deals, comms, analytics or edge"),
+        "{help}"
+    );
+}
+
+#[tokio::test]
+async fn aida_health_reports_serving_over_mutual_tls_and_http_and_fails_on_a_dead_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut up = start_up(dir.path());
+    let health = |args: &[&str]| {
+        aida(dir.path())
+            .env("AIDA_TLS__ENABLED", "true")
+            .arg("health")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let (name, leads) = up
+        .services
+        .iter()
+        .find(|(name, _)| name == "LeadService")
+        .cloned()
+        .expect("LeadService in the banner");
+    assert_eq!(name, "LeadService");
+    for args in [
+        vec![leads.as_str(), "--identity", "edge", "--peer", "leads"],
+        vec![
+            leads.as_str(),
+            "--identity",
+            "edge",
+            "--peer",
+            "leads",
+            "--service",
+            "aida.leads.v1.LeadService",
+        ],
+    ] {
+        let output = health(&args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("SERVING"), "{stdout}");
+    }
+    // The server must prove the identity asked for.
+    let impostor = health(&[leads.as_str(), "--identity", "edge", "--peer", "deals"]);
+    assert!(!impostor.status.success(), "leads passed as deals");
+    // Without a certificate to present, mutual TLS cannot be spoken: said so.
+    let anonymous = health(&[leads.as_str()]);
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("--identity"));
+
+    let edge = format!("http://{}/healthz", up.address);
+    let output = health(&[edge.as_str()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let status = stop(up.take()).await;
+    assert!(status.success(), "exit status {status}");
+    let dead = health(&[edge.as_str(), "--timeout", "1"]);
+    assert!(!dead.status.success(), "a stopped edge is not healthy");
 }

@@ -819,6 +819,98 @@ async fn forged_expired_and_malformed_tokens_are_all_401_and_valid_ones_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supabase_access_token_is_accepted_through_mapped_claims_and_its_own_issuer() {
+    const ISSUER: &str = "https://abcdefghijklmnop.supabase.co/auth/v1";
+    let (kid, pem, jwk) = es256_key("supabase-1");
+    let jwks = jwks_server(vec![jwk]).await;
+    let jwks_url = jwks.url.clone();
+    let edge = Edge::start(move |settings| {
+        settings.auth.jwks_url = Some(jwks_url);
+        settings.auth.jwks_issuer = Some(ISSUER.into());
+        settings.auth.jwks_audience = Some("authenticated".into());
+        settings.auth.tenant_claim = "app_metadata.tenant_id".into();
+        settings.auth.roles_claim = "app_metadata.roles".into();
+    })
+    .await;
+    let now = aida_core::auth::unix_now();
+    // Exactly what Supabase Auth issues (a custom access token hook or the admin API puts
+    // the tenant and roles into app_metadata, which users cannot write).
+    let supabase = |app_metadata: Value, audience: &str| {
+        let claims = json!({
+            "iss": ISSUER,
+            "sub": "2f0d6c1e-8a43-4b7e-9a55-0c1d2e3f4a5b",
+            "aud": audience,
+            "exp": now + 3600,
+            "iat": now,
+            "email": "ada@acme.example",
+            "phone": "",
+            "app_metadata": app_metadata,
+            "user_metadata": {"email_verified": true, "full_name": "Ada Lovelace"},
+            "role": "authenticated",
+            "aal": "aal1",
+            "amr": [{"method": "password", "timestamp": now}],
+            "session_id": "b6a3c1d2-0e1f-4a5b-8c9d-7e6f5a4b3c2d",
+            "is_anonymous": false,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.clone());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("pem"),
+        )
+        .expect("sign")
+    };
+    let get = |token: String| {
+        let request = edge
+            .http
+            .get(format!("{}/v1/leads", edge.base))
+            .bearer_auth(token);
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let metadata = json!({"provider": "email", "providers": ["email"], "tenant_id": "acme", "roles": ["sales_rep"]});
+    let (status, body) = get(supabase(metadata.clone(), "authenticated")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = get(supabase(
+        json!({"provider": "email", "providers": ["email"], "roles": ["admin"]}),
+        "authenticated",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("app_metadata.tenant_id")),
+        "the refusal names the missing claim: {body}"
+    );
+    // Supabase's own `role: authenticated` grants nothing: AIDA roles come from the
+    // configured claim only.
+    let (status, _) = get(supabase(json!({"tenant_id": "acme"}), "authenticated")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The identity provider's audience is its own: AIDA's development audience is refused
+    // on a JWKS token, and the development issuer's tokens still pass with theirs.
+    let (status, _) = get(supabase(metadata, "aida-crm")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let development = aida::mint_token(
+        &edge.env.settings,
+        "acme",
+        "dev-admin",
+        &["admin".to_owned()],
+        Duration::from_secs(600),
+    )
+    .expect("mint");
+    let (status, body) = get(development).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_gets_exactly_the_routes_the_rbac_table_allows() {
     let edge = Edge::start(|_| {}).await;
     let pool =
@@ -832,6 +924,7 @@ async fn every_role_gets_exactly_the_routes_the_rbac_table_allows() {
         "analyst",
         "viewer",
         "service",
+        "operator",
     ];
     let tokens: Vec<(&str, String)> = roles
         .iter()

@@ -7,3 +7,4 @@ mod edge;
 mod full_loop;
 mod mtls;
 mod observability;
+mod replicas;

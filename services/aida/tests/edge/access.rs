@@ -667,6 +667,70 @@ async fn requests_without_a_valid_token_are_rate_limited_by_address_before_verif
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// Statuses of `count` calls to a public tracking link with `header` set to `value`.
+async fn tracking_statuses(edge: &Edge, header: &str, value: &str, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..count {
+        let response = edge
+            .http
+            .get(format!("{}/t/o/not-a-link", edge.base))
+            .header(header, value)
+            .send()
+            .await
+            .expect("send");
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_public_links_are_limited_per_client_and_forged_headers_are_not() {
+    let limited = |trusted: Vec<String>| {
+        Edge::start(move |settings| {
+            settings.edge.anonymous_rate_limit_per_minute = 1;
+            settings.edge.anonymous_rate_limit_burst = 2;
+            settings.edge.trusted_proxies = trusted;
+        })
+    };
+    // Loopback plays Fly's proxy: every call arrives from it, naming its client.
+    let edge = limited(vec!["127.0.0.0/8".into(), "::1".into()]).await;
+    let first = tracking_statuses(&edge, "fly-client-ip", "198.51.100.7", 3).await;
+    assert!(first[..2].iter().all(|status| *status != 429), "{first:?}");
+    assert_eq!(first[2], 429, "the client's own bucket is empty: {first:?}");
+    // Another recipient behind the same proxy has a bucket of its own, whether the proxy
+    // names it in Fly-Client-IP or appends it to X-Forwarded-For (a client-written entry
+    // to the left of it is not believed).
+    let second = tracking_statuses(&edge, "fly-client-ip", "203.0.113.9", 1).await;
+    assert_ne!(second[0], 429, "{second:?}");
+    let forwarded = tracking_statuses(
+        &edge,
+        "x-forwarded-for",
+        "198.51.100.7, 192.0.2.44, 127.0.0.1",
+        2,
+    )
+    .await;
+    assert!(
+        forwarded.iter().all(|status| *status != 429),
+        "{forwarded:?}"
+    );
+    let again = tracking_statuses(&edge, "fly-client-ip", "198.51.100.7", 1).await;
+    assert_eq!(again, [429], "the first client is still limited");
+
+    // Without trusted proxies the headers are the caller's own words: ignored, so a
+    // flood cannot spread itself over invented addresses.
+    let edge = limited(Vec::new()).await;
+    let mut statuses = Vec::new();
+    for client in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        statuses.extend(tracking_statuses(&edge, "fly-client-ip", client, 1).await);
+    }
+    assert_eq!(statuses[2..], [429, 429], "{statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_links_expire_and_unsubscribing_names_no_address() {
     let edge = Edge::start(|_| {}).await;
