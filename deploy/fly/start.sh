@@ -18,4 +18,5 @@ printf '%s\n' "$MESH_CA_PEM" > "$dir/ca.pem"
 printf '%s\n' "$MESH_EDGE_PEM" > "$dir/edge.pem"
 printf '%s\n' "$MESH_EDGE_KEY" > "$dir/edge.key"
 unset MESH_CA_PEM MESH_EDGE_PEM MESH_EDGE_KEY
-exec aida serve edge "$@"
+# No "$@": Fly may pass the image CMD (`up`) to an overridden entrypoint.
+exec aida serve edge

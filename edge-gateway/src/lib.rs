@@ -158,41 +158,45 @@ fn rate_limited(limiter: &'static str, wait: Duration) -> tonic::Status {
 }
 
 /// The address a call is charged to: the TCP peer, or, when the peer is a trusted proxy,
-/// the client it names (`Fly-Client-IP`, else the right-most `X-Forwarded-For` entry that
-/// is not itself a trusted proxy). Put into every request's extensions by
-/// [`client_address`].
+/// the client it names in `header` (`edge.client_ip_header`): `fly-client-ip`, or
+/// `x-forwarded-for`, whose right-most entry that is not itself a trusted proxy counts (a
+/// client can only add entries to the left; an entry that is no address stops the walk).
+/// Put into every request's extensions by [`client_address`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
-    pub fn of(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Self {
+    pub fn of(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet], header: &str) -> Self {
         let peer = peer.to_canonical();
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
         if !is_trusted(&peer) {
             return Self(peer);
         }
-        if let Some(ip) = header_text(headers, "fly-client-ip")
-            .and_then(|value| value.trim().parse::<IpAddr>().ok())
-        {
-            return Self(ip.to_canonical());
+        if header == "fly-client-ip" {
+            return Self(
+                header_text(headers, "fly-client-ip")
+                    .and_then(|value| value.trim().parse::<IpAddr>().ok())
+                    .map_or(peer, |ip| ip.to_canonical()),
+            );
         }
-        // Each proxy appends the address it received from; a client can only add entries
-        // to the left, so the right-most untrusted entry is the one to believe.
-        let forwarded: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-            .map(|ip| ip.to_canonical())
+            .map(str::trim)
             .collect();
-        Self(
-            forwarded
-                .into_iter()
-                .rev()
-                .find(|ip| !is_trusted(ip))
-                .unwrap_or(peer),
-        )
+        let mut client = peer;
+        for entry in entries.into_iter().rev() {
+            let Ok(ip) = entry.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+                break;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                break;
+            }
+        }
+        Self(client)
     }
 }
 
@@ -207,7 +211,12 @@ async fn client_address(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip())
     {
-        let client = ClientIp::of(peer, request.headers(), &edge.trusted_proxies);
+        let client = ClientIp::of(
+            peer,
+            request.headers(),
+            &edge.trusted_proxies,
+            &edge.settings.client_ip_header,
+        );
         request.extensions_mut().insert(client);
     }
     next.run(request).await
@@ -297,12 +306,14 @@ impl Edge {
         message: Bytes,
         headers: &HeaderMap,
     ) -> Result<Bytes, tonic::Status> {
-        let channel = self.upstreams.channel(route.service()).ok_or_else(|| {
-            tonic::Status::from(Error::internal(format!(
-                "no upstream for {}",
-                route.service()
-            )))
-        })?;
+        let pick = || {
+            self.upstreams.channel(route.service()).ok_or_else(|| {
+                tonic::Status::from(Error::internal(format!(
+                    "no upstream for {}",
+                    route.service()
+                )))
+            })
+        };
         let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
             .map_err(|error| tonic::Status::internal(error.to_string()))?;
         // Reads are idempotent: a replica that is going away gets a second chance elsewhere.
@@ -316,7 +327,8 @@ impl Edge {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
             }
-            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            // Picked again on every attempt: another replica, or the colour switched to.
+            let mut grpc = tonic::client::Grpc::new(pick()?);
             grpc.ready()
                 .await
                 .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
@@ -923,29 +935,42 @@ mod tests {
         let stranger: IpAddr = "192.0.2.1".parse().expect("ip");
         let ip = |text: &str| ClientIp(text.parse().expect("ip"));
         let fly_header = headers(&[("fly-client-ip", "198.51.100.7")]);
-        assert_eq!(ClientIp::of(proxy, &fly_header, &fly), ip("198.51.100.7"));
         assert_eq!(
-            ClientIp::of(stranger, &fly_header, &fly),
+            ClientIp::of(proxy, &fly_header, &fly, "fly-client-ip"),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            ClientIp::of(stranger, &fly_header, &fly, "fly-client-ip"),
             ip("192.0.2.1"),
             "an untrusted peer cannot name another client"
+        );
+        assert_eq!(
+            ClientIp::of(proxy, &fly_header, &fly, "x-forwarded-for"),
+            ClientIp(proxy),
+            "only the configured header is read"
         );
         let chain = headers(&[
             ("x-forwarded-for", "10.9.9.9, 198.51.100.8"),
             ("x-forwarded-for", "172.20.0.1"),
         ]);
         assert_eq!(
-            ClientIp::of(proxy, &chain, &fly),
+            ClientIp::of(proxy, &chain, &fly, "x-forwarded-for"),
             ip("198.51.100.8"),
             "the right-most entry that is not a trusted proxy"
         );
         assert_eq!(
-            ClientIp::of(proxy, &headers(&[("x-forwarded-for", "junk")]), &fly),
+            ClientIp::of(
+                proxy,
+                &headers(&[("x-forwarded-for", "203.0.113.1, 198.51.100.9:443")]),
+                &fly,
+                "x-forwarded-for"
+            ),
             ClientIp(proxy),
-            "nothing usable: the proxy itself"
+            "an entry that is no address stops the walk: nothing left of it is believed"
         );
         let mapped: IpAddr = "::ffff:172.19.0.3".parse().expect("ip");
         assert_eq!(
-            ClientIp::of(mapped, &fly_header, &fly),
+            ClientIp::of(mapped, &fly_header, &fly, "fly-client-ip"),
             ip("198.51.100.7"),
             "an IPv4-mapped peer is its IPv4 address"
         );

@@ -894,6 +894,19 @@ async fn a_supabase_access_token_is_accepted_through_mapped_claims_and_its_own_i
     // configured claim only.
     let (status, _) = get(supabase(json!({"tenant_id": "acme"}), "authenticated")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The platform's role is not the identity provider's to grant.
+    let operator = supabase(
+        json!({"tenant_id": "acme", "roles": ["operator"]}),
+        "authenticated",
+    );
+    let response = edge
+        .http
+        .get(format!("{}/v1/release", edge.base))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
     // The identity provider's audience is its own: AIDA's development audience is refused
     // on a JWKS token, and the development issuer's tokens still pass with theirs.
     let (status, _) = get(supabase(metadata, "aida-crm")).await;

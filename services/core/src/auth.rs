@@ -19,8 +19,12 @@ use crate::error::Error;
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// The roles the mesh knows. `operator` is no tenant's role: it runs the platform
-/// (ReleaseService), whatever tenant its token names.
+/// The role that runs the platform (ReleaseService), whatever tenant its token names. It
+/// is only honoured on tokens signed with the mesh's own key (`auth.signing_key`, as `aida
+/// release` mints them), never on an identity provider's.
+pub const PLATFORM_ROLE: &str = "operator";
+
+/// The roles the mesh knows. `operator` is no tenant's role (see [`PLATFORM_ROLE`]).
 pub const ROLES: [&str; 7] = [
     "admin",
     "manager",
@@ -406,7 +410,12 @@ impl TokenVerifier {
         }
         .map_err(|error| Refusal::Invalid(format!("invalid token: {error}")))?;
         let claims = data.claims;
-        let (tenant_id, roles) = self.claims.read(&claims.rest).map_err(Refusal::Invalid)?;
+        let (tenant_id, mut roles) = self.claims.read(&claims.rest).map_err(Refusal::Invalid)?;
+        if generation.is_some() {
+            // The platform's role comes only from the platform's own key: whatever an
+            // identity provider's user records say, they run no releases.
+            roles.retain(|role| role != PLATFORM_ROLE);
+        }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(Refusal::Invalid("invalid token: bad sub claim".into()));
         }

@@ -232,6 +232,10 @@ pub struct EdgeSettings {
     /// take the client address from `Fly-Client-IP` or `X-Forwarded-For`; rate limits of
     /// anonymous and public calls count per client address.
     pub trusted_proxies: Vec<String>,
+    /// Which header a trusted proxy names the client in: `x-forwarded-for` (the right-most
+    /// entry that is not itself a trusted proxy) or `fly-client-ip` (Fly.io's proxy). Only
+    /// that one is read, so a client cannot pass its own copy of the other through.
+    pub client_ip_header: String,
 }
 
 impl EdgeSettings {
@@ -644,6 +648,7 @@ impl Default for Defaults {
                 color: "blue".into(),
                 in_process: true,
                 trusted_proxies: Vec::new(),
+                client_ip_header: "x-forwarded-for".into(),
             },
             tls: TlsSettings {
                 enabled: None,
@@ -731,12 +736,27 @@ impl Settings {
                 });
             }
         }
+        // Each server of a cluster list: nats:// or tls://, user info allowed, a numeric
+        // port when one is given.
+        let bad_server = |server: &str| {
+            let Some(rest) = server
+                .strip_prefix("nats://")
+                .or_else(|| server.strip_prefix("tls://"))
+            else {
+                return true;
+            };
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            match host.rsplit_once(':') {
+                Some((_, port)) if !host.ends_with(']') => port.parse::<u16>().is_err(),
+                _ => host.is_empty(),
+            }
+        };
         if let Some(url) = &self.nats_url
-            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+            && url.split(',').map(str::trim).any(bad_server)
         {
             return Err(SettingsError::Field {
                 field: "nats_url",
-                message: "must start with nats:// or tls://".into(),
+                message: "nats://host:port or tls://host:port, several separated by commas".into(),
             });
         }
         if let Some(url) = &self.telemetry.otlp_endpoint
@@ -895,22 +915,64 @@ impl Settings {
                 });
             }
         }
+        const REGISTERED: [&str; 7] = ["sub", "exp", "nbf", "iat", "iss", "aud", "jti"];
         for (field, path) in [
             ("auth.tenant_claim", &self.auth.tenant_claim),
             ("auth.roles_claim", &self.auth.roles_claim),
         ] {
-            if path.split('.').any(str::is_empty) {
+            let first = path.split('.').next().unwrap_or_default();
+            if path.split('.').any(str::is_empty) || REGISTERED.contains(&first) {
                 return Err(SettingsError::Field {
                     field,
-                    message: "a claim name or dotted path such as app_metadata.tenant_id".into(),
+                    message: "a claim name or dotted path such as app_metadata.tenant_id, not a \
+                              registered claim"
+                        .into(),
                 });
             }
+        }
+        let (tenant, roles) = (&self.auth.tenant_claim, &self.auth.roles_claim);
+        if tenant == roles
+            || tenant.starts_with(&format!("{roles}."))
+            || roles.starts_with(&format!("{tenant}."))
+        {
+            return Err(SettingsError::Field {
+                field: "auth.roles_claim",
+                message: "tenant and roles need claims of their own, neither inside the other"
+                    .into(),
+            });
         }
         if !matches!(self.edge.color.as_str(), "blue" | "green") {
             return Err(SettingsError::Field {
                 field: "edge.color",
                 message: "blue or green".into(),
             });
+        }
+        let green = &self.edge.green_upstreams;
+        let named = [&green.leads, &green.deals, &green.comms, &green.analytics]
+            .iter()
+            .filter(|replicas| !replicas.is_empty())
+            .count();
+        if named != 0 && named != 4 {
+            return Err(SettingsError::Field {
+                field: "edge.green_upstreams",
+                message: "a green deployment names replicas of all four services, or of none"
+                    .into(),
+            });
+        }
+        if self.edge.color == "green" && named == 0 {
+            return Err(SettingsError::Field {
+                field: "edge.color",
+                message: "green, but edge.green_upstreams names no replica".into(),
+            });
+        }
+        match self.edge.client_ip_header.as_str() {
+            "x-forwarded-for" | "fly-client-ip" => {}
+            _ => {
+                return Err(SettingsError::Field {
+                    field: "edge.client_ip_header",
+                    message: "x-forwarded-for or fly-client-ip".into(),
+                });
+            }
         }
         if let Err(message) = self.edge.trusted_proxies() {
             return Err(SettingsError::Field {
@@ -979,6 +1041,10 @@ impl Settings {
                 toml::Value::String(redact_password(url.expose_secret())),
             );
         }
+        if let Some(url) = &self.nats_url {
+            let servers: Vec<String> = url.split(',').map(redact_password).collect();
+            table.insert("nats_url".into(), toml::Value::String(servers.join(",")));
+        }
         let secrets = [
             ("auth", "signing_key", self.auth.signing_key.is_some()),
             (
@@ -1046,18 +1112,42 @@ impl Settings {
     }
 }
 
-/// `scheme://user:[redacted]@host/…` for a URL with a password; other URLs unchanged.
+/// `url` with its credentials `[redacted]`: the password (or a lone token) of its user
+/// info, and query parameters that carry secrets (`password`, `sslpassword`, `token`).
 fn redact_password(url: &str) -> String {
+    const REDACTED: &str = "[redacted]";
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
     };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
-        None => url.to_owned(),
+    let rest = match rest.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{REDACTED}@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{rest}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if ["password", "sslpassword", "token", "pass"]
+                        .contains(&key.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{key}={REDACTED}")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
     }
+    redacted
 }
 
 /// Writes a file readable only by its owner.
@@ -1205,8 +1295,15 @@ mod tests {
         settings.auth.signing_key = Some(SecretString::from("k".repeat(40)));
         settings.nats.password = Some(SecretString::from("natspass".to_owned()));
         settings.nats.user = Some("svc".into());
+        settings.nats_url = Some("nats://svc:natsurlpass@n1:4222,nats://tok3n@n2:4222".into());
         let text = settings.effective_toml();
-        for secret in ["hunter2", &"k".repeat(40), "natspass"] {
+        for secret in [
+            "hunter2",
+            &"k".repeat(40),
+            "natspass",
+            "natsurlpass",
+            "tok3n",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked:\n{text}");
         }
         assert!(

@@ -313,3 +313,19 @@ async fn postgres_with_verify_full_connects_to_the_right_server_only_and_limits_
     let plain = Database::connect_with(&url("localhost", "sslmode=disable"), &limits).await;
     assert!(plain.is_err(), "a connection without TLS was accepted");
 }
+
+#[tokio::test]
+async fn a_cluster_url_list_reaches_a_server_when_another_is_down() {
+    let server = NatsServer::start();
+    let dead = aida_core::testing::free_port();
+    let url = format!("nats://127.0.0.1:{dead}, {}", server.url());
+    let settings = aida_core::Settings {
+        nats_url: Some(url.clone()),
+        ..aida_core::Settings::embedded()
+    };
+    settings.validate().expect("a list of servers is valid");
+    let bus = NatsBus::connect(&url, &bus_settings())
+        .await
+        .expect("connect");
+    round_trip(&bus).await;
+}

@@ -62,7 +62,13 @@ impl NatsBus {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
-            .connect(url)
+            // `nats://a:4222,nats://b:4222`: the servers of a cluster, tried in turn.
+            .connect(
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(|error| BusError::Unavailable(error.to_string()))?;
         let jetstream = jetstream::ContextBuilder::new()
