@@ -27,8 +27,17 @@ struct App {
 
 impl App {
     async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Like [`App::spawn`], with the settings `configure` changes.
+    async fn spawn_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut aida_core::Settings),
+    ) -> Self {
         let mut env = TestEnv::new(backend).await;
         env.settings.analytics.snapshot_interval_secs = 1;
+        configure(&mut env.settings);
         env.bus.shared().ensure_streams().await.expect("streams");
         let context = env
             .context(aida_analytics::SERVICE, aida_analytics::migrations())
@@ -462,18 +471,7 @@ async fn every_analytics_replica_reads_every_event_into_its_own_duckdb(backend: 
 }
 
 async fn an_instance_that_does_not_monitor_publishes_no_snapshots(backend: Backend) {
-    let mut env = TestEnv::new(backend).await;
-    env.settings.analytics.snapshot_interval_secs = 1;
-    env.settings.analytics.monitor = false;
-    env.bus.shared().ensure_streams().await.expect("streams");
-    let context = env
-        .context(aida_analytics::SERVICE, aida_analytics::migrations())
-        .await;
-    let server = RunningServer::start(|listener, shutdown| {
-        aida_analytics::serve(context, listener, shutdown)
-    })
-    .await;
-    let app = App { env, server };
+    let app = App::spawn_with(backend, |settings| settings.analytics.monitor = false).await;
     app.publish(&[("one".into(), captured("acme", "lead-1", LeadSource::Event))])
         .await;
     assert!(
