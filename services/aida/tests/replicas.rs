@@ -262,7 +262,11 @@ impl Load {
                 let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
                 let (edge, token) = (edge.to_owned(), token.to_owned());
                 tokio::spawn(async move {
-                    let http = reqwest::Client::new();
+                    // A request that hangs is a failure too, not a stalled client.
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(15))
+                        .build()
+                        .expect("client");
                     let mut round = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         round += 1;
@@ -330,6 +334,17 @@ impl Load {
         self.ok.load(Ordering::Relaxed)
     }
 
+    /// Completed round trips and the first failures, for assertion messages.
+    fn report(&self) -> String {
+        let failures = self.failures.lock().expect("failures");
+        format!(
+            "{} completed, {} failed: {:?}",
+            self.completed(),
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        )
+    }
+
     /// Stops the clients; the failures seen.
     async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -341,8 +356,13 @@ impl Load {
     }
 }
 
-/// `aida release <args> --edge 127.0.0.1:<port>` with the shared signing key.
+/// `aida release <args> --edge 127.0.0.1:<port>` with the shared signing key (off the
+/// runtime's worker, so the load keeps running meanwhile).
 fn release(shared: &Shared, edge_port: u16, args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| run_release(shared, edge_port, args))
+}
+
+fn run_release(shared: &Shared, edge_port: u16, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("dir");
     Command::new(env!("CARGO_BIN_EXE_aida"))
         .arg("release")
@@ -420,7 +440,11 @@ async fn a_blue_green_switch_under_load_loses_no_request_and_is_refused_while_gr
         "the edge reports ready on blue"
     );
     let load = Load::start(&base, &shared.token(&["admin"]), 4);
-    assert!(eventually(Duration::from_secs(20), || async { load.completed() >= 20 }).await);
+    assert!(
+        eventually(Duration::from_secs(60), || async { load.completed() >= 20 }).await,
+        "load on blue: {}",
+        load.report()
+    );
 
     // Green without its analytics: the switch is refused, naming the instance.
     let mut green = start_services(&shared, green_ports, "green", &["leads", "deals", "comms"]);
@@ -454,16 +478,17 @@ async fn a_blue_green_switch_under_load_loses_no_request_and_is_refused_while_gr
     );
     assert!(stdout.contains("active green"), "{stdout}");
     for process in &mut blue {
-        let exit = process.terminate();
+        let exit = tokio::task::block_in_place(|| process.terminate());
         assert!(exit.success(), "blue stopped cleanly: {exit}");
     }
     let after_blue = load.completed();
     assert!(
-        eventually(Duration::from_secs(20), || async {
+        eventually(Duration::from_secs(60), || async {
             load.completed() >= after_blue + 20
         })
         .await,
-        "calls go on against green"
+        "calls go on against green: {}",
+        load.report()
     );
     // Back to blue is refused now that blue is gone, and changes nothing.
     let back = release(&shared, edge_port, &["switch", "blue"]);
