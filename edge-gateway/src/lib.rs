@@ -750,16 +750,10 @@ pub async fn build(
     } else {
         None
     };
-    let color = upstream::Color::parse(&settings.edge.color).ok_or_else(|| {
-        StartError::Server(format!(
-            "edge.color: {} (blue or green)",
-            settings.edge.color
-        ))
-    })?;
     let upstreams = Upstreams::start_colors(
         &settings.edge.upstreams,
         &settings.edge.green_upstreams,
-        color,
+        settings.edge.color,
         tls,
         local,
         shutdown.clone(),

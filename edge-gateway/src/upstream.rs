@@ -39,7 +39,10 @@ pub fn service_key(grpc_service: &str) -> Option<&'static str> {
 
 struct Replica {
     url: String,
+    /// Calls go through this one: counted in flight for a switch's drain.
     channel: Upstream,
+    /// Health checks go through this one, so they never count as calls in flight.
+    probe: Upstream,
     healthy: AtomicBool,
 }
 
@@ -64,43 +67,20 @@ impl ReplicaSet {
     }
 }
 
-/// The two deployments a switch chooses between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Color {
-    Blue,
-    Green,
+pub use aida_core::settings::Color;
+
+fn index_of(color: Color) -> usize {
+    match color {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
 }
 
-impl Color {
-    fn index(self) -> usize {
-        match self {
-            Color::Blue => 0,
-            Color::Green => 1,
-        }
-    }
-
-    fn of(index: usize) -> Self {
-        if index == 1 {
-            Color::Green
-        } else {
-            Color::Blue
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-
-    /// `blue` or `green`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "blue" => Some(Color::Blue),
-            "green" => Some(Color::Green),
-            _ => None,
-        }
+fn color_at(index: usize) -> Color {
+    if index == 1 {
+        Color::Green
+    } else {
+        Color::Blue
     }
 }
 
@@ -152,8 +132,8 @@ pub struct Upstreams {
     /// One switch at a time.
     switching: Arc<tokio::sync::Mutex<()>>,
     local: Option<LocalMesh>,
-    /// The edge's own services (ReleaseService), by gRPC service name.
-    own: Arc<std::sync::RwLock<HashMap<String, Upstream>>>,
+    /// The edge's own service (ReleaseService) and its gRPC name, set once at start.
+    own: Arc<std::sync::OnceLock<(&'static str, Upstream)>>,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {
@@ -210,33 +190,29 @@ impl Upstreams {
         }
         let upstreams = Self {
             colors: Arc::new([blue, green]),
-            active: Arc::new(AtomicUsize::new(active.index())),
+            active: Arc::new(AtomicUsize::new(index_of(active))),
             switching: Arc::new(tokio::sync::Mutex::new(())),
             local,
             own: Arc::default(),
         };
-        metrics::gauge!(ACTIVE_COLOR).set(active.index() as f64);
+        metrics::gauge!(ACTIVE_COLOR).set(index_of(active) as f64);
         tokio::spawn(probe(upstreams.clone(), shutdown));
         Ok(upstreams)
     }
 
-    /// Serves `grpc_service` (`package.Service`) from the edge itself.
-    pub fn serve_here(&self, grpc_service: &str, service: Upstream) {
-        if let Ok(mut own) = self.own.write() {
-            own.insert(grpc_service.to_owned(), service);
-        }
+    /// Serves `grpc_service` (`package.Service`) from the edge itself (once; a second
+    /// call is ignored).
+    pub fn serve_here(&self, grpc_service: &'static str, service: Upstream) {
+        let _ = self.own.set((grpc_service, service));
     }
 
     /// A way to `grpc_service` (`package.Service`): the edge's own service, in process
     /// when it runs here (and has started), else a replica of the active colour.
     pub fn channel(&self, grpc_service: &str) -> Option<Upstream> {
-        if let Some(own) = self
-            .own
-            .read()
-            .ok()
-            .and_then(|own| own.get(grpc_service).cloned())
+        if let Some((name, own)) = self.own.get()
+            && *name == grpc_service
         {
-            return Some(own);
+            return Some(own.clone());
         }
         let key = service_key(grpc_service)?;
         if let Some(service) = self.local.as_ref().and_then(|local| local.get(key)) {
@@ -250,14 +226,14 @@ impl Upstreams {
 
     /// The colour every call goes to.
     pub fn active(&self) -> Color {
-        Color::of(self.active.load(Ordering::Acquire))
+        color_at(self.active.load(Ordering::Acquire))
     }
 
     /// Every instance of both colours, with its last probed health.
     pub fn instances(&self) -> Vec<Instance> {
         let mut instances = Vec::new();
         for color in [Color::Blue, Color::Green] {
-            let deployment = &self.colors[color.index()];
+            let deployment = &self.colors[index_of(color)];
             for service in aida_core::mesh::SERVICES {
                 for replica in deployment
                     .sets
@@ -282,7 +258,7 @@ impl Upstreams {
     /// not. Then waits up to `drain` for the calls in flight on the previous colour.
     pub async fn switch(&self, to: Color, drain: Duration) -> Result<Switched, String> {
         let _one_at_a_time = self.switching.lock().await;
-        let deployment = &self.colors[to.index()];
+        let deployment = &self.colors[index_of(to)];
         if deployment.sets.is_empty() {
             return Err(format!(
                 "there is no {} deployment: edge.green_upstreams names no replica",
@@ -296,7 +272,7 @@ impl Upstreams {
             let checks = set
                 .replicas
                 .iter()
-                .map(|replica| serving(replica.channel.clone()));
+                .map(|replica| serving(replica.probe.clone()));
             let results = futures::future::join_all(checks).await;
             for (replica, healthy) in set.replicas.iter().zip(results) {
                 replica.healthy.store(healthy, Ordering::Relaxed);
@@ -310,8 +286,8 @@ impl Upstreams {
                 }
             }
         }
-        let previous = Color::of(self.active.swap(to.index(), Ordering::AcqRel));
-        metrics::gauge!(ACTIVE_COLOR).set(to.index() as f64);
+        let previous = color_at(self.active.swap(index_of(to), Ordering::AcqRel));
+        metrics::gauge!(ACTIVE_COLOR).set(index_of(to) as f64);
         if previous == to {
             return Ok(Switched {
                 active: to,
@@ -320,7 +296,7 @@ impl Upstreams {
             });
         }
         tracing::info!(from = previous.name(), to = to.name(), "release switched");
-        let in_flight = &self.colors[previous.index()].in_flight;
+        let in_flight = &self.colors[index_of(previous)].in_flight;
         let drained_calls = in_flight.load(Ordering::Acquire);
         let deadline = tokio::time::Instant::now() + drain;
         while in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
@@ -356,19 +332,20 @@ fn deployment(
                 None => endpoint.connect_lazy(),
             };
             let counter = in_flight.clone();
-            let counted = channel
-                .map_err(|error| CallError(tower::BoxError::from(error)))
-                .map_future(move |future| {
-                    let call = InFlight::start(&counter);
-                    async move {
-                        let answered = future.await;
-                        drop(call);
-                        answered
-                    }
-                });
+            let channel = channel.map_err(|error| CallError(tower::BoxError::from(error)));
+            let probe = Upstream::new(channel.clone());
+            let counted = channel.map_future(move |future| {
+                let call = InFlight::start(&counter);
+                async move {
+                    let answered = future.await;
+                    drop(call);
+                    answered
+                }
+            });
             replicas.push(Replica {
                 url: url.clone(),
                 channel: Upstream::new(counted),
+                probe,
                 healthy: AtomicBool::new(true),
             });
         }
@@ -433,7 +410,7 @@ async fn probe(upstreams: Upstreams, shutdown: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         for (color, deployment) in upstreams.colors.iter().enumerate() {
-            probe_deployment(&upstreams, Color::of(color), deployment).await;
+            probe_deployment(&upstreams, color_at(color), deployment).await;
         }
     }
 }
@@ -454,7 +431,7 @@ async fn probe_deployment(upstreams: &Upstreams, color: Color, deployment: &Depl
             continue;
         }
         for (index, replica) in set.replicas.iter().enumerate() {
-            let healthy = serving(replica.channel.clone()).await;
+            let healthy = serving(replica.probe.clone()).await;
             metrics::gauge!(UPSTREAM_UP, "service" => *name, "replica" => index.to_string(), "color" => color)
                 .set(if healthy { 1.0 } else { 0.0 });
             if replica.healthy.swap(healthy, Ordering::Relaxed) != healthy {

@@ -223,7 +223,7 @@ pub struct EdgeSettings {
     /// release switch green` routes every service there once all of them serve.
     pub green_upstreams: Upstreams,
     /// The colour the edge routes to when it starts: `blue` or `green`.
-    pub color: String,
+    pub color: Color,
     /// In `aida up`, call the services of the same process in process (no socket, no
     /// TLS: nothing leaves the process) instead of over loopback.
     pub in_process: bool,
@@ -250,6 +250,25 @@ impl EdgeSettings {
                     .map_err(|_| format!("'{entry}' is neither an address nor a CIDR range"))
             })
             .collect()
+    }
+}
+
+/// One of the two deployments of a blue-green release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    /// The replicas of `edge.upstreams`.
+    Blue,
+    /// The replicas of `edge.green_upstreams`.
+    Green,
+}
+
+impl Color {
+    pub fn name(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
     }
 }
 
@@ -645,7 +664,7 @@ impl Default for Defaults {
                     comms: Vec::new(),
                     analytics: Vec::new(),
                 },
-                color: "blue".into(),
+                color: Color::Blue,
                 in_process: true,
                 trusted_proxies: Vec::new(),
                 client_ip_header: "x-forwarded-for".into(),
@@ -941,12 +960,6 @@ impl Settings {
                     .into(),
             });
         }
-        if !matches!(self.edge.color.as_str(), "blue" | "green") {
-            return Err(SettingsError::Field {
-                field: "edge.color",
-                message: "blue or green".into(),
-            });
-        }
         let green = &self.edge.green_upstreams;
         let named = [&green.leads, &green.deals, &green.comms, &green.analytics]
             .iter()
@@ -959,7 +972,7 @@ impl Settings {
                     .into(),
             });
         }
-        if self.edge.color == "green" && named == 0 {
+        if self.edge.color == Color::Green && named == 0 {
             return Err(SettingsError::Field {
                 field: "edge.color",
                 message: "green, but edge.green_upstreams names no replica".into(),

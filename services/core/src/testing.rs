@@ -127,10 +127,18 @@ fn nats_server_binary() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::launch(
+            free_port(),
+            tempfile::tempdir().expect("nats store dir"),
+            None,
+        )
+    }
+
+    fn launch(port: u16, store: tempfile::TempDir, config: Option<PathBuf>) -> Self {
         let mut server = Self {
-            port: free_port(),
-            store: tempfile::tempdir().expect("nats store dir"),
-            config: None,
+            port,
+            store,
+            config,
             child: None,
         };
         server.resume();
@@ -151,14 +159,7 @@ impl NatsServer {
             ),
         )
         .expect("write nats-server config");
-        let mut server = Self {
-            port,
-            store,
-            config: Some(config),
-            child: None,
-        };
-        server.resume();
-        server
+        Self::launch(port, store, Some(config))
     }
 
     pub fn url(&self) -> String {
