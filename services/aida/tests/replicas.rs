@@ -406,7 +406,13 @@ async fn a_blue_green_switch_under_load_loses_no_request_and_is_refused_while_gr
         "blue",
         &["leads", "deals", "comms", "analytics"],
     );
-    let mut edge_env = vec![("AIDA_EDGE__CORS_ORIGINS", r#"["*"]"#.to_owned())];
+    // The load is one principal at full speed: above the default per-principal rate limit,
+    // whose 429s would count as failures of the switch.
+    let mut edge_env = vec![
+        ("AIDA_EDGE__CORS_ORIGINS", r#"["*"]"#.to_owned()),
+        ("AIDA_EDGE__RATE_LIMIT_PER_SECOND", "100000".to_owned()),
+        ("AIDA_EDGE__RATE_LIMIT_BURST", "100000".to_owned()),
+    ];
     let blue_upstreams = upstreams(blue_ports);
     let green_upstreams = upstreams(green_ports);
     let keys: Vec<(String, String)> = blue_upstreams
