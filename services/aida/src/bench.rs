@@ -140,6 +140,25 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until the processes `pids` are idle: less than `threshold` of one core over a
+/// 500 ms window (their background work from the previous phase done: consumers, scoring,
+/// the outreach agent), or `limit` has passed. Returns how long it waited.
+pub async fn settle(pids: &[u32], threshold: f64, limit: Duration) -> Duration {
+    let window = Duration::from_millis(500);
+    let started = Instant::now();
+    let used = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let mut before = used();
+    while started.elapsed() < limit {
+        tokio::time::sleep(window).await;
+        let now = used();
+        if (now - before) / window.as_secs_f64() < threshold {
+            break;
+        }
+        before = now;
+    }
+    started.elapsed()
+}
+
 /// A child `aida up` and what its banner says.
 pub struct ChildMesh {
     pub child: Child,

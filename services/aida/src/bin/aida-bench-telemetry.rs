@@ -6,7 +6,8 @@
 //!   this process (a tonic `TraceService` that counts what it receives).
 //!
 //! `GetLead` and `CaptureLead` (direct gRPC to LeadService) take turns on both meshes, round
-//! after round, and each figure of *on* is printed beside *off* (the ceiling). Then 10,000
+//! after round (the mesh that goes first alternates, and every phase waits for both meshes
+//! to go idle), and each figure of *on* is printed beside *off* (the ceiling). Then 10,000
 //! autonomy keys give the watched mesh 10,000 more series, and its `/metrics` is scraped
 //! beside `/healthz` of the same edge (the ceiling: the same HTTP path without rendering).
 //! Run: `cargo run --release -p aida --bin aida-bench-telemetry`.
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aida::bench::{
-    ChildMesh, Phase, ScratchDatabase, print_header, print_row, run_phase, start_mesh,
+    ChildMesh, Phase, ScratchDatabase, print_header, print_row, run_phase, settle, start_mesh,
 };
 use aida_proto::aida::ai::v1::KillAutonomyRequest;
 use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
@@ -219,14 +220,33 @@ async fn main() -> anyhow::Result<()> {
     // Let both meshes finish starting (consumers, first batches) before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // Each phase starts on an idle machine: a capture phase leaves a mesh with background
+    // work (scoring, the outreach agent, analytics batches) that would otherwise run during
+    // the next phase of the other mesh. And the meshes take turns at going first, so neither
+    // is always measured right after the other.
+    let pids = [off.mesh.child.id(), on.mesh.child.id()];
+    let idle = || settle(&pids, 0.05, Duration::from_secs(60));
+    let mut settling = Duration::ZERO;
     let mut totals: Vec<Option<Phase>> = vec![None, None, None, None];
     for round in 0..args.rounds {
-        let phases = [
-            off.get_lead(args.clients, duration).await,
-            on.get_lead(args.clients, duration).await,
-            off.capture_lead(args.clients, duration, round).await,
-            on.capture_lead(args.clients, duration, round).await,
-        ];
+        let (first, second) = if round % 2 == 0 {
+            (&off, &on)
+        } else {
+            (&on, &off)
+        };
+        settling += idle().await;
+        let get_first = first.get_lead(args.clients, duration).await;
+        settling += idle().await;
+        let get_second = second.get_lead(args.clients, duration).await;
+        settling += idle().await;
+        let capture_first = first.capture_lead(args.clients, duration, round).await;
+        settling += idle().await;
+        let capture_second = second.capture_lead(args.clients, duration, round).await;
+        let phases = if round % 2 == 0 {
+            [get_first, get_second, capture_first, capture_second]
+        } else {
+            [get_second, get_first, capture_second, capture_first]
+        };
         for (total, phase) in totals.iter_mut().zip(phases) {
             *total = Some(match total.take() {
                 Some(total) => total.merge(phase),
@@ -326,6 +346,10 @@ async fn main() -> anyhow::Result<()> {
         "GetLead on / off = {:.3}; CaptureLead on / off = {:.3}; spans the collector received: {spans}",
         get_on.rate() / get_off.rate(),
         capture_on.rate() / capture_off.rate()
+    );
+    println!(
+        "waited {:.1} s in all for both meshes to go idle before the phases",
+        settling.as_secs_f64()
     );
     // The scrapes as phases: the bench's own percentiles and table, /healthz the ceiling.
     let timed = |name: &'static str, mut latencies: Vec<Duration>| Phase {
