@@ -142,8 +142,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Waits until the processes `pids` are idle: less than `threshold` of one core over a
 /// 500 ms window (their background work from the previous phase done: consumers, scoring,
-/// the outreach agent), or `limit` has passed. Returns how long it waited.
-pub async fn settle(pids: &[u32], threshold: f64, limit: Duration) -> Duration {
+/// the outreach agent), or `limit` has passed. Returns how long it waited and whether the
+/// processes went idle (false: `limit` passed with them still busy).
+pub async fn settle(pids: &[u32], threshold: f64, limit: Duration) -> (Duration, bool) {
     let window = Duration::from_millis(500);
     let started = Instant::now();
     let used = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
@@ -152,11 +153,11 @@ pub async fn settle(pids: &[u32], threshold: f64, limit: Duration) -> Duration {
         tokio::time::sleep(window).await;
         let now = used();
         if (now - before) / window.as_secs_f64() < threshold {
-            break;
+            return (started.elapsed(), true);
         }
         before = now;
     }
-    started.elapsed()
+    (started.elapsed(), false)
 }
 
 /// A child `aida up` and what its banner says.

@@ -225,8 +225,13 @@ async fn main() -> anyhow::Result<()> {
     // the next phase of the other mesh. And the meshes take turns at going first, so neither
     // is always measured right after the other.
     let pids = [off.mesh.child.id(), on.mesh.child.id()];
-    let idle = || settle(&pids, 0.05, Duration::from_secs(60));
     let mut settling = Duration::ZERO;
+    let mut still_busy = 0;
+    let mut idle = async || {
+        let (waited, went_idle) = settle(&pids, 0.05, Duration::from_secs(60)).await;
+        settling += waited;
+        still_busy += usize::from(!went_idle);
+    };
     let mut totals: Vec<Option<Phase>> = vec![None, None, None, None];
     for round in 0..args.rounds {
         let (first, second) = if round % 2 == 0 {
@@ -234,13 +239,13 @@ async fn main() -> anyhow::Result<()> {
         } else {
             (&on, &off)
         };
-        settling += idle().await;
+        idle().await;
         let get_first = first.get_lead(args.clients, duration).await;
-        settling += idle().await;
+        idle().await;
         let get_second = second.get_lead(args.clients, duration).await;
-        settling += idle().await;
+        idle().await;
         let capture_first = first.capture_lead(args.clients, duration, round).await;
-        settling += idle().await;
+        idle().await;
         let capture_second = second.capture_lead(args.clients, duration, round).await;
         let phases = if round % 2 == 0 {
             [get_first, get_second, capture_first, capture_second]
@@ -348,8 +353,9 @@ async fn main() -> anyhow::Result<()> {
         capture_on.rate() / capture_off.rate()
     );
     println!(
-        "waited {:.1} s in all for both meshes to go idle before the phases",
-        settling.as_secs_f64()
+        "waited {:.1} s in all for both meshes to go idle before the phases; {still_busy} of {} phases started with them still busy after 60 s",
+        settling.as_secs_f64(),
+        4 * args.rounds
     );
     // The scrapes as phases: the bench's own percentiles and table, /healthz the ceiling.
     let timed = |name: &'static str, mut latencies: Vec<Duration>| Phase {
