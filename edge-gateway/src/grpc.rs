@@ -1,8 +1,8 @@
 //! gRPC and grpc-web through the edge: a raw pass-through codec and the proxy that
-//! authenticates, authorizes and throttles each call before forwarding it (streams and
-//! trailers included) to a replica of its service.
+//! forwards each admitted call (streams and trailers included) to a replica of its service.
 
 use super::*;
+use crate::admission::Target;
 
 /// Passes already-encoded messages through tonic unchanged.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,33 +54,27 @@ impl Decoder for RawDecoder {
 }
 
 impl Edge {
-    /// gRPC and grpc-web: authenticate, authorize and throttle here, then forward the call
-    /// (streams and trailers included) to a replica of its service.
+    /// gRPC and grpc-web, admitted by [`crate::grpc_service`]'s steps: the call is
+    /// forwarded (streams and trailers included) to the replica they chose.
     async fn proxy(
         &self,
         request: http::Request<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        let path = request.uri().path().to_owned();
-        let service = path
+        let (Some(Target(channel)), Some(_)) = (
+            request.extensions().get::<Target>().cloned(),
+            request.extensions().get::<Admitted>(),
+        ) else {
+            return tonic::Status::from(aida_core::Error::internal("call not admitted"))
+                .into_http();
+        };
+        let service = request
+            .uri()
+            .path()
             .trim_start_matches('/')
             .split('/')
             .next()
             .unwrap_or_default()
             .to_owned();
-        let Some(channel) = self.upstreams.channel(&service) else {
-            return tonic::Status::new(
-                tonic::Code::Unimplemented,
-                format!("unknown service {service}"),
-            )
-            .into_http();
-        };
-        let peer = request
-            .extensions()
-            .get::<crate::ClientIp>()
-            .map(|client| client.0);
-        if let Err(status) = self.admit(&path, request.headers(), peer).await {
-            return status.into_http();
-        }
         // grpc-web-text shrinks when decoded, but its body still reports the encoded size;
         // the HTTP/2 client would send that as content-length. Forward the frames without
         // a size hint, and without the empty DATA frames a client may end its stream with:

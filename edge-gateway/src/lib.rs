@@ -11,6 +11,7 @@
 //! rate limited per tenant and principal; analytics reports are cached per tenant and role
 //! until the next `analytics.computed`.
 
+mod admission;
 mod grpc;
 pub mod openapi;
 pub mod release;
@@ -20,6 +21,7 @@ mod tracking;
 pub mod transcode;
 pub mod upstream;
 
+use admission::{Admit, Admitted, LimitBody, Matched, ResolveRoute, ResolveService, StepLayer};
 use grpc::GrpcProxy;
 pub use grpc::RawCodec;
 use tracking::{track_click, track_open, unsubscribe, unsubscribe_page};
@@ -53,7 +55,7 @@ use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -348,45 +350,25 @@ impl Edge {
         Err(last.unwrap_or_else(|| tonic::Status::unavailable("no replica answered")))
     }
 
-    async fn rest(&self, request: Request, peer: Option<IpAddr>) -> Response {
+    /// A REST call that [`rest_service`]'s steps admitted: transcoded to its RPC, answered
+    /// from the report cache or by a replica, and transcoded back.
+    async fn rest(&self, request: Request) -> Response {
         let (parts, body) = request.into_parts();
-        let Some((route, bindings)) = self.routes.find(&parts.method, parts.uri.path()) else {
-            let status = if self.routes.path_exists(parts.uri.path()) {
-                tonic::Status::new(
-                    tonic::Code::Unimplemented,
-                    format!("{} is not allowed on {}", parts.method, parts.uri.path()),
-                )
-            } else {
-                tonic::Status::not_found(format!(
-                    "no route for {} {}",
-                    parts.method,
-                    parts.uri.path()
-                ))
-            };
-            let mut response = error_response(&self.pool, &status);
-            if status.code() == tonic::Code::Unimplemented {
-                *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            }
-            return response;
+        let (Some(matched), Some(Admitted(context))) = (
+            parts.extensions.get::<Matched>(),
+            parts.extensions.get::<Admitted>(),
+        ) else {
+            return error_response(&self.pool, &Error::internal("call not admitted").into());
         };
-        let context = match self.admit(&route.grpc_path, &parts.headers, peer).await {
-            Ok(context) => context,
-            Err(status) => return error_response(&self.pool, &status),
+        let (Some(route), bindings) = (self.routes.get(matched.index), &matched.bindings) else {
+            return error_response(&self.pool, &Error::internal("no such route").into());
         };
-        let body = match axum::body::to_bytes(body, self.settings.max_body_bytes).await {
+        // Already read whole (and bounded) by the LimitBody step.
+        let body = match axum::body::to_bytes(body, usize::MAX).await {
             Ok(body) => body,
-            Err(_) => {
-                let status: tonic::Status = Error::invalid(
-                    "body",
-                    format!("larger than {} bytes", self.settings.max_body_bytes),
-                )
-                .into();
-                let mut response = error_response(&self.pool, &status);
-                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                return response;
-            }
+            Err(error) => return error_response(&self.pool, &Error::internal(error).into()),
         };
-        let message = match transcode::request_message(route, &bindings, parts.uri.query(), &body) {
+        let message = match transcode::request_message(route, bindings, parts.uri.query(), &body) {
             Ok(message) => message,
             Err(error) => return error_response(&self.pool, &error.into()),
         };
@@ -541,21 +523,76 @@ impl Edge {
 }
 
 async fn dispatch(State(edge): State<Arc<Edge>>, request: Request) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ClientIp>()
-        .map(|client| client.0);
     let grpc = header_text(request.headers(), "content-type")
         .is_some_and(|content_type| content_type.starts_with("application/grpc"));
     if grpc {
-        // grpc-web is translated to gRPC by tonic-web; gRPC passes through as it is.
-        let service = tonic_web::GrpcWebLayer::new().layer(GrpcProxy(edge));
-        return match service.oneshot(request).await {
+        return match grpc_service(&edge).oneshot(request).await {
             Ok(response) => response.map(Body::new),
             Err(never) => match never {},
         };
     }
-    edge.rest(request, peer).await
+    match rest_service(&edge).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// What a REST call passes through, outermost first.
+fn rest_service(
+    edge: &Arc<Edge>,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + use<> {
+    tower::ServiceBuilder::new()
+        // The method and path name the RPC: 404 or 405 before anything else is read.
+        .layer(StepLayer::<_, admission::Rest>::new(edge, ResolveRoute))
+        // Authentication, RBAC and the rate limits, before the body: a refused caller
+        // costs no buffering, and a blocked address no token verification.
+        .layer(StepLayer::<_, admission::Rest>::new(edge, Admit))
+        // The body, whole and bounded (413), for transcoding into the request message.
+        .layer(StepLayer::<_, admission::Rest>::new(edge, LimitBody))
+        .service(RestCall(edge.clone()))
+}
+
+/// What a gRPC or grpc-web call passes through, outermost first.
+fn grpc_service(
+    edge: &Arc<Edge>,
+) -> impl Service<
+    Request,
+    Response = http::Response<tonic::body::Body>,
+    Error = Infallible,
+    Future: Send,
+> + use<> {
+    tower::ServiceBuilder::new()
+        // grpc-web (binary or text) becomes gRPC; gRPC passes through as it is.
+        .layer(tonic_web::GrpcWebLayer::new())
+        // The path is the RPC: an unknown service is UNIMPLEMENTED before anything else.
+        .layer(StepLayer::<_, admission::Grpc>::new(edge, ResolveService))
+        // Authentication, RBAC and the rate limits, the same step as for REST.
+        .layer(StepLayer::<_, admission::Grpc>::new(edge, Admit))
+        // Streams and trailers relayed as they come: gRPC bodies are not buffered.
+        .service(GrpcProxy(edge.clone()))
+}
+
+/// The tower face of [`Edge::rest`].
+#[derive(Clone)]
+struct RestCall(Arc<Edge>);
+
+impl Service<Request> for RestCall {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let edge = self.0.clone();
+        Box::pin(async move { Ok(edge.rest(request).await) })
+    }
 }
 
 async fn openapi(State(edge): State<Arc<Edge>>) -> Response {

@@ -43,6 +43,9 @@ impl Route {
     }
 }
 
+/// The values a path bound, by field path.
+pub type Bindings = Vec<(String, String)>;
+
 /// Every route, most specific first.
 pub struct RouteTable {
     routes: Vec<Route>,
@@ -158,16 +161,28 @@ impl RouteTable {
     }
 
     /// The route for `method` and `path`, with the path's bindings.
-    pub fn find(&self, method: &Method, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
+    pub fn find(&self, method: &Method, path: &str) -> Option<(&Route, Bindings)> {
+        self.locate(method, path)
+            .map(|(_, route, bindings)| (route, bindings))
+    }
+
+    /// [`RouteTable::find`], with the route's place in the table ([`RouteTable::get`]).
+    pub fn locate(&self, method: &Method, path: &str) -> Option<(usize, &Route, Bindings)> {
         self.routes
             .iter()
-            .filter(|route| route.http_method == method)
-            .find_map(|route| {
+            .enumerate()
+            .filter(|(_, route)| route.http_method == method)
+            .find_map(|(index, route)| {
                 route
                     .template
                     .matches(path)
-                    .map(|bindings| (route, bindings))
+                    .map(|bindings| (index, route, bindings))
             })
+    }
+
+    /// The route at `index` (from [`RouteTable::locate`]).
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     /// Whether some route matches `path` with another method (for 405).

@@ -3,7 +3,6 @@
 //! (`aida token`), check a running process (`aida health`) and the settings (`aida config
 //! check`).
 
-pub mod bench;
 pub mod health;
 pub mod release;
 

@@ -14,6 +14,11 @@ use uuid::Uuid;
 use crate::alerts::{AlertKind, AlertStore, Rule, alert_to_proto, rule_to_proto};
 use crate::warehouse::{Grouping, Range, Warehouse};
 
+const ALERT_PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 1000,
+};
+
 pub struct AnalyticsApi {
     pub warehouse: Warehouse,
     pub alerts: AlertStore,
@@ -133,18 +138,53 @@ fn velocity_group(row: &crate::warehouse::VelocityRow, currency: &str) -> pb::Sa
     }
 }
 
+/// A report request: the time range and grouping every report takes.
+trait Report {
+    fn start_time(&self) -> Option<&prost_types::Timestamp>;
+    fn end_time(&self) -> Option<&prost_types::Timestamp>;
+    fn group_by(&self) -> i32;
+}
+
+macro_rules! reports {
+    ($($request:ty),* $(,)?) => {$(
+        impl Report for $request {
+            fn start_time(&self) -> Option<&prost_types::Timestamp> {
+                self.start_time.as_ref()
+            }
+            fn end_time(&self) -> Option<&prost_types::Timestamp> {
+                self.end_time.as_ref()
+            }
+            fn group_by(&self) -> i32 {
+                self.group_by
+            }
+        }
+    )*};
+}
+
+reports!(
+    pb::GetFunnelRequest,
+    pb::GetPipelineRequest,
+    pb::GetWinRateRequest,
+    pb::GetSalesVelocityRequest,
+    pb::GetCycleTimeRequest,
+    pb::GetEngagementRequest,
+);
+
+/// Every report's prologue: the caller, the request, and the range and grouping it asks for.
+fn report<T: Report>(request: &Request<T>) -> Result<(&AuthContext, &T, Range, Grouping), Status> {
+    let context = AuthContext::of(request)?;
+    let body = request.get_ref();
+    let range = range(body.start_time(), body.end_time())?;
+    Ok((context, body, range, grouping(body.group_by())?))
+}
+
 #[tonic::async_trait]
 impl AnalyticsService for AnalyticsApi {
     async fn get_funnel(
         &self,
         request: Request<pb::GetFunnelRequest>,
     ) -> Result<Response<pb::GetFunnelResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, _, range, grouping) = report(&request)?;
         let rows = self
             .warehouse
             .funnel(&context.tenant_id, range, grouping)
@@ -176,12 +216,7 @@ impl AnalyticsService for AnalyticsApi {
         &self,
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, _, range, grouping) = report(&request)?;
         let rows = self
             .warehouse
             .pipeline(&context.tenant_id, range, grouping)
@@ -228,12 +263,7 @@ impl AnalyticsService for AnalyticsApi {
         &self,
         request: Request<pb::GetWinRateRequest>,
     ) -> Result<Response<pb::GetWinRateResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, _, range, grouping) = report(&request)?;
         let rows = self
             .warehouse
             .win_rate(&context.tenant_id, range, grouping)
@@ -254,12 +284,7 @@ impl AnalyticsService for AnalyticsApi {
         &self,
         request: Request<pb::GetSalesVelocityRequest>,
     ) -> Result<Response<pb::GetSalesVelocityResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, body, range, grouping) = report(&request)?;
         let currency = if body.currency_code.is_empty() {
             self.warehouse
                 .main_currency(&context.tenant_id)
@@ -301,12 +326,7 @@ impl AnalyticsService for AnalyticsApi {
         &self,
         request: Request<pb::GetCycleTimeRequest>,
     ) -> Result<Response<pb::GetCycleTimeResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, _, range, grouping) = report(&request)?;
         let to_proto = |row: &crate::warehouse::CycleRow| pb::CycleTimeGroup {
             key: row.key.clone(),
             won: row.won,
@@ -352,12 +372,7 @@ impl AnalyticsService for AnalyticsApi {
         &self,
         request: Request<pb::GetEngagementRequest>,
     ) -> Result<Response<pb::GetEngagementResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let body = request.get_ref();
-        let (range, grouping) = (
-            range(body.start_time.as_ref(), body.end_time.as_ref())?,
-            grouping(body.group_by)?,
-        );
+        let (context, _, range, grouping) = report(&request)?;
         let rows = self
             .warehouse
             .engagement(&context.tenant_id, range, grouping)
@@ -386,21 +401,16 @@ impl AnalyticsService for AnalyticsApi {
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let body = request.get_ref();
-        let size = query::page_size(body.page_size, 50, 1000)?;
-        let cursor = query::Cursor::new("", &crate::alerts::ALERT_ORDER);
-        let after = cursor.resume(&self.page_tokens, &body.page_token)?;
+        let size = ALERT_PAGE_SIZES.of(body.page_size)?;
+        let paging = query::Paging::new(&self.page_tokens, size, "", &crate::alerts::ALERT_ORDER);
+        let after = paging.resume(&body.page_token)?;
         let (alerts, more) = self
             .alerts
             .alerts(&context.tenant_id, size, after.as_ref())
             .await?;
-        let next_page_token = match alerts.last() {
-            Some(last) if more => cursor.next(
-                &self.page_tokens,
-                vec![query::KeyValue::Time(last.raise_time)],
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&alerts, more, |last| {
+            (vec![query::KeyValue::Time(last.raise_time)], last.id)
+        })?;
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: alerts.iter().map(alert_to_proto).collect(),
             next_page_token,
@@ -412,10 +422,11 @@ impl AnalyticsService for AnalyticsApi {
         request: Request<pb::CreateAlertRuleRequest>,
     ) -> Result<Response<pb::AlertRule>, Status> {
         let context = AuthContext::of(&request)?.clone();
-        let input = request
-            .into_inner()
-            .alert_rule
-            .ok_or_else(|| Error::invalid("alert_rule", "an alert rule is required"))?;
+        let input = aida_core::required(
+            "alert_rule",
+            request.into_inner().alert_rule,
+            "an alert rule is required",
+        )?;
         let kind = match pb::AlertKind::try_from(input.kind) {
             Ok(pb::AlertKind::WinRateBelow) => AlertKind::WinRateBelow,
             Ok(pb::AlertKind::NoNewLeads) => AlertKind::NoNewLeads,

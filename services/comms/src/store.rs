@@ -1,7 +1,7 @@
 //! The comms repository: templates, messages with their tracking counters, suppressions.
 //! Each change commits with its outbox event.
 
-use aida_core::db::{Count, Database, Sql, Tx};
+use aida_core::db::{Count, Database, Listing, Sql, Table, Tx};
 use aida_core::query::{self, Field, FieldKind, OrderTerm};
 
 /// How ListTemplates pages: by name (ties by id).
@@ -21,6 +21,16 @@ const TEMPLATE_COLUMNS: &str =
 const MESSAGE_COLUMNS: &str = "tenant_id, id, lead_id, channel, to_address, subject, body, template_id, links, status, \
      failure_reason, open_count, machine_open_count, click_count, replied, send_time, first_open_time, reply_time, \
      request_id, create_time";
+const TEMPLATES: Table = Table {
+    name: "templates",
+    columns: TEMPLATE_COLUMNS,
+    resource: "template",
+};
+const MESSAGES: Table = Table {
+    name: "messages",
+    columns: MESSAGE_COLUMNS,
+    resource: "message",
+};
 
 fn channel_filter(value: &str) -> Option<&'static str> {
     Channel::parse(value).map(Channel::as_str)
@@ -199,18 +209,9 @@ impl CommsStore {
     }
 
     pub async fn template(&self, tenant: &str, id: Uuid) -> Result<Template, Error> {
-        let row: Option<TemplateRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("template", id.to_string()))?
-            .try_into()
+        self.db
+            .get_as::<TemplateRow, _>(&TEMPLATES, tenant, id)
+            .await
     }
 
     /// A page of templates in [`TEMPLATE_ORDER`], after `after`, and whether more follow.
@@ -240,19 +241,7 @@ impl CommsStore {
         F: FnOnce(Template) -> Result<Option<Template>, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let row: Option<TemplateRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE tenant_id = $1 AND id = $2{}",
-                    tx.engine().lock_clause()
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        let current: Template = row
-            .ok_or_else(|| Error::not_found("template", id.to_string()))?
-            .try_into()?;
+        let current: Template = tx.lock_as::<TemplateRow, _>(&TEMPLATES, tenant, id).await?;
         let decided = decide(current)?;
         match &decided {
             Some(template) => {
@@ -441,18 +430,7 @@ impl CommsStore {
     }
 
     pub async fn message(&self, tenant: &str, id: Uuid) -> Result<Message, Error> {
-        let row: Option<MessageRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("message", id.to_string()))?
-            .try_into()
+        self.db.get_as::<MessageRow, _>(&MESSAGES, tenant, id).await
     }
 
     /// Reads a message under a write lock, lets `decide` change it, and commits the change
@@ -467,19 +445,7 @@ impl CommsStore {
         F: FnOnce(&Message) -> Result<Option<(Message, Option<EventEnvelope>)>, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let row: Option<MessageRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2{}",
-                    tx.engine().lock_clause()
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        let current: Message = row
-            .ok_or_else(|| Error::not_found("message", id.to_string()))?
-            .try_into()?;
+        let current: Message = tx.lock_as::<MessageRow, _>(&MESSAGES, tenant, id).await?;
         let Some((next, event)) = decide(&current)? else {
             return Ok(current);
         };
@@ -518,20 +484,16 @@ impl CommsStore {
         limit: u32,
         after: Option<&After>,
     ) -> Result<(Vec<Message>, bool), Error> {
-        let mut sql = Sql::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1"
-        ))
-        .bind(tenant);
-        query::push_filter(&mut sql, self.db.engine(), filter, MESSAGE_FIELDS)?;
-        let (rows, has_more) = self
-            .db
-            .fetch_page::<MessageRow>(sql, order, limit, after)
-            .await?;
-        let messages = rows
-            .into_iter()
-            .map(Message::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((messages, has_more))
+        let listing = Listing {
+            table: &MESSAGES,
+            tenant,
+            owner: None,
+            filter,
+            fields: MESSAGE_FIELDS,
+        };
+        self.db
+            .fetch_listed_page_as::<MessageRow, _>(&listing, order, limit, after)
+            .await
     }
 }
 

@@ -12,8 +12,8 @@ use aida_ai::generate::{
 };
 use aida_ai::vector::{self, Chroma, ChromaConfig, Embedded, Item, Namespace, VectorStore};
 use aida_core::Error;
-use aida_core::db::{Database, Sql};
-use aida_core::query::{self, After, Field, FieldKind, OrderTerm};
+use aida_core::db::{Database, Listing, Sql, Table};
+use aida_core::query::{After, Field, FieldKind, OrderTerm};
 use aida_core::runtime::StartError;
 use aida_core::settings::Settings;
 use aida_proto::aida::leads::v1::{Lead as PbLead, LeadSource};
@@ -209,6 +209,11 @@ fn parse_tone(value: &str) -> Option<Tone> {
 
 const DRAFT_COLUMNS: &str = "tenant_id, id, lead_id, purpose, tone, subject, body, provenance, state, autonomy_level, \
      message_id, edited, approver, request_id, create_time, update_time, segment, requester, send_after";
+const DRAFTS: Table = Table {
+    name: "drafts",
+    columns: DRAFT_COLUMNS,
+    resource: "draft",
+};
 
 #[derive(sqlx::FromRow)]
 struct DraftRow {
@@ -316,18 +321,7 @@ impl DraftStore {
     }
 
     pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Draft, Error> {
-        let row: Option<DraftRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("draft", id.to_string()))?
-            .try_into()
+        self.db.get_as::<DraftRow, _>(&DRAFTS, tenant, id).await
     }
 
     pub async fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Draft>, Error> {
@@ -498,20 +492,16 @@ impl DraftStore {
         limit: u32,
         after: Option<&After>,
     ) -> Result<(Vec<Draft>, bool), Error> {
-        let mut sql = Sql::new(format!(
-            "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1"
-        ))
-        .bind(tenant);
-        query::push_filter(&mut sql, self.db.engine(), filter, DRAFT_FIELDS)?;
-        let (rows, has_more) = self
-            .db
-            .fetch_page::<DraftRow>(sql, order, limit, after)
-            .await?;
-        let drafts = rows
-            .into_iter()
-            .map(Draft::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((drafts, has_more))
+        let listing = Listing {
+            table: &DRAFTS,
+            tenant,
+            owner: None,
+            filter,
+            fields: DRAFT_FIELDS,
+        };
+        self.db
+            .fetch_listed_page_as::<DraftRow, _>(&listing, order, limit, after)
+            .await
     }
 
     /// The lead's latest e-mails, oldest first: what the writer should not repeat.

@@ -122,6 +122,12 @@ impl AuthContext {
             .get::<AuthContext>()
             .ok_or_else(|| Error::Unauthenticated("no credentials".into()).into())
     }
+
+    /// [`AuthContext::of`] a request taken apart: the caller's context and the message.
+    pub fn split<T>(request: Request<T>) -> Result<(AuthContext, T), Status> {
+        let context = Self::of(&request)?.clone();
+        Ok((context, request.into_inner()))
+    }
 }
 
 /// The claims AIDA-CRM reads.

@@ -554,6 +554,153 @@ pub fn core_migrations() -> Migrations {
     }
 }
 
+/// A tenant's table of one resource: its name, the columns a row is read with, and the
+/// resource name NOT_FOUND gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static str,
+    pub resource: &'static str,
+}
+
+impl Table {
+    /// `SELECT columns FROM name WHERE tenant_id = $1 AND id = $2`, then `lock`.
+    fn by_id(&self, tenant: &str, id: Uuid, lock: &str) -> Sql {
+        Sql::new(format!(
+            "SELECT {} FROM {} WHERE tenant_id = $1 AND id = $2{lock}",
+            self.columns, self.name
+        ))
+        .bind(tenant)
+        .bind(id)
+    }
+
+    /// A row read by id, in its domain form; NOT_FOUND naming the resource when absent.
+    fn found<R, T>(&self, row: Option<R>, id: Uuid) -> Result<T, crate::Error>
+    where
+        T: TryFrom<R>,
+        crate::Error: From<T::Error>,
+    {
+        let row = row.ok_or_else(|| crate::Error::not_found(self.resource, id.to_string()))?;
+        Ok(T::try_from(row)?)
+    }
+}
+
+impl Database {
+    /// A tenant's row of `table` by id, in its domain form.
+    pub async fn get_as<R: Row, T>(
+        &self,
+        table: &Table,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<T, crate::Error>
+    where
+        T: TryFrom<R>,
+        crate::Error: From<T::Error>,
+    {
+        let row = self
+            .fetch_optional::<R>(table.by_id(tenant, id, ""))
+            .await?;
+        table.found(row, id)
+    }
+}
+
+impl Tx {
+    /// [`Database::get_as`] inside this transaction, the row locked until it ends
+    /// ([`Engine::lock_clause`]).
+    pub async fn lock_as<R: Row, T>(
+        &mut self,
+        table: &Table,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<T, crate::Error>
+    where
+        T: TryFrom<R>,
+        crate::Error: From<T::Error>,
+    {
+        let lock = self.engine().lock_clause();
+        let row = self
+            .fetch_optional::<R>(table.by_id(tenant, id, lock))
+            .await?;
+        table.found(row, id)
+    }
+
+    /// [`Database::get_as`] inside this transaction, without a lock.
+    pub async fn get_as<R: Row, T>(
+        &mut self,
+        table: &Table,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<T, crate::Error>
+    where
+        T: TryFrom<R>,
+        crate::Error: From<T::Error>,
+    {
+        let row = self
+            .fetch_optional::<R>(table.by_id(tenant, id, ""))
+            .await?;
+        table.found(row, id)
+    }
+}
+
+/// A List RPC's rows of one tenant's table: those of `owner` alone when set (a sales
+/// rep's view), matching `filter` (AIP-160 over `fields`).
+pub struct Listing<'a> {
+    pub table: &'a Table,
+    pub tenant: &'a str,
+    pub owner: Option<&'a str>,
+    pub filter: &'a str,
+    pub fields: &'a [crate::query::Field],
+}
+
+impl Listing<'_> {
+    /// `SELECT what FROM table WHERE` the listing's conditions.
+    fn select(&self, engine: Engine, what: &str) -> Result<Sql, crate::Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {what} FROM {} WHERE tenant_id = $1",
+            self.table.name
+        ))
+        .bind(self.tenant);
+        if let Some(owner) = self.owner {
+            sql.push(" AND owner_id = ");
+            sql.push_arg(owner);
+        }
+        crate::query::push_filter(&mut sql, engine, self.filter, self.fields)?;
+        Ok(sql)
+    }
+}
+
+impl Database {
+    /// The page of `listing` after `after` in `order`, in domain form, and whether more
+    /// rows follow.
+    pub async fn fetch_listed_page_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
+        &self,
+        listing: &Listing<'_>,
+        order: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&crate::query::After>,
+    ) -> Result<(Vec<T>, bool), crate::Error> {
+        let sql = listing.select(self.engine(), listing.table.columns)?;
+        self.fetch_page_as::<R, T>(sql, order, limit, after).await
+    }
+
+    /// [`Database::fetch_listed_page_as`] and how many rows the listing holds in all
+    /// (AIP-132 `total_size`).
+    pub async fn fetch_counted_page_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
+        &self,
+        listing: &Listing<'_>,
+        order: &[crate::query::OrderTerm],
+        limit: u32,
+        after: Option<&crate::query::After>,
+    ) -> Result<(Vec<T>, bool, i64), crate::Error> {
+        let count = listing.select(self.engine(), "COUNT(*) AS count")?;
+        let (rows, more) = self
+            .fetch_listed_page_as::<R, T>(listing, order, limit, after)
+            .await?;
+        let total: Count = self.fetch_one(count).await?;
+        Ok((rows, more, total.count))
+    }
+}
+
 /// A single-column count.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Count {

@@ -127,6 +127,14 @@ impl Error {
         }
     }
 
+    /// ABORTED: a concurrent change conflicted with this one; the client retries.
+    pub fn conflict() -> Self {
+        Self::Aborted {
+            reason: "CONFLICT",
+            message: "a concurrent change conflicted with this one; retry".into(),
+        }
+    }
+
     pub fn internal(error: impl std::fmt::Display) -> Self {
         Self::Internal(error.to_string())
     }
@@ -222,6 +230,12 @@ impl From<Error> for Status {
         };
         details.set_error_info(error.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(code, message, details)
+    }
+}
+
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
     }
 }
 

@@ -27,6 +27,25 @@ pub mod tls;
 pub use error::{Error, FieldViolation};
 pub use settings::Settings;
 
+/// An id from a request: INVALID_ARGUMENT on `field` when it is empty or no UUID (the
+/// message names `what` the id should be, and the value, shortened).
+pub fn parse_id(field: &str, value: &str, what: &str) -> Result<uuid::Uuid, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "an id is required"));
+    }
+    uuid::Uuid::parse_str(value).map_err(|_| {
+        let shown: String = value.chars().take(40).collect();
+        let more = if shown.len() < value.len() { "…" } else { "" };
+        Error::invalid(field, format!("'{shown}{more}' is not a {what} id"))
+    })
+}
+
+/// A message field the request must carry: INVALID_ARGUMENT on `field` saying `what`
+/// when it is absent.
+pub fn required<T>(field: &str, value: Option<T>, what: &str) -> Result<T, Error> {
+    value.ok_or_else(|| Error::invalid(field, what))
+}
+
 /// `bytes` random bytes as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;

@@ -657,7 +657,7 @@ pub struct After {
 
 /// A list query as page tokens see it: a token continues only the query (filter and
 /// order) that issued it; another query gets INVALID_ARGUMENT rather than a wrong page.
-pub struct Cursor {
+struct Cursor {
     filter: String,
     order: String,
 }
@@ -767,6 +767,86 @@ impl Cursor {
             k: values,
             i: id,
         })
+    }
+}
+
+/// One List request's paging: its page size and the cursor that reads the request's
+/// `page_token` and writes the next page's. Every List RPC pages through it, so a token
+/// continues only the filter and order that issued it, and an empty token means the end.
+pub struct Paging<'t> {
+    pub size: u32,
+    cursor: Cursor,
+    tokens: &'t crate::pagination::PageTokens,
+}
+
+impl<'t> Paging<'t> {
+    /// A page of `size` rows of the list `filter` ordered by `order`.
+    pub fn new(
+        tokens: &'t crate::pagination::PageTokens,
+        size: u32,
+        filter: &str,
+        order: &[OrderTerm],
+    ) -> Self {
+        Self {
+            size,
+            cursor: Cursor::new(filter, order),
+            tokens,
+        }
+    }
+
+    /// Where `page_token` says to continue; `None` for the first page (an empty token).
+    pub fn resume(&self, page_token: &str) -> Result<Option<After>, Error> {
+        self.cursor.resume(self.tokens, page_token)
+    }
+
+    /// [`Self::resume`] for a list whose sort key is unique by itself.
+    pub fn resume_key(&self, page_token: &str) -> Result<Option<Vec<KeyValue>>, Error> {
+        self.cursor.resume_key(self.tokens, page_token)
+    }
+
+    /// The token of the page after `rows`: empty when no more rows follow, else the sort-key
+    /// values and id that `key` reads off the last row.
+    pub fn next<T>(
+        &self,
+        rows: &[T],
+        more: bool,
+        key: impl FnOnce(&T) -> (Vec<KeyValue>, Uuid),
+    ) -> Result<String, Error> {
+        match rows.last() {
+            Some(last) if more => {
+                let (values, id) = key(last);
+                self.cursor.next(self.tokens, values, id)
+            }
+            _ => Ok(String::new()),
+        }
+    }
+
+    /// [`Self::next`] for a list whose sort key is unique by itself.
+    pub fn next_key<T>(
+        &self,
+        rows: &[T],
+        more: bool,
+        key: impl FnOnce(&T) -> Vec<KeyValue>,
+    ) -> Result<String, Error> {
+        match rows.last() {
+            Some(last) if more => self.cursor.next_key(self.tokens, key(last)),
+            _ => Ok(String::new()),
+        }
+    }
+}
+
+/// A list's AIP-158 page sizes: `default` for a request's 0, and `max`, above which a
+/// request is clamped.
+#[derive(Debug, Clone, Copy)]
+pub struct PageSizes {
+    pub default: u32,
+    pub max: u32,
+}
+
+impl PageSizes {
+    /// The size of a page the request asked for with `page_size`.
+    pub fn of(self, requested: i32) -> Result<u32, Error> {
+        page_size(requested, self.default, self.max)
     }
 }
 

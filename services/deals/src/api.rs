@@ -29,8 +29,10 @@ use crate::domain::{self, Deal, DealStatus, Money, NewDeal, Pipeline, Stage, Sta
 use crate::store::{self, DealChange, DealStore, PipelineChange};
 use crate::watch::WatchHub;
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
+const PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 1000,
+};
 const DEFAULT_ORDER: &str = "create_time desc";
 const DEAL_WRITABLE: [&str; 5] = [
     "name",
@@ -331,11 +333,8 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::CreateDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
-        let input = request
-            .deal
-            .ok_or_else(|| Error::invalid("deal", "a deal is required"))?;
+        let (context, request) = AuthContext::split(request)?;
+        let input = aida_core::required("deal", request.deal, "a deal is required")?;
         let (mut new, pipeline_id) = new_deal_from_proto(&input)?;
         Access::of(&context).claim(&mut new.owner_id, "creates", "deals")?;
         aida_core::idempotency::request_id(&request.request_id)?;
@@ -400,10 +399,10 @@ impl DealService for DealApi {
         let context = AuthContext::of(&request)?;
         let access = Access::of(context);
         let list = request.get_ref();
-        let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let size = PAGE_SIZES.of(list.page_size)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
-        let cursor = query::Cursor::new(&list.filter, &order);
-        let after = cursor.resume(&self.page_tokens, &list.page_token)?;
+        let paging = query::Paging::new(&self.page_tokens, size, &list.filter, &order);
+        let after = paging.resume(&list.page_token)?;
         let page = self
             .store
             .list(
@@ -411,22 +410,14 @@ impl DealService for DealApi {
                 access.owner_only.as_deref(),
                 &list.filter,
                 &order,
-                page_size,
+                size,
                 after.as_ref(),
             )
             .await?;
         let rotting = self.store.rotting_days(&context.tenant_id).await?;
-        let next_page_token = match page.deals.last() {
-            Some(last) if page.has_more => cursor.next(
-                &self.page_tokens,
-                order
-                    .iter()
-                    .map(|term| store::key_value(last, term))
-                    .collect(),
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&page.deals, page.has_more, |last| {
+            (store::key_values(last, &order), last.id)
+        })?;
         Ok(Response::new(pb::ListDealsResponse {
             deals: page
                 .deals
@@ -444,12 +435,9 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::UpdateDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
-        let input = request
-            .deal
-            .ok_or_else(|| Error::invalid("deal", "a deal is required"))?;
+        let input = aida_core::required("deal", request.deal, "a deal is required")?;
         let id = domain::parse_id("deal.id", &input.id, "deal")?;
         let mut populated = Vec::new();
         if !input.name.is_empty() {
@@ -583,9 +571,8 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::ProgressDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
         let id = domain::parse_id("id", &request.id, "deal")?;
         let target = request.stage.trim().to_owned();
         if target.is_empty() {
@@ -621,8 +608,7 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::WinDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
+        let (context, request) = AuthContext::split(request)?;
         let id = domain::parse_id("id", &request.id, "deal")?;
         self.close(&context, id, &request.etag, true, String::new())
             .await
@@ -632,8 +618,7 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::LoseDealRequest>,
     ) -> Result<Response<pb::Deal>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
+        let (context, request) = AuthContext::split(request)?;
         let id = domain::parse_id("id", &request.id, "deal")?;
         let mut violations = Vec::new();
         let reason = domain::clean(
@@ -676,10 +661,11 @@ impl DealService for DealApi {
         request: Request<pb::CreatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
         let context = AuthContext::of(&request)?.clone();
-        let input = request
-            .into_inner()
-            .pipeline
-            .ok_or_else(|| Error::invalid("pipeline", "a pipeline is required"))?;
+        let input = aida_core::required(
+            "pipeline",
+            request.into_inner().pipeline,
+            "a pipeline is required",
+        )?;
         let stages = stages_from_proto(&input.stages, "pipeline")?;
         let (name, stages) =
             domain::validate_pipeline(&input.name, &stages, input.rotting_days, "pipeline")?;
@@ -725,11 +711,8 @@ impl DealService for DealApi {
         &self,
         request: Request<pb::UpdatePipelineRequest>,
     ) -> Result<Response<pb::Pipeline>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
-        let input = request
-            .pipeline
-            .ok_or_else(|| Error::invalid("pipeline", "a pipeline is required"))?;
+        let (context, request) = AuthContext::split(request)?;
+        let input = aida_core::required("pipeline", request.pipeline, "a pipeline is required")?;
         let id = domain::parse_id("pipeline.id", &input.id, "pipeline")?;
         let mut populated = Vec::new();
         if !input.name.is_empty() {

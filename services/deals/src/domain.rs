@@ -1,6 +1,7 @@
 //! Pipelines, stages and deals: validation, the default pipeline, stage moves, closing,
 //! weighted amounts and rotting. No transport or storage types here.
 
+pub use aida_core::parse_id;
 use aida_core::{Error, FieldViolation};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -508,14 +509,6 @@ pub fn parse_date(value: &str, field: &str) -> Result<Option<NaiveDate>, FieldVi
     NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
         .map(Some)
         .map_err(|_| FieldViolation::new(field, format!("'{value}' is not a date (YYYY-MM-DD)")))
-}
-
-/// Parses an id from a request.
-pub fn parse_id(field: &str, value: &str, what: &str) -> Result<Uuid, Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "an id is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("not a {what} id")))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The deal repository: pipelines and deals, each change committed with its outbox event.
 
 use aida_core::consumer::claim;
-use aida_core::db::{Count, Database, Sql, Tx, is_unique_violation};
-use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
+use aida_core::db::{Count, Database, Listing, Sql, Table, Tx, is_unique_violation};
+use aida_core::idempotency::Claim;
+use aida_core::query::{Field, FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -16,6 +17,16 @@ const PIPELINE_COLUMNS: &str =
 const DEAL_COLUMNS: &str = "tenant_id, id, lead_id, name, currency_code, amount_minor, pipeline_id, stage, \
      probability, probability_overridden, expected_close_date, owner_id, status, lost_reason, stage_history, \
      version, create_time, update_time, close_time";
+const DEALS: Table = Table {
+    name: "deals",
+    columns: DEAL_COLUMNS,
+    resource: "deal",
+};
+const PIPELINES: Table = Table {
+    name: "pipelines",
+    columns: PIPELINE_COLUMNS,
+    resource: "pipeline",
+};
 
 fn status_filter(value: &str) -> Option<&'static str> {
     DealStatus::parse(value).map(DealStatus::as_str)
@@ -196,12 +207,6 @@ impl TryFrom<DealRow> for Deal {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct RequestRow {
-    deal_id: Uuid,
-    request_hash: String,
-}
-
 /// A page of deals.
 pub struct Page {
     pub deals: Vec<Deal>,
@@ -283,18 +288,9 @@ impl DealStore {
     }
 
     pub async fn pipeline(&self, tenant: &str, id: Uuid) -> Result<Pipeline, Error> {
-        let row: Option<PipelineRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.map(Pipeline::from)
-            .ok_or_else(|| Error::not_found("pipeline", id.to_string()))
+        self.db
+            .get_as::<PipelineRow, _>(&PIPELINES, tenant, id)
+            .await
     }
 
     pub async fn pipelines(&self, tenant: &str) -> Result<Vec<Pipeline>, Error> {
@@ -335,19 +331,7 @@ impl DealStore {
         F: FnOnce(Pipeline, Vec<String>, i64) -> Result<PipelineChange, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let row: Option<PipelineRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE tenant_id = $1 AND id = $2{}",
-                    tx.engine().lock_clause()
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        let current: Pipeline = row
-            .map(Pipeline::from)
-            .ok_or_else(|| Error::not_found("pipeline", id.to_string()))?;
+        let current: Pipeline = tx.lock_as::<PipelineRow, _>(&PIPELINES, tenant, id).await?;
         #[derive(sqlx::FromRow)]
         struct StageRow {
             stage: String,
@@ -418,36 +402,18 @@ impl DealStore {
     ) -> Result<(Deal, bool), Error> {
         let mut tx = self.db.begin().await?;
         if let Some((request_id, fingerprint)) = &request {
-            let claimed = tx
-                .execute(
-                    Sql::new(
-                        "INSERT INTO deal_create_requests (tenant_id, request_id, deal_id, request_hash, create_time) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, request_id) DO NOTHING",
-                    )
-                    .bind(deal.tenant_id.as_str())
-                    .bind(*request_id)
-                    .bind(deal.id)
-                    .bind(fingerprint.as_str())
-                    .bind(deal.create_time),
-                )
+            let claim = Claim {
+                operation: "CreateDeal",
+                request_id,
+                fingerprint,
+                resource: "deal",
+            };
+            let earlier = claim
+                .claim(&mut tx, &deal.tenant_id, deal.id, deal.create_time)
                 .await?;
-            if claimed == 0 {
-                drop(tx);
-                let row: RequestRow = self
-                    .db
-                    .fetch_one(
-                        Sql::new("SELECT deal_id, request_hash FROM deal_create_requests WHERE tenant_id = $1 AND request_id = $2")
-                            .bind(deal.tenant_id.as_str())
-                            .bind(*request_id),
-                    )
-                    .await?;
-                if &row.request_hash != fingerprint {
-                    return Err(Error::invalid(
-                        "request_id",
-                        "this request id was already used for a different deal",
-                    ));
-                }
-                return Ok((self.deal(&deal.tenant_id, row.deal_id).await?, false));
+            if let Some(earlier) = earlier {
+                tx.rollback().await?;
+                return Ok((self.deal(&deal.tenant_id, earlier).await?, false));
             }
         }
         if let Err(error) = insert_deal(&mut tx, deal).await {
@@ -519,27 +485,13 @@ impl DealStore {
                     row.id
                 ),
             },
-            Ok(None) => Error::Aborted {
-                reason: "CONFLICT",
-                message: "a concurrent change conflicted with this one; retry".into(),
-            },
+            Ok(None) => Error::conflict(),
             Err(error) => error.into(),
         }
     }
 
     pub async fn deal(&self, tenant: &str, id: Uuid) -> Result<Deal, Error> {
-        let row: Option<DealRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {DEAL_COLUMNS} FROM deals WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("deal", id.to_string()))?
-            .try_into()
+        self.db.get_as::<DealRow, _>(&DEALS, tenant, id).await
     }
 
     /// Reads a deal and its pipeline under a write lock, lets `decide` choose the change,
@@ -554,31 +506,16 @@ impl DealStore {
         F: FnOnce(&Deal, &Pipeline) -> Result<DealChange, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let row: Option<DealRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {DEAL_COLUMNS} FROM deals WHERE tenant_id = $1 AND id = $2{}",
-                    tx.engine().lock_clause()
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        let current: Deal = row
-            .ok_or_else(|| Error::not_found("deal", id.to_string()))?
-            .try_into()?;
-        let pipeline_row: Option<PipelineRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(current.pipeline_id),
-            )
-            .await?;
-        let pipeline: Pipeline = pipeline_row
-            .map(Pipeline::from)
-            .ok_or_else(|| Error::internal(format!("deal {id} has no pipeline")))?;
+        let current: Deal = tx.lock_as::<DealRow, _>(&DEALS, tenant, id).await?;
+        let pipeline: Pipeline = match tx
+            .get_as::<PipelineRow, _>(&PIPELINES, tenant, current.pipeline_id)
+            .await
+        {
+            Err(Error::NotFound { .. }) => {
+                Err(Error::internal(format!("deal {id} has no pipeline")))
+            }
+            found => found,
+        }?;
         match decide(&current, &pipeline)? {
             DealChange::Unchanged => Ok((current, pipeline)),
             DealChange::Updated(deal, event) => {
@@ -600,36 +537,21 @@ impl DealStore {
         page_size: u32,
         after: Option<&After>,
     ) -> Result<Page, Error> {
-        let engine = self.db.engine();
-        let mut count_sql =
-            Sql::new("SELECT COUNT(*) AS count FROM deals WHERE tenant_id = $1").bind(tenant);
-        if let Some(owner) = owner {
-            count_sql.push(" AND owner_id = ");
-            count_sql.push_arg(owner);
-        }
-        query::push_filter(&mut count_sql, engine, filter, LIST_FIELDS)?;
-        let mut sql = Sql::new(format!(
-            "SELECT {DEAL_COLUMNS} FROM deals WHERE tenant_id = $1"
-        ))
-        .bind(tenant);
-        if let Some(owner) = owner {
-            sql.push(" AND owner_id = ");
-            sql.push_arg(owner);
-        }
-        query::push_filter(&mut sql, engine, filter, LIST_FIELDS)?;
-        let (rows, has_more) = self
+        let listing = Listing {
+            table: &DEALS,
+            tenant,
+            owner,
+            filter,
+            fields: LIST_FIELDS,
+        };
+        let (deals, has_more, total) = self
             .db
-            .fetch_page::<DealRow>(sql, order, page_size, after)
+            .fetch_counted_page_as::<DealRow, _>(&listing, order, page_size, after)
             .await?;
-        let total: Count = self.db.fetch_one(count_sql).await?;
-        let deals = rows
-            .into_iter()
-            .map(Deal::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             deals,
             has_more,
-            total: total.count,
+            total,
         })
     }
 
@@ -745,8 +667,13 @@ async fn update_deal(tx: &mut Tx, deal: &Deal) -> Result<u64, sqlx::Error> {
     .await
 }
 
+/// The sort-key values of `deal` in the list order `order` (a page token's keys).
+pub fn key_values(deal: &Deal, order: &[OrderTerm]) -> Vec<KeyValue> {
+    order.iter().map(|term| key_value(deal, term)).collect()
+}
+
 /// The sort-key value of `deal` for an `order_by` term.
-pub fn key_value(deal: &Deal, term: &OrderTerm) -> KeyValue {
+fn key_value(deal: &Deal, term: &OrderTerm) -> KeyValue {
     match term.field.name {
         "name" => KeyValue::Text(deal.name.clone()),
         "stage" => KeyValue::Text(deal.stage.clone()),

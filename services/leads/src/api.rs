@@ -17,6 +17,7 @@ use aida_proto::aida::events::v1::{
 };
 use aida_proto::aida::leads::v1 as pb;
 use aida_proto::aida::leads::v1::lead_service_server::LeadService;
+use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -37,8 +38,10 @@ const DUPLICATE_CANDIDATES: usize = 200;
 const MAX_DUPLICATES: usize = 50;
 const MAX_MERGED: usize = 20;
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
+const PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 1000,
+};
 const DEFAULT_ORDER: &str = "create_time desc";
 
 /// Fields UpdateLead may change, by proto name.
@@ -79,6 +82,44 @@ impl LeadApi {
             index,
             scores,
         }
+    }
+
+    /// Changes lead `id` for the caller. `decide` gets the current lead (reachable by the
+    /// caller, its `etag` checked) and the time of the change, and returns the changed lead
+    /// with its event's payload, or `None` when nothing changes. The lead and its event
+    /// commit together; the relay is woken and the search index refreshed after. Returns
+    /// the lead as the caller may see it.
+    async fn change<F>(
+        &self,
+        context: &AuthContext,
+        access: &Access,
+        id: Uuid,
+        etag: &str,
+        decide: F,
+    ) -> Result<pb::Lead, Error>
+    where
+        F: FnOnce(&Lead, DateTime<Utc>) -> Result<Option<(Lead, Payload)>, Error>,
+    {
+        let changed = self
+            .store
+            .modify(&context.tenant_id, id, |current| {
+                let current = reachable(current, access)?;
+                current.check_etag(etag)?;
+                let now = now_micros();
+                let Some((lead, payload)) = decide(&current, now)? else {
+                    return Ok((Change::Unchanged, Some(current)));
+                };
+                let event = envelope(context, subject_of(lead.id), now, payload);
+                Ok((
+                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
+                    Some(lead),
+                ))
+            })
+            .await?;
+        self.relay.wake();
+        let lead = changed.ok_or_else(|| Error::internal("a change returned no lead"))?;
+        self.index.refresh(&context.tenant_id, &[lead.id]).await;
+        Ok(visible(&lead, access))
     }
 }
 
@@ -329,11 +370,8 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::CaptureLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
-        let input = request
-            .lead
-            .ok_or_else(|| Error::invalid("lead", "a lead is required"))?;
+        let (context, request) = AuthContext::split(request)?;
+        let input = aida_core::required("lead", request.lead, "a lead is required")?;
         let request_id = domain::clean_request_id(&request.request_id)?;
         let access = Access::of(&context);
         let mut fields = domain::normalize(fields_from_proto(&input)?, "lead")?;
@@ -416,11 +454,11 @@ impl LeadService for LeadApi {
         let context = AuthContext::of(&request)?;
         let access = Access::of(context);
         let list = request.get_ref();
-        let page_size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let size = PAGE_SIZES.of(list.page_size)?;
         let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
         query::refuse_hidden(&list.filter, &order, access.hidden_fields())?;
-        let cursor = query::Cursor::new(&list.filter, &order);
-        let after = cursor.resume(&self.page_tokens, &list.page_token)?;
+        let paging = query::Paging::new(&self.page_tokens, size, &list.filter, &order);
+        let after = paging.resume(&list.page_token)?;
         let page = self
             .store
             .list(
@@ -428,21 +466,13 @@ impl LeadService for LeadApi {
                 access.owner_only.as_deref(),
                 &list.filter,
                 &order,
-                page_size,
+                size,
                 after.as_ref(),
             )
             .await?;
-        let next_page_token = match page.leads.last() {
-            Some(last) if page.has_more => cursor.next(
-                &self.page_tokens,
-                order
-                    .iter()
-                    .map(|term| store::key_value(last, term))
-                    .collect(),
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&page.leads, page.has_more, |last| {
+            (store::key_values(last, &order), last.id)
+        })?;
         let ids: Vec<Uuid> = page.leads.iter().map(|lead| lead.id).collect();
         let mut scores: HashMap<Uuid, aida_ai::scoring::Score> = self
             .scores
@@ -469,12 +499,9 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::UpdateLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
-        let input = request
-            .lead
-            .ok_or_else(|| Error::invalid("lead", "a lead is required"))?;
+        let input = aida_core::required("lead", request.lead, "a lead is required")?;
         let id = domain::parse_id("lead.id", &input.id)?;
         let paths = update_paths(&input, request.update_mask.as_ref())?;
         let wanted_status = if paths.contains("status") {
@@ -482,11 +509,8 @@ impl LeadService for LeadApi {
         } else {
             None
         };
-        let updated = self
-            .store
-            .modify(&context.tenant_id, id, |current| {
-                let current = reachable(current, &access)?;
-                current.check_etag(&input.etag)?;
+        let lead = self
+            .change(&context, &access, id, &input.etag, |current, now| {
                 current.check_not_merged()?;
                 let fields =
                     domain::normalize(apply_paths(&current.fields, &input, &paths)?, "lead")?;
@@ -499,11 +523,10 @@ impl LeadService for LeadApi {
                     Some(wanted) => current.change_status(wanted)?,
                     None => current.status,
                 };
-                let changed = changed_fields(&current, &fields, status != current.status);
+                let changed = changed_fields(current, &fields, status != current.status);
                 if changed.is_empty() {
-                    return Ok((Change::Unchanged, Some(current)));
+                    return Ok(None);
                 }
-                let now = now_micros();
                 let reopened = status != current.status;
                 let lead = Lead {
                     source: fields.source.unwrap_or(current.source),
@@ -518,124 +541,78 @@ impl LeadService for LeadApi {
                     update_time: now,
                     ..current.clone()
                 };
-                let event = envelope(
-                    &context,
-                    subject_of(lead.id),
-                    now,
-                    Payload::LeadUpdated(LeadUpdated {
-                        lead: Some(to_proto(&lead)),
-                        previous_status: status_to_proto(current.status) as i32,
-                        changed_fields: changed,
-                    }),
-                );
-                Ok((
-                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
-                    Some(lead),
-                ))
+                let payload = Payload::LeadUpdated(LeadUpdated {
+                    lead: Some(to_proto(&lead)),
+                    previous_status: status_to_proto(current.status) as i32,
+                    changed_fields: changed,
+                });
+                Ok(Some((lead, payload)))
             })
             .await?;
-        self.relay.wake();
-        let lead = updated.ok_or_else(|| Error::internal("update returned no lead"))?;
-        self.index.refresh(&context.tenant_id, &[lead.id]).await;
-        Ok(Response::new(visible(&lead, &access)))
+        Ok(Response::new(lead))
     }
 
     async fn qualify_lead(
         &self,
         request: Request<pb::QualifyLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let note = domain::clean_reason("note", &request.note, false)?;
-        let updated = self
-            .store
-            .modify(&context.tenant_id, id, |current| {
-                let current = reachable(current, &access)?;
-                current.check_etag(&request.etag)?;
-                let status = current.qualify()?;
-                let now = now_micros();
+        let lead = self
+            .change(&context, &access, id, &request.etag, |current, now| {
                 let lead = Lead {
-                    status,
+                    status: current.qualify()?,
                     version: current.version + 1,
                     update_time: now,
                     ..current.clone()
                 };
-                let event = envelope(
-                    &context,
-                    subject_of(lead.id),
-                    now,
-                    Payload::LeadQualified(LeadQualified {
-                        lead: Some(to_proto(&lead)),
-                        previous_status: status_to_proto(current.status) as i32,
-                        note,
-                    }),
-                );
-                Ok((
-                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
-                    Some(lead),
-                ))
+                let payload = Payload::LeadQualified(LeadQualified {
+                    lead: Some(to_proto(&lead)),
+                    previous_status: status_to_proto(current.status) as i32,
+                    note,
+                });
+                Ok(Some((lead, payload)))
             })
             .await?;
-        self.relay.wake();
-        let lead = updated.ok_or_else(|| Error::internal("qualify returned no lead"))?;
-        self.index.refresh(&context.tenant_id, &[lead.id]).await;
-        Ok(Response::new(visible(&lead, &access)))
+        Ok(Response::new(lead))
     }
 
     async fn reject_lead(
         &self,
         request: Request<pb::RejectLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let reason = domain::clean_reason("reason", &request.reason, true)?;
-        let updated = self
-            .store
-            .modify(&context.tenant_id, id, |current| {
-                let current = reachable(current, &access)?;
-                current.check_etag(&request.etag)?;
-                let status = current.reject()?;
-                let now = now_micros();
+        let lead = self
+            .change(&context, &access, id, &request.etag, |current, now| {
                 let lead = Lead {
-                    status,
+                    status: current.reject()?,
                     rejection_reason: reason.clone(),
                     version: current.version + 1,
                     update_time: now,
                     ..current.clone()
                 };
-                let event = envelope(
-                    &context,
-                    subject_of(lead.id),
-                    now,
-                    Payload::LeadRejected(LeadRejected {
-                        lead: Some(to_proto(&lead)),
-                        previous_status: status_to_proto(current.status) as i32,
-                        reason,
-                    }),
-                );
-                Ok((
-                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
-                    Some(lead),
-                ))
+                let payload = Payload::LeadRejected(LeadRejected {
+                    lead: Some(to_proto(&lead)),
+                    previous_status: status_to_proto(current.status) as i32,
+                    reason,
+                });
+                Ok(Some((lead, payload)))
             })
             .await?;
-        self.relay.wake();
-        let lead = updated.ok_or_else(|| Error::internal("reject returned no lead"))?;
-        self.index.refresh(&context.tenant_id, &[lead.id]).await;
-        Ok(Response::new(visible(&lead, &access)))
+        Ok(Response::new(lead))
     }
 
     async fn delete_lead(
         &self,
         request: Request<pb::DeleteLeadRequest>,
     ) -> Result<Response<()>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         self.store
             .modify(&context.tenant_id, id, |current| {
@@ -816,9 +793,8 @@ impl LeadService for LeadApi {
         &self,
         request: Request<pb::MergeLeadsRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        let context = AuthContext::of(&request)?.clone();
+        let (context, request) = AuthContext::split(request)?;
         let access = Access::of(&context);
-        let request = request.into_inner();
         let survivor_id = domain::parse_id("survivor_id", &request.survivor_id)?;
         let merged_ids = merged_ids(survivor_id, &request.merged_ids)?;
         let request_id = domain::clean_request_id(&request.request_id)?;

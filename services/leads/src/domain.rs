@@ -401,15 +401,7 @@ pub fn clean_reason(field: &str, value: &str, required: bool) -> Result<String, 
 
 /// Parses a lead id from a request.
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid, Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "an id is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| {
-        Error::invalid(
-            field,
-            format!("'{}' is not a lead id", truncate_for_message(value)),
-        )
-    })
+    aida_core::parse_id(field, value, "lead")
 }
 
 /// Checks an idempotency key.

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use aida_core::db::{Count, Database, Engine, Sql, Tx, is_unique_violation};
+use aida_core::db::{Database, Engine, Listing, Sql, Table, Tx, is_unique_violation};
+use aida_core::idempotency::Claim;
 use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -16,6 +17,11 @@ use crate::domain::{Lead, LeadFields, Source, Status};
 
 const COLUMNS: &str = "tenant_id, id, email, first_name, last_name, company, title, phone, source, status, \
                        owner_id, attributes, rejection_reason, version, create_time, update_time, merged_into";
+const LEADS: Table = Table {
+    name: "leads",
+    columns: COLUMNS,
+    resource: "lead",
+};
 
 fn status_filter(value: &str) -> Option<&'static str> {
     Status::parse(value).map(Status::as_str)
@@ -170,12 +176,6 @@ impl TryFrom<LeadRow> for Lead {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct RequestRow {
-    lead_id: Uuid,
-    request_hash: String,
-}
-
-#[derive(Debug, sqlx::FromRow)]
 struct IdRow {
     id: Uuid,
 }
@@ -257,25 +257,18 @@ impl LeadStore {
         if let Some(request) = &request {
             // Claim the request id first: a concurrent call with the same id waits here for
             // this transaction, then finds the claim and returns this call's lead.
-            let claimed = tx
-                .execute(
-                    Sql::new(
-                        "INSERT INTO lead_capture_requests (tenant_id, request_id, lead_id, request_hash, create_time) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, request_id) DO NOTHING",
-                    )
-                    .bind(lead.tenant_id.as_str())
-                    .bind(request.request_id)
-                    .bind(lead.id)
-                    .bind(request.fingerprint.as_str())
-                    .bind(lead.create_time),
-                )
+            let claim = Claim {
+                operation: "CaptureLead",
+                request_id: request.request_id,
+                fingerprint: &request.fingerprint,
+                resource: "lead",
+            };
+            let earlier = claim
+                .claim(&mut tx, &lead.tenant_id, lead.id, lead.create_time)
                 .await?;
-            if claimed == 0 {
+            if let Some(earlier) = earlier {
                 tx.rollback().await?;
-                return self
-                    .replay(&lead.tenant_id, request)
-                    .await
-                    .map(|lead| (lead, false));
+                return Ok((self.get(&lead.tenant_id, earlier).await?, false));
             }
         }
         // The unique index on (tenant, e-mail) is the duplicate check: one statement fewer
@@ -289,25 +282,6 @@ impl LeadStore {
             return Err(self.explain_conflict(error, lead).await);
         }
         Ok((lead.clone(), true))
-    }
-
-    async fn replay(&self, tenant: &str, request: &CaptureRequest<'_>) -> Result<Lead, Error> {
-        let row: RequestRow = self
-            .db
-            .fetch_optional(
-                Sql::new("SELECT lead_id, request_hash FROM lead_capture_requests WHERE tenant_id = $1 AND request_id = $2")
-                    .bind(tenant)
-                    .bind(request.request_id),
-            )
-            .await?
-            .ok_or_else(|| Error::internal("capture request vanished"))?;
-        if row.request_hash != request.fingerprint {
-            return Err(Error::invalid(
-                "request_id",
-                "this request id was already used for a different lead; use a new request id",
-            ));
-        }
-        self.get(tenant, row.lead_id).await
     }
 
     /// Turns a unique violation on (tenant, e-mail) into ALREADY_EXISTS naming the lead that
@@ -326,27 +300,13 @@ impl LeadStore {
             .await;
         match existing {
             Ok(Some(row)) => duplicate_email(&lead.fields.email, row.id),
-            Ok(None) => Error::Aborted {
-                reason: "CONFLICT",
-                message: "a concurrent change conflicted with this one; retry".into(),
-            },
+            Ok(None) => Error::conflict(),
             Err(error) => error.into(),
         }
     }
 
     pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Lead, Error> {
-        let row: Option<LeadRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {COLUMNS} FROM leads WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("lead", id.to_string()))?
-            .try_into()
+        self.db.get_as::<LeadRow, _>(&LEADS, tenant, id).await
     }
 
     /// Reads the lead under a write lock, lets `decide` choose the change, and commits it
@@ -393,19 +353,7 @@ impl LeadStore {
     where
         F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
     {
-        let lock = tx.engine().lock_clause();
-        let row: Option<LeadRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {COLUMNS} FROM leads WHERE tenant_id = $1 AND id = $2{lock}"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        let current: Lead = row
-            .ok_or_else(|| Error::not_found("lead", id.to_string()))?
-            .try_into()?;
+        let current: Lead = tx.lock_as::<LeadRow, _>(&LEADS, tenant, id).await?;
         let (change, result) = decide(current)?;
         match change {
             Change::Unchanged => {
@@ -443,35 +391,21 @@ impl LeadStore {
         page_size: u32,
         after: Option<&After>,
     ) -> Result<Page, Error> {
-        let engine = self.db.engine();
-        let mut count_sql =
-            Sql::new("SELECT COUNT(*) AS count FROM leads WHERE tenant_id = $1").bind(tenant);
-        if let Some(owner) = owner {
-            count_sql.push(" AND owner_id = ");
-            count_sql.push_arg(owner);
-        }
-        query::push_filter(&mut count_sql, engine, filter, LIST_FIELDS)?;
-
-        let mut sql =
-            Sql::new(format!("SELECT {COLUMNS} FROM leads WHERE tenant_id = $1")).bind(tenant);
-        if let Some(owner) = owner {
-            sql.push(" AND owner_id = ");
-            sql.push_arg(owner);
-        }
-        query::push_filter(&mut sql, engine, filter, LIST_FIELDS)?;
-        let (rows, has_more) = self
+        let listing = Listing {
+            table: &LEADS,
+            tenant,
+            owner,
+            filter,
+            fields: LIST_FIELDS,
+        };
+        let (leads, has_more, total) = self
             .db
-            .fetch_page::<LeadRow>(sql, order, page_size, after)
+            .fetch_counted_page_as::<LeadRow, _>(&listing, order, page_size, after)
             .await?;
-        let total: Count = self.db.fetch_one(count_sql).await?;
-        let leads = rows
-            .into_iter()
-            .map(Lead::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             leads,
             has_more,
-            total: total.count,
+            total,
         })
     }
 }
@@ -485,11 +419,22 @@ fn duplicate_email(email: &str, existing: Uuid) -> Error {
 }
 
 async fn insert(tx: &mut Tx, lead: &Lead) -> Result<u64, sqlx::Error> {
+    let sql = Sql::new(format!(
+        "INSERT INTO leads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ));
     tx.execute(
-        Sql::new(format!(
-            "INSERT INTO leads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-        ))
-        .bind(lead.tenant_id.as_str())
+        bind_stored(sql, lead)
+            .bind(lead.create_time)
+            .bind(lead.update_time)
+            .bind(merged_into_text(lead)),
+    )
+    .await
+}
+
+/// Binds $1 to $14, what INSERT and UPDATE both write: the key, the fields, the status and
+/// the version.
+fn bind_stored(sql: Sql, lead: &Lead) -> Sql {
+    sql.bind(lead.tenant_id.as_str())
         .bind(lead.id)
         .bind(lead.fields.email.as_str())
         .bind(lead.fields.first_name.as_str())
@@ -503,11 +448,6 @@ async fn insert(tx: &mut Tx, lead: &Lead) -> Result<u64, sqlx::Error> {
         .bind(attributes_json(lead))
         .bind(lead.rejection_reason.as_str())
         .bind(lead.version)
-        .bind(lead.create_time)
-        .bind(lead.update_time)
-        .bind(merged_into_text(lead)),
-    )
-    .await
 }
 
 fn merged_into_text(lead: &Lead) -> String {
@@ -517,28 +457,15 @@ fn merged_into_text(lead: &Lead) -> String {
 }
 
 async fn update(tx: &mut Tx, lead: &Lead) -> Result<u64, sqlx::Error> {
+    let sql = Sql::new(
+        "UPDATE leads SET email = $3, first_name = $4, last_name = $5, company = $6, title = $7, phone = $8, \
+         source = $9, status = $10, owner_id = $11, attributes = $12, rejection_reason = $13, version = $14, \
+         update_time = $15, merged_into = $16 WHERE tenant_id = $1 AND id = $2",
+    );
     tx.execute(
-        Sql::new(
-            "UPDATE leads SET email = $3, first_name = $4, last_name = $5, company = $6, title = $7, phone = $8, \
-             source = $9, status = $10, owner_id = $11, attributes = $12, rejection_reason = $13, version = $14, \
-             update_time = $15, merged_into = $16 WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(lead.tenant_id.as_str())
-        .bind(lead.id)
-        .bind(lead.fields.email.as_str())
-        .bind(lead.fields.first_name.as_str())
-        .bind(lead.fields.last_name.as_str())
-        .bind(lead.fields.company.as_str())
-        .bind(lead.fields.title.as_str())
-        .bind(lead.fields.phone.as_str())
-        .bind(lead.source.as_str())
-        .bind(lead.status.as_str())
-        .bind(lead.fields.owner_id.as_str())
-        .bind(attributes_json(lead))
-        .bind(lead.rejection_reason.as_str())
-        .bind(lead.version)
-        .bind(lead.update_time)
-        .bind(merged_into_text(lead)),
+        bind_stored(sql, lead)
+            .bind(lead.update_time)
+            .bind(merged_into_text(lead)),
     )
     .await
 }
@@ -553,8 +480,13 @@ fn attributes_json(lead: &Lead) -> serde_json::Value {
     )
 }
 
+/// The sort-key values of `lead` in the list order `order` (a page token's keys).
+pub fn key_values(lead: &Lead, order: &[OrderTerm]) -> Vec<KeyValue> {
+    order.iter().map(|term| key_value(lead, term)).collect()
+}
+
 /// The sort-key value of `lead` for an `order_by` term.
-pub fn key_value(lead: &Lead, term: &OrderTerm) -> KeyValue {
+fn key_value(lead: &Lead, term: &OrderTerm) -> KeyValue {
     match term.field.name {
         "email" => KeyValue::Text(lead.fields.email.clone()),
         "first_name" => KeyValue::Text(lead.fields.first_name.clone()),
@@ -572,12 +504,6 @@ pub fn key_value(lead: &Lead, term: &OrderTerm) -> KeyValue {
 struct KeyRow {
     tenant_id: String,
     id: Uuid,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct MergeRequestRow {
-    survivor_id: Uuid,
-    request_hash: String,
 }
 
 /// An idempotent merge request: its key and a hash of what it asked.
@@ -734,40 +660,15 @@ impl LeadStore {
         let mut tx = self.db.begin().await?;
         let now = aida_core::events::now_micros();
         if let Some(claim) = &claim {
-            let claimed = tx
-                .execute(
-                    Sql::new(
-                        "INSERT INTO lead_merge_requests (tenant_id, request_id, survivor_id, request_hash, create_time) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, request_id) DO NOTHING",
-                    )
-                    .bind(tenant)
-                    .bind(claim.request_id)
-                    .bind(survivor_id)
-                    .bind(claim.fingerprint.as_str())
-                    .bind(now),
-                )
-                .await?;
-            if claimed == 0 {
+            let claim = Claim {
+                operation: "MergeLeads",
+                request_id: claim.request_id,
+                fingerprint: &claim.fingerprint,
+                resource: "merge",
+            };
+            if let Some(earlier) = claim.claim(&mut tx, tenant, survivor_id, now).await? {
                 tx.rollback().await?;
-                let row: MergeRequestRow = self
-                    .db
-                    .fetch_optional(
-                        Sql::new("SELECT survivor_id, request_hash FROM lead_merge_requests WHERE tenant_id = $1 AND request_id = $2")
-                            .bind(tenant)
-                            .bind(claim.request_id),
-                    )
-                    .await?
-                    .ok_or_else(|| Error::internal("merge request vanished"))?;
-                if row.request_hash != claim.fingerprint {
-                    return Err(Error::invalid(
-                        "request_id",
-                        "this request id was already used for a different merge; use a new request id",
-                    ));
-                }
-                return self
-                    .get(tenant, row.survivor_id)
-                    .await
-                    .map(|lead| (lead, false));
+                return Ok((self.get(tenant, earlier).await?, false));
             }
         }
         let lock = tx.engine().lock_clause();

@@ -11,23 +11,8 @@ use aida_proto::aida::leads::v1::{
     CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, Lead, LeadSource, LeadStatus,
     ListLeadsRequest, QualifyLeadRequest, RejectLeadRequest, UpdateLeadRequest,
 };
-use support::{Backend, TestApp, lead, violated_fields, with_token};
+use support::{Backend, TestApp, capture, lead, violated_fields, with_token};
 use tonic::Code;
-
-async fn capture(app: &TestApp, tenant: &str, lead: Lead) -> Lead {
-    app.client()
-        .await
-        .capture_lead(app.request(
-            tenant,
-            CaptureLeadRequest {
-                lead: Some(lead),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("capture")
-        .into_inner()
-}
 
 async fn capture_publishes_exactly_one_leads_captured_event_with_the_lead(backend: Backend) {
     let app = TestApp::spawn(backend).await;

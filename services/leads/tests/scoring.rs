@@ -14,27 +14,11 @@ use aida_proto::aida::events::v1::{
     DealLost, DealWon, EventEnvelope, MessageClicked, MessageOpened, MessageReplied, MessageSent,
 };
 use aida_proto::aida::leads::v1::{
-    CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, GetLeadScoreRequest, Lead, LeadScore,
-    ListLeadsRequest, Tier,
+    DeleteLeadRequest, GetLeadRequest, GetLeadScoreRequest, Lead, LeadScore, ListLeadsRequest, Tier,
 };
 use prost::Message;
-use support::{Backend, TestApp, violated_fields};
+use support::{Backend, TestApp, capture, violated_fields};
 use tonic::Code;
-
-async fn capture(app: &TestApp, tenant: &str, lead: Lead) -> Lead {
-    app.client()
-        .await
-        .capture_lead(app.request(
-            tenant,
-            CaptureLeadRequest {
-                lead: Some(lead),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("capture")
-        .into_inner()
-}
 
 async fn score_of(app: &TestApp, tenant: &str, lead_id: &str) -> Result<LeadScore, tonic::Status> {
     app.client()

@@ -9,26 +9,11 @@ use aida_core::db::Sql;
 use aida_core::testing::eventually;
 use aida_proto::aida::events::v1::event_envelope::Payload;
 use aida_proto::aida::leads::v1::{
-    CaptureLeadRequest, FindDuplicateLeadsRequest, GetLeadRequest, Lead, LeadStatus,
-    MergeLeadsRequest, QualifyLeadRequest, SearchLeadsRequest, SearchLeadsResponse,
+    FindDuplicateLeadsRequest, GetLeadRequest, Lead, LeadStatus, MergeLeadsRequest,
+    QualifyLeadRequest, SearchLeadsRequest, SearchLeadsResponse,
 };
-use support::{Backend, TestApp, violated_fields};
+use support::{Backend, TestApp, capture, violated_fields};
 use tonic::Code;
-
-async fn capture(app: &TestApp, tenant: &str, lead: Lead) -> Lead {
-    app.client()
-        .await
-        .capture_lead(app.request(
-            tenant,
-            CaptureLeadRequest {
-                lead: Some(lead),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("capture")
-        .into_inner()
-}
 
 async fn search(app: &TestApp, tenant: &str, query: &str, filter: &str) -> SearchLeadsResponse {
     app.client()

@@ -10,13 +10,13 @@ pub use tracking::TrackingApi;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aida_core::Error;
 use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
 use aida_core::query::{self, KeyValue};
 use aida_core::settings::CommsSettings;
+use aida_core::{Error, parse_id};
 use aida_proto::aida::comms::v1 as pb;
 use aida_proto::aida::comms::v1::comms_service_server::CommsService;
 use aida_proto::aida::comms::v1::tracking_service_server::TrackingService;
@@ -45,9 +45,14 @@ use crate::providers::{EmailSender, SmsSender};
 use crate::store::{self, CommsStore};
 use crate::writer::{self, DraftState, Writer};
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
-const MAX_DRAFT_PAGE_SIZE: u32 = 200;
+const PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 1000,
+};
+const DRAFT_PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 200,
+};
 const TEMPLATE_WRITABLE: [&str; 4] = ["name", "channel", "subject", "body"];
 
 /// CommsService.
@@ -129,13 +134,6 @@ fn suppression_to_proto(suppression: &Suppression) -> pb::Suppression {
         reason: suppression.reason.clone(),
         create_time: Some(timestamp(suppression.create_time)),
     }
-}
-
-fn parse_id(field: &str, value: &str, what: &str) -> Result<Uuid, Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "an id is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| Error::invalid(field, format!("not a {what} id")))
 }
 
 fn system_context(tenant: &str, subject: &str) -> AuthContext {
@@ -265,10 +263,11 @@ impl CommsService for CommsApi {
         request: Request<pb::CreateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
         let context = AuthContext::of(&request)?.clone();
-        let input = request
-            .into_inner()
-            .template
-            .ok_or_else(|| Error::invalid("template", "a template is required"))?;
+        let input = aida_core::required(
+            "template",
+            request.into_inner().template,
+            "a template is required",
+        )?;
         let channel =
             channel_from_proto(input.channel, "template.channel", true)?.unwrap_or(Channel::Email);
         let (name, subject, body) =
@@ -306,22 +305,18 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let cursor = query::Cursor::new("", &store::TEMPLATE_ORDER);
-        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
+        let paging = self
+            .0
+            .paging(PAGE_SIZES.of(list.page_size)?, "", &store::TEMPLATE_ORDER);
+        let after = paging.resume(&list.page_token)?;
         let (templates, more) = self
             .0
             .store
-            .templates(&context.tenant_id, size, after.as_ref())
+            .templates(&context.tenant_id, paging.size, after.as_ref())
             .await?;
-        let next_page_token = match templates.last() {
-            Some(last) if more => cursor.next(
-                &self.0.page_tokens,
-                vec![KeyValue::Text(last.name.clone())],
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&templates, more, |last| {
+            (vec![KeyValue::Text(last.name.clone())], last.id)
+        })?;
         Ok(Response::new(pb::ListTemplatesResponse {
             templates: templates.iter().map(template_to_proto).collect(),
             next_page_token,
@@ -332,11 +327,8 @@ impl CommsService for CommsApi {
         &self,
         request: Request<pb::UpdateTemplateRequest>,
     ) -> Result<Response<pb::Template>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
-        let input = request
-            .template
-            .ok_or_else(|| Error::invalid("template", "a template is required"))?;
+        let (context, request) = AuthContext::split(request)?;
+        let input = aida_core::required("template", request.template, "a template is required")?;
         let id = parse_id("template.id", &input.id, "template")?;
         let populated = [
             ("name", !input.name.is_empty()),
@@ -401,8 +393,7 @@ impl CommsService for CommsApi {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
+        let (context, request) = AuthContext::split(request)?;
         let comms = &self.0;
         let lead_id = parse_id("lead_id", &request.lead_id, "lead")?;
         aida_core::idempotency::request_id(&request.request_id)?;
@@ -515,10 +506,12 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let order = query::parse_order_by("", store::MESSAGE_FIELDS, "create_time desc")?;
-        let cursor = query::Cursor::new(&list.filter, &order);
-        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
+        let (paging, order) = self.0.newest_first(
+            PAGE_SIZES.of(list.page_size)?,
+            &list.filter,
+            store::MESSAGE_FIELDS,
+        )?;
+        let after = paging.resume(&list.page_token)?;
         let (messages, has_more) = self
             .0
             .store
@@ -526,18 +519,13 @@ impl CommsService for CommsApi {
                 &context.tenant_id,
                 &list.filter,
                 &order,
-                size,
+                paging.size,
                 after.as_ref(),
             )
             .await?;
-        let next_page_token = match messages.last() {
-            Some(last) if has_more => cursor.next(
-                &self.0.page_tokens,
-                vec![KeyValue::Time(last.create_time)],
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&messages, has_more, |last| {
+            (vec![KeyValue::Time(last.create_time)], last.id)
+        })?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(message_to_proto).collect(),
             next_page_token,
@@ -548,8 +536,7 @@ impl CommsService for CommsApi {
         &self,
         request: Request<pb::RecordReplyRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let request = request.into_inner();
+        let (context, request) = AuthContext::split(request)?;
         let id = parse_id("id", &request.id, "message")?;
         if request.body.chars().count() > domain::MAX_BODY_CHARS {
             return Err(Error::invalid(
@@ -602,10 +589,11 @@ impl CommsService for CommsApi {
         request: Request<pb::AddSuppressionRequest>,
     ) -> Result<Response<pb::Suppression>, Status> {
         let context = AuthContext::of(&request)?.clone();
-        let input = request
-            .into_inner()
-            .suppression
-            .ok_or_else(|| Error::invalid("suppression", "a suppression is required"))?;
+        let input = aida_core::required(
+            "suppression",
+            request.into_inner().suppression,
+            "a suppression is required",
+        )?;
         let address = normalize_address(&input.address);
         if address.is_empty()
             || address.chars().count() > 254
@@ -644,21 +632,20 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListSuppressionsResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let cursor = query::Cursor::new("", &store::SUPPRESSION_ORDER);
-        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let paging = self.0.paging(
+            PAGE_SIZES.of(list.page_size)?,
+            "",
+            &store::SUPPRESSION_ORDER,
+        );
+        let after = paging.resume_key(&list.page_token)?;
         let (suppressions, more) = self
             .0
             .store
-            .suppressions(&context.tenant_id, size, after.as_deref())
+            .suppressions(&context.tenant_id, paging.size, after.as_deref())
             .await?;
-        let next_page_token = match suppressions.last() {
-            Some(last) if more => cursor.next_key(
-                &self.0.page_tokens,
-                vec![KeyValue::Text(last.address.clone())],
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next_key(&suppressions, more, |last| {
+            vec![KeyValue::Text(last.address.clone())]
+        })?;
         Ok(Response::new(pb::ListSuppressionsResponse {
             suppressions: suppressions.iter().map(suppression_to_proto).collect(),
             next_page_token,
@@ -669,8 +656,7 @@ impl CommsService for CommsApi {
         &self,
         request: Request<pb::GenerateMessageRequest>,
     ) -> Result<Response<pb::Draft>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.into_inner();
+        let (context, input) = AuthContext::split(request)?;
         let comms = &self.0;
         let mut violations = Vec::new();
         let lead_id = match Uuid::parse_str(&input.lead_id) {
@@ -814,10 +800,12 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListDraftsResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_DRAFT_PAGE_SIZE)?;
-        let order = query::parse_order_by("", writer::DRAFT_FIELDS, "create_time desc")?;
-        let cursor = query::Cursor::new(&list.filter, &order);
-        let after = cursor.resume(&self.0.page_tokens, &list.page_token)?;
+        let (paging, order) = self.0.newest_first(
+            DRAFT_PAGE_SIZES.of(list.page_size)?,
+            &list.filter,
+            writer::DRAFT_FIELDS,
+        )?;
+        let after = paging.resume(&list.page_token)?;
         let (drafts, has_more) = self
             .0
             .writer
@@ -826,18 +814,13 @@ impl CommsService for CommsApi {
                 &context.tenant_id,
                 &list.filter,
                 &order,
-                size,
+                paging.size,
                 after.as_ref(),
             )
             .await?;
-        let next_page_token = match drafts.last() {
-            Some(last) if has_more => cursor.next(
-                &self.0.page_tokens,
-                vec![KeyValue::Time(last.create_time)],
-                last.id,
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next(&drafts, has_more, |last| {
+            (vec![KeyValue::Time(last.create_time)], last.id)
+        })?;
         Ok(Response::new(pb::ListDraftsResponse {
             drafts: drafts.iter().map(draft_to_proto).collect(),
             next_page_token,

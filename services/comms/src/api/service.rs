@@ -51,6 +51,31 @@ impl Header for ListUnsubscribePost {
 }
 
 impl Comms {
+    /// A page of `size` rows of the list `filter` in the fixed order `order`.
+    pub(crate) fn paging(
+        &self,
+        size: u32,
+        filter: &str,
+        order: &[query::OrderTerm],
+    ) -> query::Paging<'_> {
+        query::Paging::new(&self.page_tokens, size, filter, order)
+    }
+
+    /// A page of `size` rows of the list `filter` over `fields`, newest first (messages and
+    /// drafts), and that order.
+    pub(crate) fn newest_first(
+        &self,
+        size: u32,
+        filter: &str,
+        fields: &[query::Field],
+    ) -> Result<(query::Paging<'_>, Vec<query::OrderTerm>), Error> {
+        let order = query::parse_order_by("", fields, "create_time desc")?;
+        Ok((
+            query::Paging::new(&self.page_tokens, size, filter, &order),
+            order,
+        ))
+    }
+
     /// Sends to `lead` what `request` (already validated) asks for: the checks every
     /// message passes (rejected lead, address, suppression, frequency cap), then delivery,
     /// the message's record and `comms.sent`, and the draft's closing.

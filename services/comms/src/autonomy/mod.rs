@@ -34,8 +34,10 @@ use store::{
     Writes,
 };
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 200;
+const PAGE_SIZES: query::PageSizes = query::PageSizes {
+    default: 50,
+    max: 200,
+};
 /// Retired versions kept per key.
 const MAX_RETIRED: usize = 20;
 /// People's messages needed before their outcomes are the bar; below it, the policy's
@@ -579,9 +581,53 @@ fn review_ms(
     duration.seconds * 1000 + i64::from(duration.nanos) / 1_000_000
 }
 
-/// A ledger listing's cursor: its tokens continue only the key they were issued for.
-fn ledger_cursor(key: &Key) -> query::Cursor {
-    query::Cursor::new(&key_string(key), &store::LEDGER_ORDER)
+/// A ledger listing request (decisions, transitions): the key it lists and its page.
+trait LedgerRequest {
+    fn key(&self) -> Result<Key, Error>;
+    fn page_size(&self) -> i32;
+    fn page_token(&self) -> &str;
+}
+
+macro_rules! ledger_requests {
+    ($($request:ty),* $(,)?) => {$(
+        impl LedgerRequest for $request {
+            fn key(&self) -> Result<Key, Error> {
+                key(&self.agent, &self.action, &self.segment)
+            }
+            fn page_size(&self) -> i32 {
+                self.page_size
+            }
+            fn page_token(&self) -> &str {
+                &self.page_token
+            }
+        }
+    )*};
+}
+
+ledger_requests!(pb::ListDecisionsRequest, pb::ListTransitionsRequest);
+
+/// A ledger listing's prologue: the caller, the key, the paging (its tokens continue only
+/// the key they were issued for) and where the page starts.
+#[allow(clippy::type_complexity)]
+fn ledger_page<'r, 't, T: LedgerRequest>(
+    tokens: &'t PageTokens,
+    request: &'r Request<T>,
+) -> Result<
+    (
+        &'r AuthContext,
+        Key,
+        query::Paging<'t>,
+        Option<Vec<KeyValue>>,
+    ),
+    Status,
+> {
+    let context = AuthContext::of(request)?;
+    let list = request.get_ref();
+    let key = list.key()?;
+    let size = PAGE_SIZES.of(list.page_size())?;
+    let paging = query::Paging::new(tokens, size, &key_string(&key), &store::LEDGER_ORDER);
+    let after = paging.resume_key(list.page_token())?;
+    Ok((context, key, paging, after))
 }
 
 fn key_string(key: &Key) -> String {
@@ -878,25 +924,21 @@ impl AutonomyService for AutonomyApi {
     ) -> Result<Response<pb::ListAutonomyResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let cursor = query::Cursor::new("", &store::GRANT_ORDER);
-        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let size = PAGE_SIZES.of(list.page_size)?;
+        let paging = query::Paging::new(&self.0.page_tokens, size, "", &store::GRANT_ORDER);
+        let after = paging.resume_key(&list.page_token)?;
         let (grants, more) = self
             .0
             .store
             .grants(&context.tenant_id, size, after.as_deref())
             .await?;
-        let next_page_token = match grants.last() {
-            Some(last) if more => cursor.next_key(
-                &self.0.page_tokens,
-                vec![
-                    KeyValue::Text(last.key.agent.clone()),
-                    KeyValue::Text(last.key.action.clone()),
-                    KeyValue::Text(last.key.segment.clone()),
-                ],
-            )?,
-            _ => String::new(),
-        };
+        let next_page_token = paging.next_key(&grants, more, |last| {
+            vec![
+                KeyValue::Text(last.key.agent.clone()),
+                KeyValue::Text(last.key.action.clone()),
+                KeyValue::Text(last.key.segment.clone()),
+            ]
+        })?;
         let baseline = self.0.baseline(&context.tenant_id).await?;
         Ok(Response::new(pb::ListAutonomyResponse {
             autonomy: grants
@@ -911,8 +953,7 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::RecordReviewRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.into_inner();
+        let (context, input) = AuthContext::split(request)?;
         let mut violations = Vec::new();
         let key = check_key(&input.agent, &input.action, &input.segment, &mut violations);
         check_text("subject", &input.subject, 200, true, &mut violations);
@@ -954,8 +995,7 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::RecordOutcomeRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.into_inner();
+        let (context, input) = AuthContext::split(request)?;
         let mut violations = Vec::new();
         let id = match Uuid::parse_str(&input.decision_id) {
             Ok(id) => Some(id),
@@ -994,26 +1034,16 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let list = request.get_ref();
-        let key = key(&list.agent, &list.action, &list.segment)?;
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let cursor = ledger_cursor(&key);
-        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (context, key, paging, after) = ledger_page(&self.0.page_tokens, &request)?;
         let (decisions, more) = self
             .0
             .store
-            .decisions(&context.tenant_id, &key, size, after.as_deref())
+            .decisions(&context.tenant_id, &key, paging.size, after.as_deref())
             .await?;
-        let next_page_token = match decisions.last() {
-            Some(last) if more => {
-                cursor.next_key(&self.0.page_tokens, vec![KeyValue::Uuid(last.id)])?
-            }
-            _ => String::new(),
-        };
         Ok(Response::new(pb::ListDecisionsResponse {
+            next_page_token: paging
+                .next_key(&decisions, more, |last| vec![KeyValue::Uuid(last.id)])?,
             decisions: decisions.iter().map(decision_to_proto).collect(),
-            next_page_token,
         }))
     }
 
@@ -1021,26 +1051,16 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::ListTransitionsRequest>,
     ) -> Result<Response<pb::ListTransitionsResponse>, Status> {
-        let context = AuthContext::of(&request)?;
-        let list = request.get_ref();
-        let key = key(&list.agent, &list.action, &list.segment)?;
-        let size = query::page_size(list.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let cursor = ledger_cursor(&key);
-        let after = cursor.resume_key(&self.0.page_tokens, &list.page_token)?;
+        let (context, key, paging, after) = ledger_page(&self.0.page_tokens, &request)?;
         let (transitions, more) = self
             .0
             .store
-            .transitions(&context.tenant_id, &key, size, after.as_deref())
+            .transitions(&context.tenant_id, &key, paging.size, after.as_deref())
             .await?;
-        let next_page_token = match transitions.last() {
-            Some(last) if more => {
-                cursor.next_key(&self.0.page_tokens, vec![KeyValue::Uuid(last.id)])?
-            }
-            _ => String::new(),
-        };
         Ok(Response::new(pb::ListTransitionsResponse {
+            next_page_token: paging
+                .next_key(&transitions, more, |last| vec![KeyValue::Uuid(last.id)])?,
             transitions: transitions.iter().map(transition_to_proto).collect(),
-            next_page_token,
         }))
     }
 

@@ -3,7 +3,7 @@
 //! rows and outbox events, under a row lock on the grant.
 
 use aida_ai::autonomy::{BusinessOutcome, Grant, Level, Review};
-use aida_core::db::{Count, Database, Sql, Tx};
+use aida_core::db::{Count, Database, Sql, Table, Tx};
 use aida_core::query::{FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -152,6 +152,11 @@ fn level(value: i64) -> Result<Level, Error> {
 const GRANT_COLUMNS: &str = "agent, action, segment, state, retired_versions, update_time";
 const DECISION_COLUMNS: &str = "id, agent, action, segment, subject, review, review_ms, counted, reviewer, \
      model_version, prompt_version, level, sent, outcome, outcome_time, request_id, create_time";
+const AUTONOMY_DECISIONS: Table = Table {
+    name: "autonomy_decisions",
+    columns: DECISION_COLUMNS,
+    resource: "decision",
+};
 const TRANSITION_COLUMNS: &str =
     "id, agent, action, segment, from_level, to_level, cause, actor, detail, create_time";
 
@@ -359,18 +364,9 @@ impl AutonomyStore {
     }
 
     pub async fn decision(&self, tenant: &str, id: Uuid) -> Result<DecisionRecord, Error> {
-        let row: Option<DecisionRow> = self
-            .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {DECISION_COLUMNS} FROM autonomy_decisions WHERE tenant_id = $1 AND id = $2"
-                ))
-                .bind(tenant)
-                .bind(id),
-            )
-            .await?;
-        row.ok_or_else(|| Error::not_found("decision", id.to_string()))?
-            .try_into()
+        self.db
+            .get_as::<DecisionRow, _>(&AUTONOMY_DECISIONS, tenant, id)
+            .await
     }
 
     pub async fn decision_by_request(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use aida_core::db::{Count, Database, Sql};
 use aida_core::testing::{RunningServer, TestEnv, eventually};
 use aida_proto::aida::events::v1::EventEnvelope;
-use aida_proto::aida::leads::v1::Lead;
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
 use prost::Message;
 use tonic::Request;
 use tonic::transport::Channel;
@@ -142,4 +142,20 @@ pub fn lead(email: &str) -> Lead {
         source: aida_proto::aida::leads::v1::LeadSource::WebForm as i32,
         ..Lead::default()
     }
+}
+
+/// Captures `lead` for `tenant` without a request id; the captured lead.
+pub async fn capture(app: &TestApp, tenant: &str, lead: Lead) -> Lead {
+    app.client()
+        .await
+        .capture_lead(app.request(
+            tenant,
+            CaptureLeadRequest {
+                lead: Some(lead),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("capture")
+        .into_inner()
 }

@@ -20,6 +20,7 @@ use aida_ai::scoring::{
     Engagement, Features, LeadProfile, LeadScoreModel, Outcome, Tier, TrainConfig,
     outcomes_namespace, record_outcomes, roc_auc, similar_leads,
 };
+use aida_ai::synthetic::{NOTE_OPENERS, SOURCES, normal, pick, sigmoid, weighted};
 use aida_ai::vector::Embedded;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -148,44 +149,6 @@ const NOTES: [&[&str]; 3] = [
         "Freelancer asking for a free plan",
     ],
 ];
-const NOTE_OPENERS: &[&str] = &["", "Call notes: ", "From the form: ", "Met briefly. "];
-
-/// (source, hidden effect in log-odds, share of leads)
-const SOURCES: &[(&str, f64, f64)] = &[
-    ("Customer referral", 0.9, 0.10),
-    ("Website demo request", 0.2, 0.25),
-    ("Webinar", 0.3, 0.08),
-    ("Trade show", 0.3, 0.07),
-    ("Cold email", -0.6, 0.30),
-    ("Reseller partner", 0.5, 0.05),
-    ("LinkedIn Ads", -0.2, 0.15),
-];
-
-fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
-    &items[rng.random_range(0..items.len())]
-}
-
-fn weighted(rng: &mut StdRng, weights: &[f64]) -> usize {
-    let total: f64 = weights.iter().sum();
-    let mut x = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        if x < *w {
-            return i;
-        }
-        x -= w;
-    }
-    weights.len() - 1
-}
-
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(1e-12);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
 
 fn population(seed: u64) -> Vec<Lead> {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -10,13 +10,13 @@
 //! to go idle), and each figure of *on* is printed beside *off* (the ceiling). Then 10,000
 //! autonomy keys give the watched mesh 10,000 more series, and its `/metrics` is scraped
 //! beside `/healthz` of the same edge (the ceiling: the same HTTP path without rendering).
-//! Run: `cargo run --release -p aida --bin aida-bench-telemetry`.
+//! Run: `cargo run --release -p aida-bench --bin aida-bench-telemetry`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aida::bench::{
+use aida_bench::{
     ChildMesh, Phase, ScratchDatabase, print_header, print_row, run_phase, settle, start_mesh,
 };
 use aida_proto::aida::ai::v1::KillAutonomyRequest;
@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     scrapes: usize,
     #[command(flatten)]
-    backends: aida::bench::Backends,
+    backends: aida_bench::Backends,
 }
 
 /// Counts the spans exported to it.

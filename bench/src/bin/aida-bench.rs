@@ -13,12 +13,12 @@
 //!    events relayed to JetStream.
 //!
 //! It prints rates, latency percentiles, ratios to the ceilings and the resident memory of
-//! `aida up` idle and under load. Run: `cargo run --release -p aida --bin aida-bench`.
+//! `aida up` idle and under load. Run: `cargo run --release -p aida-bench --bin aida-bench`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aida::bench::{ScratchDatabase, print_header, print_row, rss_mib, run_phase, start_mesh};
+use aida_bench::{ScratchDatabase, print_header, print_row, rss_mib, run_phase, start_mesh};
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
 use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
 use clap::Parser;
@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     clients: usize,
     #[command(flatten)]
-    backends: aida::bench::Backends,
+    backends: aida_bench::Backends,
 }
 
 #[tokio::main]

@@ -15,4 +15,5 @@ pub mod generate;
 pub mod measured;
 pub mod models;
 pub mod scoring;
+pub mod synthetic;
 pub mod vector;

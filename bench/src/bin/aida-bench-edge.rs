@@ -10,11 +10,11 @@
 //! The paths take turns (default: 3 rounds of 5 s each) and each path's figures pool its
 //! rounds. It prints rates, latency percentiles and each edge path's ratio to the direct
 //! ceiling.
-//! Run: `cargo run --release -p aida --bin aida-bench-edge`.
+//! Run: `cargo run --release -p aida-bench --bin aida-bench-edge`.
 
 use std::time::Duration;
 
-use aida::bench::{
+use aida_bench::{
     Phase, ScratchDatabase, cpu_seconds, print_header, print_row, run_phase, start_mesh,
 };
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     clients: usize,
     #[command(flatten)]
-    backends: aida::bench::Backends,
+    backends: aida_bench::Backends,
 }
 
 #[tokio::main]

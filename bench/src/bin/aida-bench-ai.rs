@@ -18,7 +18,7 @@
 //!    won/lost leads looked up in an `Embedded` outcome store for a sample.
 //!
 //! A separate command, never a timed test. Build and run:
-//! `cargo build --release -p aida-ai --bin aida-bench-ai`, then
+//! `cargo build --release -p aida-bench --bin aida-bench-ai`, then
 //! `$CARGO_TARGET_DIR/release/aida-bench-ai` (see BENCHMARKS.md).
 
 use std::hint::black_box;
@@ -33,6 +33,7 @@ use aida_ai::scoring::{
     Engagement, Features, LeadProfile, LeadScoreModel, Outcome, Similarity, TrainConfig, lead_text,
     outcomes_namespace, roc_auc,
 };
+use aida_ai::synthetic::{NOTE_OPENERS, SOURCES, normal, pick, sigmoid, weighted};
 use aida_ai::vector::{
     Chroma, ChromaConfig, Embedded, Filter, Item, Namespace, VectorStore, brute_force_top_k,
     recall_at_k,
@@ -209,7 +210,6 @@ const NOTES: [&[&str]; 3] = [
         "Freelancer asking for a free plan",
     ],
 ];
-const NOTE_OPENERS: &[&str] = &["", "Call notes: ", "From the form: ", "Met briefly. "];
 const NOTE_TAILS: &[&str] = &[
     "",
     "",
@@ -219,43 +219,6 @@ const NOTE_TAILS: &[&str] = &[
     ". Procurement involved",
     ". Wants a pilot in one region first",
 ];
-
-/// (source, hidden effect in log-odds, share of leads)
-const SOURCES: &[(&str, f64, f64)] = &[
-    ("Customer referral", 0.9, 0.10),
-    ("Website demo request", 0.2, 0.25),
-    ("Webinar", 0.3, 0.08),
-    ("Trade show", 0.3, 0.07),
-    ("Cold email", -0.6, 0.30),
-    ("Reseller partner", 0.5, 0.05),
-    ("LinkedIn Ads", -0.2, 0.15),
-];
-
-fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
-    &items[rng.random_range(0..items.len())]
-}
-
-fn weighted(rng: &mut StdRng, weights: &[f64]) -> usize {
-    let total: f64 = weights.iter().sum();
-    let mut x = rng.random::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        if x < *w {
-            return i;
-        }
-        x -= w;
-    }
-    weights.len() - 1
-}
-
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(1e-12);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
 
 /// Who a lead is, as far as its text goes: what is embedded, and what the hidden rule reads.
 #[derive(Clone)]
@@ -510,7 +473,7 @@ async fn time_inserts(
 }
 
 // ---------------------------------------------------------------------------------------------
-// A local Chroma server (as in services/ai/tests/support/chroma_server.rs)
+// A local Chroma server (as in aida_core::testing::chroma)
 // ---------------------------------------------------------------------------------------------
 
 /// Runs the server and cleans up after it: the server is stopped when the watchdog's stdin

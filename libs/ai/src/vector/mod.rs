@@ -2,7 +2,7 @@
 //!
 //! [`VectorStore`] is the contract; [`Embedded`] is the in-process exact index persisted to
 //! disk for single-node use, and [`Chroma`] a thin client for a Chroma server (HTTP API v2).
-//! Both pass the same conformance suite (`services/ai/tests/vector_store.rs`).
+//! Both pass the same conformance suite (`libs/ai/tests/vector_store.rs`).
 //!
 //! Semantics shared by every implementation:
 //! - A [`Namespace`] is a (tenant, collection) pair. One tenant never sees another's items,

@@ -10,7 +10,7 @@
 //!    analytics row, p50/p99.
 //! 4. Reports over `--store-events` synthetic events: GetFunnel and GetPipeline, p50 of 5.
 //!
-//! Run: `cargo run --release -p aida --bin aida-bench-analytics`.
+//! Run: `cargo run --release -p aida-bench --bin aida-bench-analytics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000_000)]
     store_events: usize,
     #[command(flatten)]
-    backends: aida::bench::Backends,
+    backends: aida_bench::Backends,
 }
 
 fn envelope(tenant: &str, index: usize) -> EventEnvelope {
@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. End-to-end lag at a steady capture rate through LeadService and the relay.
     let database =
-        aida::bench::ScratchDatabase::create(&args.backends.postgres, "aida_bench").await?;
+        aida_bench::ScratchDatabase::create(&args.backends.postgres, "aida_bench").await?;
     let lag = steady_lag(&args, &database.url, &key, dir.path()).await;
     database.remove().await?;
     let (lag_events, lag_p50, lag_p99, sent) = lag?;
