@@ -319,3 +319,31 @@ impl ScratchDatabase {
         Ok(())
     }
 }
+
+/// Captures one lead (Ada Lovelace at `email`) over `channel` with `token`: the lead the
+/// read phases then fetch.
+pub async fn capture_one(
+    channel: tonic::transport::Channel,
+    token: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    email: String,
+) -> anyhow::Result<aida_proto::aida::leads::v1::Lead> {
+    use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+    use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
+    let mut request = tonic::Request::new(CaptureLeadRequest {
+        lead: Some(Lead {
+            email,
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            company: "Analytical Engines".into(),
+            ..Lead::default()
+        }),
+        request_id: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", token.clone());
+    Ok(LeadServiceClient::new(channel)
+        .capture_lead(request)
+        .await?
+        .into_inner())
+}

@@ -15,10 +15,11 @@
 use std::time::Duration;
 
 use aida_bench::{
-    Phase, ScratchDatabase, cpu_seconds, print_header, print_row, run_phase, start_mesh,
+    Phase, ScratchDatabase, capture_one, cpu_seconds, print_header, print_row, run_phase,
+    start_mesh,
 };
+use aida_proto::aida::leads::v1::GetLeadRequest;
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
-use aida_proto::aida::leads::v1::{CaptureLeadRequest, GetLeadRequest, Lead};
 use clap::Parser;
 use prost::Message;
 use tonic::transport::Channel;
@@ -74,23 +75,7 @@ async fn benchmark(
     let direct = Channel::from_shared(format!("http://{}", mesh.leads))?
         .connect()
         .await?;
-    let mut request = tonic::Request::new(CaptureLeadRequest {
-        lead: Some(Lead {
-            email: "edge-bench@example.com".into(),
-            first_name: "Ada".into(),
-            last_name: "Lovelace".into(),
-            company: "Analytical Engines".into(),
-            ..Lead::default()
-        }),
-        request_id: String::new(),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
-    let lead = LeadServiceClient::new(direct.clone())
-        .capture_lead(request)
-        .await?
-        .into_inner();
+    let lead = capture_one(direct.clone(), &token, "edge-bench@example.com".into()).await?;
     let id = lead.id.clone();
     // Let the mesh finish starting (consumers, the first analytics batch) before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aida_bench::{
-    ChildMesh, Phase, ScratchDatabase, print_header, print_row, run_phase, settle, start_mesh,
+    ChildMesh, Phase, ScratchDatabase, capture_one, print_header, print_row, run_phase, settle,
+    start_mesh,
 };
 use aida_proto::aida::ai::v1::KillAutonomyRequest;
 use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
@@ -115,23 +116,8 @@ impl Target {
         let leads = Channel::from_shared(format!("http://{}", mesh.leads))?
             .connect()
             .await?;
-        let mut request = tonic::Request::new(CaptureLeadRequest {
-            lead: Some(Lead {
-                email: format!("read-{label}@example.com"),
-                first_name: "Ada".into(),
-                last_name: "Lovelace".into(),
-                company: "Analytical Engines".into(),
-                ..Lead::default()
-            }),
-            request_id: String::new(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", token.clone());
-        let id = LeadServiceClient::new(leads.clone())
-            .capture_lead(request)
+        let id = capture_one(leads.clone(), &token, format!("read-{label}@example.com"))
             .await?
-            .into_inner()
             .id;
         Ok(Self {
             label,

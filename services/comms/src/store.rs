@@ -1,7 +1,7 @@
 //! The comms repository: templates, messages with their tracking counters, suppressions.
 //! Each change commits with its outbox event.
 
-use aida_core::db::{Count, Database, Listing, Sql, Table, Tx};
+use aida_core::db::{Count, Database, Listing, Lock, Sql, Table, Tx};
 use aida_core::query::{self, Field, FieldKind, OrderTerm};
 
 /// How ListTemplates pages: by name (ties by id).
@@ -241,7 +241,9 @@ impl CommsStore {
         F: FnOnce(Template) -> Result<Option<Template>, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let current: Template = tx.lock_as::<TemplateRow, _>(&TEMPLATES, tenant, id).await?;
+        let current: Template = tx
+            .get_as::<TemplateRow, _>(&TEMPLATES, tenant, id, Lock::ForUpdate)
+            .await?;
         let decided = decide(current)?;
         match &decided {
             Some(template) => {
@@ -445,7 +447,9 @@ impl CommsStore {
         F: FnOnce(&Message) -> Result<Option<(Message, Option<EventEnvelope>)>, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let current: Message = tx.lock_as::<MessageRow, _>(&MESSAGES, tenant, id).await?;
+        let current: Message = tx
+            .get_as::<MessageRow, _>(&MESSAGES, tenant, id, Lock::ForUpdate)
+            .await?;
         let Some((next, event)) = decide(&current)? else {
             return Ok(current);
         };

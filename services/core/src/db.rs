@@ -604,42 +604,45 @@ impl Database {
     }
 }
 
-impl Tx {
-    /// [`Database::get_as`] inside this transaction, the row locked until it ends
-    /// ([`Engine::lock_clause`]).
-    pub async fn lock_as<R: Row, T>(
-        &mut self,
-        table: &Table,
-        tenant: &str,
-        id: Uuid,
-    ) -> Result<T, crate::Error>
-    where
-        T: TryFrom<R>,
-        crate::Error: From<T::Error>,
-    {
-        let lock = self.engine().lock_clause();
-        let row = self
-            .fetch_optional::<R>(table.by_id(tenant, id, lock))
-            .await?;
-        table.found(row, id)
-    }
+/// Whether a transaction's read locks the row it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Locked until the transaction ends ([`Engine::lock_clause`]).
+    ForUpdate,
+    /// Read as it is.
+    None,
+}
 
-    /// [`Database::get_as`] inside this transaction, without a lock.
+impl Tx {
+    /// [`Database::get_as`] inside this transaction, the row locked or not.
     pub async fn get_as<R: Row, T>(
         &mut self,
         table: &Table,
         tenant: &str,
         id: Uuid,
+        lock: Lock,
     ) -> Result<T, crate::Error>
     where
         T: TryFrom<R>,
         crate::Error: From<T::Error>,
     {
+        let clause = match lock {
+            Lock::ForUpdate => self.engine().lock_clause(),
+            Lock::None => "",
+        };
         let row = self
-            .fetch_optional::<R>(table.by_id(tenant, id, ""))
+            .fetch_optional::<R>(table.by_id(tenant, id, clause))
             .await?;
         table.found(row, id)
     }
+}
+
+/// One page of a counted list: its rows, whether more follow, and how many there are in all.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub more: bool,
+    pub total: i64,
 }
 
 /// A List RPC's rows of one tenant's table: those of `owner` alone when set (a sales
@@ -691,13 +694,17 @@ impl Database {
         order: &[crate::query::OrderTerm],
         limit: u32,
         after: Option<&crate::query::After>,
-    ) -> Result<(Vec<T>, bool, i64), crate::Error> {
+    ) -> Result<Page<T>, crate::Error> {
         let count = listing.select(self.engine(), "COUNT(*) AS count")?;
         let (rows, more) = self
             .fetch_listed_page_as::<R, T>(listing, order, limit, after)
             .await?;
         let total: Count = self.fetch_one(count).await?;
-        Ok((rows, more, total.count))
+        Ok(Page {
+            rows,
+            more,
+            total: total.count,
+        })
     }
 }
 

@@ -415,12 +415,12 @@ impl DealService for DealApi {
             )
             .await?;
         let rotting = self.store.rotting_days(&context.tenant_id).await?;
-        let next_page_token = paging.next(&page.deals, page.has_more, |last| {
+        let next_page_token = paging.next(&page.rows, page.more, |last| {
             (store::key_values(last, &order), last.id)
         })?;
         Ok(Response::new(pb::ListDealsResponse {
             deals: page
-                .deals
+                .rows
                 .iter()
                 .map(|deal| {
                     deal_to_proto(deal, rotting.get(&deal.pipeline_id).copied().unwrap_or(0))

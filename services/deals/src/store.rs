@@ -1,7 +1,7 @@
 //! The deal repository: pipelines and deals, each change committed with its outbox event.
 
 use aida_core::consumer::claim;
-use aida_core::db::{Count, Database, Listing, Sql, Table, Tx, is_unique_violation};
+use aida_core::db::{Count, Database, Listing, Lock, Page, Sql, Table, Tx, is_unique_violation};
 use aida_core::idempotency::Claim;
 use aida_core::query::{Field, FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
@@ -207,13 +207,6 @@ impl TryFrom<DealRow> for Deal {
     }
 }
 
-/// A page of deals.
-pub struct Page {
-    pub deals: Vec<Deal>,
-    pub has_more: bool,
-    pub total: i64,
-}
-
 pub use aida_core::query::After;
 
 /// What a deal modification decided.
@@ -331,7 +324,9 @@ impl DealStore {
         F: FnOnce(Pipeline, Vec<String>, i64) -> Result<PipelineChange, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let current: Pipeline = tx.lock_as::<PipelineRow, _>(&PIPELINES, tenant, id).await?;
+        let current: Pipeline = tx
+            .get_as::<PipelineRow, _>(&PIPELINES, tenant, id, Lock::ForUpdate)
+            .await?;
         #[derive(sqlx::FromRow)]
         struct StageRow {
             stage: String,
@@ -506,9 +501,11 @@ impl DealStore {
         F: FnOnce(&Deal, &Pipeline) -> Result<DealChange, Error>,
     {
         let mut tx = self.db.begin().await?;
-        let current: Deal = tx.lock_as::<DealRow, _>(&DEALS, tenant, id).await?;
+        let current: Deal = tx
+            .get_as::<DealRow, _>(&DEALS, tenant, id, Lock::ForUpdate)
+            .await?;
         let pipeline: Pipeline = match tx
-            .get_as::<PipelineRow, _>(&PIPELINES, tenant, current.pipeline_id)
+            .get_as::<PipelineRow, _>(&PIPELINES, tenant, current.pipeline_id, Lock::None)
             .await
         {
             Err(Error::NotFound { .. }) => {
@@ -536,7 +533,7 @@ impl DealStore {
         order: &[OrderTerm],
         page_size: u32,
         after: Option<&After>,
-    ) -> Result<Page, Error> {
+    ) -> Result<Page<Deal>, Error> {
         let listing = Listing {
             table: &DEALS,
             tenant,
@@ -544,15 +541,9 @@ impl DealStore {
             filter,
             fields: LIST_FIELDS,
         };
-        let (deals, has_more, total) = self
-            .db
+        self.db
             .fetch_counted_page_as::<DealRow, _>(&listing, order, page_size, after)
-            .await?;
-        Ok(Page {
-            deals,
-            has_more,
-            total,
-        })
+            .await
     }
 
     /// Rotting thresholds of the tenant's pipelines, for deals read in bulk.

@@ -470,10 +470,10 @@ impl LeadService for LeadApi {
                 after.as_ref(),
             )
             .await?;
-        let next_page_token = paging.next(&page.leads, page.has_more, |last| {
+        let next_page_token = paging.next(&page.rows, page.more, |last| {
             (store::key_values(last, &order), last.id)
         })?;
-        let ids: Vec<Uuid> = page.leads.iter().map(|lead| lead.id).collect();
+        let ids: Vec<Uuid> = page.rows.iter().map(|lead| lead.id).collect();
         let mut scores: HashMap<Uuid, aida_ai::scoring::Score> = self
             .scores
             .get_many(&context.tenant_id, &ids)
@@ -482,7 +482,7 @@ impl LeadService for LeadApi {
             .collect();
         Ok(Response::new(pb::ListLeadsResponse {
             leads: page
-                .leads
+                .rows
                 .iter()
                 .map(|lead| {
                     let mut proto = visible(lead, &access);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aida_core::db::{Database, Engine, Listing, Sql, Table, Tx, is_unique_violation};
+use aida_core::db::{Database, Engine, Listing, Lock, Page, Sql, Table, Tx, is_unique_violation};
 use aida_core::idempotency::Claim;
 use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
@@ -190,13 +190,6 @@ pub enum Change {
     Deleted(Box<EventEnvelope>),
 }
 
-/// A page of leads.
-pub struct Page {
-    pub leads: Vec<Lead>,
-    pub has_more: bool,
-    pub total: i64,
-}
-
 pub use aida_core::query::After;
 
 /// An idempotent capture request.
@@ -353,7 +346,9 @@ impl LeadStore {
     where
         F: FnOnce(Lead) -> Result<(Change, Option<Lead>), Error>,
     {
-        let current: Lead = tx.lock_as::<LeadRow, _>(&LEADS, tenant, id).await?;
+        let current: Lead = tx
+            .get_as::<LeadRow, _>(&LEADS, tenant, id, Lock::ForUpdate)
+            .await?;
         let (change, result) = decide(current)?;
         match change {
             Change::Unchanged => {
@@ -390,7 +385,7 @@ impl LeadStore {
         order: &[OrderTerm],
         page_size: u32,
         after: Option<&After>,
-    ) -> Result<Page, Error> {
+    ) -> Result<Page<Lead>, Error> {
         let listing = Listing {
             table: &LEADS,
             tenant,
@@ -398,15 +393,9 @@ impl LeadStore {
             filter,
             fields: LIST_FIELDS,
         };
-        let (leads, has_more, total) = self
-            .db
+        self.db
             .fetch_counted_page_as::<LeadRow, _>(&listing, order, page_size, after)
-            .await?;
-        Ok(Page {
-            leads,
-            has_more,
-            total,
-        })
+            .await
     }
 }
 
