@@ -245,6 +245,20 @@ pub fn start_mesh(
     })
 }
 
+/// The cores this machine offers the benchmark (0 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(0)
+}
+
+/// Prints a benchmark's first line: its name, what it ran (`setup`) and the cores.
+pub fn print_banner(name: &str, setup: &str) {
+    println!();
+    println!("{name}: {setup}, {} cores", cores());
+    println!();
+}
+
 /// Prints one markdown table row: rate, p50, p99, errors and the ratio to `ceiling`.
 pub fn print_row(phase: &Phase, ceiling: Option<&Phase>) {
     let ratio = ceiling

@@ -22,10 +22,7 @@
 //! `$CARGO_TARGET_DIR/release/aida-bench-ai` (see BENCHMARKS.md).
 
 use std::hint::black_box;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aida_ai::embed::{Embedder, Lexical, MiniLm};
@@ -38,6 +35,8 @@ use aida_ai::vector::{
     Chroma, ChromaConfig, Embedded, Filter, Item, Namespace, VectorStore, brute_force_top_k,
     recall_at_k,
 };
+use aida_bench::rss_mib;
+use aida_core::testing::chroma::ChromaProcess;
 use anyhow::{Context, bail};
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -473,140 +472,6 @@ async fn time_inserts(
 }
 
 // ---------------------------------------------------------------------------------------------
-// A local Chroma server (as in aida_core::testing::chroma)
-// ---------------------------------------------------------------------------------------------
-
-/// Runs the server and cleans up after it: the server is stopped when the watchdog's stdin
-/// reaches EOF (this process dropped the pipe or died), then its data directory is removed.
-const WATCHDOG: &str = r#"
-exec 3<&0
-"$1" run --path "$2" --port "$3" >"$2.log" 2>&1 3<&- &
-server=$!
-( cat <&3 >/dev/null; kill "$server" ) 2>/dev/null &
-exec 3<&-
-wait "$server"
-status=$?
-tail -c 4000 "$2.log" >&2
-rm -rf "$2" "$2.log"
-exit "$status"
-"#;
-
-struct ChromaServer {
-    url: String,
-    watchdog: Option<Child>,
-    pid_of_server: Option<u32>,
-}
-
-impl ChromaServer {
-    fn start(chroma: &Path) -> anyhow::Result<Self> {
-        if !chroma.exists() {
-            bail!(
-                "{} not found (pip install chromadb into $HOME/.cache/aida/chroma-venv, or pass --chroma-url / --no-chroma)",
-                chroma.display()
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let data =
-            std::env::temp_dir().join(format!("aida-bench-chroma-{}-{port}", std::process::id()));
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("chroma-watchdog")
-            .arg(chroma)
-            .arg(&data)
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawning the chroma watchdog")?;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(90) {
-            if heartbeat(port) {
-                eprintln!(
-                    "chroma server on port {port} after {:.1}s (data {})",
-                    started.elapsed().as_secs_f32(),
-                    data.display()
-                );
-                return Ok(Self {
-                    url: format!("http://127.0.0.1:{port}"),
-                    pid_of_server: server_pid(watchdog.id()),
-                    watchdog: Some(watchdog),
-                });
-            }
-            if let Ok(Some(status)) = watchdog.try_wait() {
-                let mut log = String::new();
-                if let Some(mut stderr) = watchdog.stderr.take() {
-                    let _ = stderr.read_to_string(&mut log);
-                }
-                bail!("chroma exited early ({status}): {log}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        drop(watchdog.stdin.take());
-        let _ = watchdog.wait();
-        bail!("no chroma heartbeat on port {port} within 90 s")
-    }
-
-    /// Resident memory of the server process, MiB (0 if unknown).
-    fn rss_mib(&self) -> f64 {
-        self.pid_of_server.map_or(0.0, rss_mib)
-    }
-}
-
-impl Drop for ChromaServer {
-    fn drop(&mut self) {
-        if let Some(mut watchdog) = self.watchdog.take() {
-            drop(watchdog.stdin.take());
-            drop(watchdog.stderr.take());
-            let _ = watchdog.wait();
-        }
-    }
-}
-
-/// The `chroma` child of the watchdog shell (for its memory).
-fn server_pid(watchdog: u32) -> Option<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{watchdog}/task/{watchdog}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|pid| pid.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmd| cmd.contains("chroma"))
-        })
-}
-
-fn heartbeat(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /api/v2/heartbeat HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-// ---------------------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------------------
 
@@ -866,9 +731,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let server = match &args.chroma_url {
             Some(_) => None,
-            None => Some(ChromaServer::start(&args.chroma.clone().unwrap_or_else(
-                || home().join(".cache/aida/chroma-venv/bin/chroma"),
-            ))?),
+            None => Some(
+                ChromaProcess::start(
+                    &args
+                        .chroma
+                        .clone()
+                        .unwrap_or_else(|| home().join(".cache/aida/chroma-venv/bin/chroma")),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
         };
         let url = args
             .chroma_url
@@ -913,7 +784,7 @@ async fn main() -> anyhow::Result<()> {
             row(
                 &mut rows,
                 "Chroma server resident memory after the queries",
-                format!("{:.0} MiB", server.rss_mib()),
+                format!("{:.0} MiB", server.server_pid.map_or(0.0, rss_mib)),
                 "-".into(),
             );
         }

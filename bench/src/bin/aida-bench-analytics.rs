@@ -178,14 +178,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    println!();
-    println!(
-        "aida-bench-analytics: {} cores, envelope {payload_bytes} bytes",
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(0)
+    aida_bench::print_banner(
+        "aida-bench-analytics",
+        &format!("envelope {payload_bytes} bytes"),
     );
-    println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!("| JetStream async publish ceiling (window 256) | {ceiling:.0} events/s |");

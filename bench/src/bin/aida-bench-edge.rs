@@ -127,17 +127,11 @@ async fn benchmark(
 
     mesh.stop();
 
-    println!();
-    println!(
-        "aida-bench-edge: {} clients, {} rounds of {} s per path, {} cores",
-        args.clients,
-        args.rounds,
-        args.seconds,
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(0)
+    let setup = format!(
+        "{} clients, {} rounds of {} s per path",
+        args.clients, args.rounds, args.seconds
     );
-    println!();
+    aida_bench::print_banner("aida-bench-edge", &setup);
     print_header();
     print_row(&grpc_direct, None);
     print_row(&grpc_edge, Some(&grpc_direct));

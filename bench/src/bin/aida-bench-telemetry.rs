@@ -316,17 +316,11 @@ async fn main() -> anyhow::Result<()> {
     off.stop().await?;
     on.stop().await?;
 
-    println!();
-    println!(
-        "aida-bench-telemetry: {} clients, {} rounds of {} s per phase, {} cores",
-        args.clients,
-        args.rounds,
-        args.seconds,
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(0)
+    let setup = format!(
+        "{} clients, {} rounds of {} s per phase",
+        args.clients, args.rounds, args.seconds
     );
-    println!();
+    aida_bench::print_banner("aida-bench-telemetry", &setup);
     print_header();
     print_row(&get_off, None);
     print_row(&get_on, Some(&get_off));

@@ -180,16 +180,8 @@ async fn benchmark(
     mesh.stop();
     pool.close().await;
 
-    println!();
-    println!(
-        "aida-bench: {} clients, {} s per phase, {} cores",
-        args.clients,
-        args.seconds,
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(0)
-    );
-    println!();
+    let setup = format!("{} clients, {} s per phase", args.clients, args.seconds);
+    aida_bench::print_banner("aida-bench", &setup);
     print_header();
     print_row(&grpc, None);
     print_row(&insert, None);

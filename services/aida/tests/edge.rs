@@ -96,6 +96,27 @@ impl Edge {
         self.env.token_with(tenant, roles)
     }
 
+    /// POST `body` to `path` with the bearer `token`.
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// GET `path` with the bearer `token`: the raw response.
+    async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send")
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -225,96 +246,132 @@ async fn rest_json_maps_onto_the_services_by_their_http_annotations() {
     assert_eq!(status, StatusCode::OK, "{deal}");
     assert_eq!(deal["amount"]["amountMinor"], "9007199254740993");
 
-    // Errors: the standard status table and google.rpc.Status with its details.
-    let (status, _, error) = edge
-        .call(
+    // Errors: the standard status table and google.rpc.Status with its details (the gRPC
+    // code, the fields a BadRequest names).
+    let missing_lead = format!("/v1/leads/{}", uuid::Uuid::now_v7());
+    let reject = format!("/v1/leads/{id}:reject");
+    let any_deal = format!("/v1/deals/{}", uuid::Uuid::now_v7());
+    let duplicate = json!({"email": "dup@example.com"});
+    type Case<'a> = (
+        &'a str,
+        Method,
+        &'a str,
+        Option<Value>,
+        StatusCode,
+        Option<i64>,
+        &'a [&'a str],
+    );
+    let cases: [Case; 11] = [
+        (
+            "invalid e-mail",
             Method::POST,
             "/v1/leads",
-            token,
             Some(json!({"email": "nope"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(error["code"], 3);
-    assert_eq!(violated(&error), ["lead.email"]);
-    let (status, _, error) = edge
-        .call(
+            StatusCode::BAD_REQUEST,
+            Some(3),
+            &["lead.email"],
+        ),
+        (
+            "unknown field",
             Method::POST,
             "/v1/leads",
-            token,
             Some(json!({"email": "x@example.com", "colour": "red"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(violated(&error), ["lead.colour"]);
-    let (status, _, error) = edge
-        .call(Method::GET, "/v1/leads?colour=red", token, None)
-        .await;
-    assert_eq!(
-        (status, violated(&error)),
-        (StatusCode::BAD_REQUEST, vec!["colour".to_owned()])
-    );
-    let (status, _, error) = edge
-        .call(
+            StatusCode::BAD_REQUEST,
+            Some(3),
+            &["lead.colour"],
+        ),
+        (
+            "unknown query parameter",
             Method::GET,
-            &format!("/v1/leads/{}", uuid::Uuid::now_v7()),
-            token,
+            "/v1/leads?colour=red",
             None,
-        )
-        .await;
-    assert_eq!(
-        (status, error["code"].as_i64()),
-        (StatusCode::NOT_FOUND, Some(5))
-    );
-    let (status, _, _) = edge
-        .call(
+            StatusCode::BAD_REQUEST,
+            Some(3),
+            &["colour"],
+        ),
+        (
+            "no such lead",
+            Method::GET,
+            &missing_lead,
+            None,
+            StatusCode::NOT_FOUND,
+            Some(5),
+            &[],
+        ),
+        (
+            "first capture",
             Method::POST,
             "/v1/leads",
-            token,
-            Some(json!({"email": "dup@example.com"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = edge
-        .call(
+            Some(duplicate.clone()),
+            StatusCode::OK,
+            None,
+            &[],
+        ),
+        (
+            "the same e-mail again",
             Method::POST,
             "/v1/leads",
-            token,
-            Some(json!({"email": "dup@example.com"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _, _) = edge
-        .call(
+            Some(duplicate),
+            StatusCode::CONFLICT,
+            None,
+            &[],
+        ),
+        (
+            "stale etag is ABORTED → 409",
             Method::POST,
-            &format!("/v1/leads/{id}:reject"),
-            token,
+            &reject,
             Some(json!({"reason": "x", "etag": "v999"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "stale etag is ABORTED → 409");
-    let (status, _, _) = edge.call(Method::PUT, "/v1/leads", token, None).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let (status, _, _) = edge.call(Method::GET, "/v1/nothing", token, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = edge
-        .call(
+            StatusCode::CONFLICT,
+            None,
+            &[],
+        ),
+        (
+            "PUT on a collection",
+            Method::PUT,
+            "/v1/leads",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            &[],
+        ),
+        (
+            "unknown path",
+            Method::GET,
+            "/v1/nothing",
+            None,
+            StatusCode::NOT_FOUND,
+            None,
+            &[],
+        ),
+        (
+            "body over the limit",
             Method::POST,
             "/v1/leads",
-            token,
             Some(json!({"firstName": "x".repeat(5000)})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    let (status, _, empty) = edge
-        .call(
-            Method::DELETE,
-            &format!("/v1/deals/{}", uuid::Uuid::now_v7()),
-            token,
+            StatusCode::PAYLOAD_TOO_LARGE,
             None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{empty}");
+            &[],
+        ),
+        (
+            "DELETE of a deal",
+            Method::DELETE,
+            &any_deal,
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            &[],
+        ),
+    ];
+    for (name, method, path, body, expected, code, fields) in cases {
+        let (status, _, error) = edge.call(method, path, token, body).await;
+        assert_eq!(status, expected, "{name}: {error}");
+        if let Some(code) = code {
+            assert_eq!(error["code"].as_i64(), Some(code), "{name}: {error}");
+        }
+        if !fields.is_empty() {
+            assert_eq!(violated(&error), fields, "{name}");
+        }
+    }
 
     // Conditional GET.
     let first = edge
@@ -355,11 +412,10 @@ async fn server_streams_arrive_as_ndjson_or_server_sent_events() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], accept);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        edge.call(
-            reqwest::Method::POST,
+        edge.post(
             "/v1/deals",
-            Some(&admin),
-            Some(json!({"name": "Live", "amount": {"currencyCode": "EUR", "amountMinor": "1"}})),
+            &admin,
+            json!({"name": "Live", "amount": {"currencyCode": "EUR", "amountMinor": "1"}}),
         )
         .await;
         let mut response = response;
@@ -429,12 +485,7 @@ async fn grpc_web_calls_reach_the_services_with_cors_for_browsers() {
             .await;
     let admin = edge.token("acme", &["admin"]);
     let (_, _, lead) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/leads",
-            Some(&admin),
-            Some(json!({"email": "web@example.com"})),
-        )
+        .post("/v1/leads", &admin, json!({"email": "web@example.com"}))
         .await;
     let message = aida_proto::aida::leads::v1::GetLeadRequest {
         id: lead["id"].as_str().expect("id").to_owned(),
@@ -617,12 +668,7 @@ async fn native_grpc_passes_through_the_edge_for_many_calls_on_one_connection() 
     let edge = Edge::start(|_| {}).await;
     let admin = edge.token("acme", &["admin"]);
     let (_, _, lead) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/leads",
-            Some(&admin),
-            Some(json!({"email": "native@example.com"})),
-        )
+        .post("/v1/leads", &admin, json!({"email": "native@example.com"}))
         .await;
     let id = lead["id"].as_str().expect("id").to_owned();
     let channel = tonic::transport::Channel::from_shared(edge.base.clone())
@@ -788,13 +834,7 @@ async fn forged_expired_and_malformed_tokens_are_all_401_and_valid_ones_pass() {
         ("ES256 from the JWKS", &valid_es256),
         ("HS256 development token", &valid_hs256),
     ] {
-        let response = edge
-            .http
-            .get(format!("{}/v1/leads", edge.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("send");
+        let response = edge.get_as("/v1/leads", token).await;
         assert_eq!(response.status(), StatusCode::OK, "{name}");
     }
 
@@ -804,13 +844,7 @@ async fn forged_expired_and_malformed_tokens_are_all_401_and_valid_ones_pass() {
     jwks.keys.lock().expect("keys").push(new_jwk);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated = es256(&claims_json, Some(&new_kid), &new_pem);
-    let response = edge
-        .http
-        .get(format!("{}/v1/leads", edge.base))
-        .bearer_auth(&rotated)
-        .send()
-        .await
-        .expect("send");
+    let response = edge.get_as("/v1/leads", &rotated).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
@@ -899,13 +933,7 @@ async fn a_supabase_access_token_is_accepted_through_mapped_claims_and_its_own_i
         json!({"tenant_id": "acme", "roles": ["operator"]}),
         "authenticated",
     );
-    let response = edge
-        .http
-        .get(format!("{}/v1/release", edge.base))
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .expect("send");
+    let response = edge.get_as("/v1/release", &operator).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     // The identity provider's audience is its own: AIDA's development audience is refused
     // on a JWKS token, and the development issuer's tokens still pass with theirs.
@@ -982,7 +1010,11 @@ async fn every_role_gets_exactly_the_routes_the_rbac_table_allows() {
     // sees no contact data.
     let admin = edge.token("acme", &["admin"]);
     let (_, _, lead) = edge
-        .call(reqwest::Method::POST, "/v1/leads", Some(&admin), Some(json!({"email": "owned@example.com", "phone": "+44 20 7946 0958", "ownerId": "rep-2"})))
+        .post(
+            "/v1/leads",
+            &admin,
+            json!({"email": "owned@example.com", "phone": "+44 20 7946 0958", "ownerId": "rep-2"}),
+        )
         .await;
     let lead_path = format!("/v1/leads/{}", lead["id"].as_str().expect("id"));
     let (status, _, _) = edge
@@ -1029,13 +1061,7 @@ async fn a_noisy_tenant_is_rate_limited_and_another_is_not() {
     let quiet = edge.token("quiet", &["admin"]);
     let mut limited = 0;
     for _ in 0..20 {
-        let response = edge
-            .http
-            .get(format!("{}/v1/leads", edge.base))
-            .bearer_auth(&noisy)
-            .send()
-            .await
-            .expect("send");
+        let response = edge.get_as("/v1/leads", &noisy).await;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             limited += 1;
             let wait: u64 = response.headers()["retry-after"]
@@ -1048,13 +1074,7 @@ async fn a_noisy_tenant_is_rate_limited_and_another_is_not() {
     }
     assert!(limited >= 10, "only {limited} of 20 limited");
     for _ in 0..5 {
-        let response = edge
-            .http
-            .get(format!("{}/v1/leads", edge.base))
-            .bearer_auth(&quiet)
-            .send()
-            .await
-            .expect("send");
+        let response = edge.get_as("/v1/leads", &quiet).await;
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -1114,13 +1134,8 @@ async fn analytics_reports_are_cached_per_tenant_until_the_next_snapshot() {
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
 
     // New data: the next snapshot drops the cached report and the new count shows.
-    edge.call(
-        reqwest::Method::POST,
-        "/v1/leads",
-        Some(&admin),
-        Some(json!({"email": "fresh@example.com"})),
-    )
-    .await;
+    edge.post("/v1/leads", &admin, json!({"email": "fresh@example.com"}))
+        .await;
     let fresh = eventually(Duration::from_secs(15), || async {
         let response = funnel().await.expect("funnel");
         let body: Value = response.json().await.expect("json");

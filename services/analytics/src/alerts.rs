@@ -59,10 +59,19 @@ impl AlertKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A stored kind that is not one of ours is a corrupt row: INTERNAL.
+impl TryFrom<String> for AlertKind {
+    type Error = Error;
+    fn try_from(text: String) -> Result<Self, Error> {
+        AlertKind::parse(&text).ok_or_else(|| Error::internal(format!("stored alert kind {text}")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Rule {
     pub id: Uuid,
     pub tenant_id: String,
+    #[sqlx(try_from = "String")]
     pub kind: AlertKind,
     pub threshold: f64,
     pub window_days: i64,
@@ -70,75 +79,18 @@ pub struct Rule {
     pub create_time: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Alert {
     pub id: Uuid,
     pub tenant_id: String,
     pub rule_id: Uuid,
+    #[sqlx(try_from = "String")]
     pub kind: AlertKind,
     pub message: String,
     pub value: f64,
     pub threshold: f64,
     pub raise_time: DateTime<Utc>,
     pub resolve_time: Option<DateTime<Utc>>,
-}
-
-#[derive(sqlx::FromRow)]
-struct RuleRow {
-    tenant_id: String,
-    id: Uuid,
-    kind: String,
-    threshold: f64,
-    window_days: i64,
-    window_hours: i64,
-    create_time: DateTime<Utc>,
-}
-
-impl TryFrom<RuleRow> for Rule {
-    type Error = Error;
-    fn try_from(row: RuleRow) -> Result<Self, Error> {
-        Ok(Rule {
-            id: row.id,
-            tenant_id: row.tenant_id,
-            kind: AlertKind::parse(&row.kind)
-                .ok_or_else(|| Error::internal(format!("stored alert kind {}", row.kind)))?,
-            threshold: row.threshold,
-            window_days: row.window_days,
-            window_hours: row.window_hours,
-            create_time: row.create_time,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct AlertRow {
-    tenant_id: String,
-    id: Uuid,
-    rule_id: Uuid,
-    kind: String,
-    message: String,
-    value: f64,
-    threshold: f64,
-    raise_time: DateTime<Utc>,
-    resolve_time: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<AlertRow> for Alert {
-    type Error = Error;
-    fn try_from(row: AlertRow) -> Result<Self, Error> {
-        Ok(Alert {
-            id: row.id,
-            tenant_id: row.tenant_id,
-            rule_id: row.rule_id,
-            kind: AlertKind::parse(&row.kind)
-                .ok_or_else(|| Error::internal(format!("stored alert kind {}", row.kind)))?,
-            message: row.message,
-            value: row.value,
-            threshold: row.threshold,
-            raise_time: row.raise_time,
-            resolve_time: row.resolve_time,
-        })
-    }
 }
 
 const RULE_COLUMNS: &str = "tenant_id, id, kind, threshold, window_days, window_hours, create_time";
@@ -203,8 +155,7 @@ impl AlertStore {
             Some(tenant) => Sql::new(format!("SELECT {RULE_COLUMNS} FROM alert_rules WHERE tenant_id = $1 ORDER BY create_time, id")).bind(tenant),
             None => Sql::new(format!("SELECT {RULE_COLUMNS} FROM alert_rules ORDER BY tenant_id, create_time, id")),
         };
-        let rows: Vec<RuleRow> = self.db.fetch_all(sql).await?;
-        rows.into_iter().map(Rule::try_from).collect()
+        Ok(self.db.fetch_all(sql).await?)
     }
 
     pub async fn delete_rule(&self, tenant: &str, id: Uuid) -> Result<(), Error> {
@@ -223,15 +174,14 @@ impl AlertStore {
     }
 
     async fn open_alert(&self, tenant: &str, rule: Uuid) -> Result<Option<Alert>, Error> {
-        let row: Option<AlertRow> = self
+        Ok(self
             .db
             .fetch_optional(
                 Sql::new(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1 AND rule_id = $2 AND resolve_time IS NULL"))
                     .bind(tenant)
                     .bind(rule),
             )
-            .await?;
-        row.map(Alert::try_from).transpose()
+            .await?)
     }
 
     /// Records a new alert with its event; false if one is already open for the rule.
@@ -296,7 +246,7 @@ impl AlertStore {
         ))
         .bind(tenant);
         self.db
-            .fetch_page_as::<AlertRow, _>(sql, &ALERT_ORDER, limit, after)
+            .fetch_page::<Alert>(sql, &ALERT_ORDER, limit, after)
             .await
     }
 }

@@ -2,7 +2,7 @@
 //! Each change commits with its outbox event.
 
 use aida_core::db::{Count, Database, Listing, Lock, Sql, Table, Tx};
-use aida_core::query::{self, Field, FieldKind, OrderTerm};
+use aida_core::query::{self, Field, FieldKind, ListQuery, OrderTerm};
 
 /// How ListTemplates pages: by name (ties by id).
 pub const TEMPLATE_ORDER: [OrderTerm; 1] = [OrderTerm::key("name", FieldKind::Text, false)];
@@ -42,36 +42,11 @@ fn status_filter(value: &str) -> Option<&'static str> {
 
 /// The fields `filter` of ListMessages accepts.
 pub const MESSAGE_FIELDS: &[Field] = &[
-    Field {
-        name: "lead_id",
-        column: "lead_id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "channel",
-        column: "channel",
-        kind: FieldKind::Enum(channel_filter),
-        sortable: false,
-    },
-    Field {
-        name: "status",
-        column: "status",
-        kind: FieldKind::Enum(status_filter),
-        sortable: false,
-    },
-    Field {
-        name: "template_id",
-        column: "template_id",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "create_time",
-        column: "create_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
+    Field::new("lead_id", FieldKind::Uuid, false),
+    Field::new("channel", FieldKind::Enum(channel_filter), false),
+    Field::new("status", FieldKind::Enum(status_filter), false),
+    Field::new("template_id", FieldKind::Text, false),
+    Field::new("create_time", FieldKind::Timestamp, true),
 ];
 
 #[derive(sqlx::FromRow)]
@@ -175,8 +150,6 @@ impl From<SuppressionRow> for Suppression {
         }
     }
 }
-
-pub use aida_core::query::After;
 
 #[derive(Clone)]
 pub struct CommsStore {
@@ -479,24 +452,22 @@ impl CommsStore {
         Ok(next)
     }
 
-    /// A page of messages, newest first.
+    /// The page of messages `query` asks for.
     pub async fn messages(
         &self,
         tenant: &str,
-        filter: &str,
-        order: &[OrderTerm],
-        limit: u32,
-        after: Option<&After>,
+        query: &ListQuery<'_, '_>,
     ) -> Result<(Vec<Message>, bool), Error> {
+        let (table, fields, owner) = (&MESSAGES, MESSAGE_FIELDS, None);
         let listing = Listing {
-            table: &MESSAGES,
+            table,
+            fields,
             tenant,
-            owner: None,
-            filter,
-            fields: MESSAGE_FIELDS,
+            owner,
+            query,
         };
         self.db
-            .fetch_listed_page_as::<MessageRow, _>(&listing, order, limit, after)
+            .fetch_listed_page_as::<MessageRow, _>(&listing)
             .await
     }
 }

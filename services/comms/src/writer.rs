@@ -13,7 +13,7 @@ use aida_ai::generate::{
 use aida_ai::vector::{self, Chroma, ChromaConfig, Embedded, Item, Namespace, VectorStore};
 use aida_core::Error;
 use aida_core::db::{Database, Listing, Sql, Table};
-use aida_core::query::{After, Field, FieldKind, OrderTerm};
+use aida_core::query::{Field, FieldKind, ListQuery};
 use aida_core::runtime::StartError;
 use aida_core::settings::Settings;
 use aida_proto::aida::leads::v1::{Lead as PbLead, LeadSource};
@@ -140,42 +140,12 @@ pub fn segment_of(lead: &PbLead) -> String {
 
 /// How drafts can be filtered in ListDrafts.
 pub const DRAFT_FIELDS: &[Field] = &[
-    Field {
-        name: "lead_id",
-        column: "lead_id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "state",
-        column: "state",
-        kind: FieldKind::Enum(state_filter),
-        sortable: false,
-    },
-    Field {
-        name: "purpose",
-        column: "purpose",
-        kind: FieldKind::Enum(purpose_filter),
-        sortable: false,
-    },
-    Field {
-        name: "segment",
-        column: "segment",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "requester",
-        column: "requester",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "create_time",
-        column: "create_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
+    Field::new("lead_id", FieldKind::Uuid, false),
+    Field::new("state", FieldKind::Enum(state_filter), false),
+    Field::new("purpose", FieldKind::Enum(purpose_filter), false),
+    Field::new("segment", FieldKind::Text, false),
+    Field::new("requester", FieldKind::Text, false),
+    Field::new("create_time", FieldKind::Timestamp, true),
 ];
 
 fn state_filter(value: &str) -> Option<&'static str> {
@@ -483,25 +453,21 @@ impl DraftStore {
         Ok(row.drafts > 0)
     }
 
-    /// The tenant's drafts, filtered and ordered (ListDrafts).
+    /// The page of drafts `query` asks for (ListDrafts).
     pub async fn list(
         &self,
         tenant: &str,
-        filter: &str,
-        order: &[OrderTerm],
-        limit: u32,
-        after: Option<&After>,
+        query: &ListQuery<'_, '_>,
     ) -> Result<(Vec<Draft>, bool), Error> {
+        let (table, fields, owner) = (&DRAFTS, DRAFT_FIELDS, None);
         let listing = Listing {
-            table: &DRAFTS,
+            table,
+            fields,
             tenant,
-            owner: None,
-            filter,
-            fields: DRAFT_FIELDS,
+            owner,
+            query,
         };
-        self.db
-            .fetch_listed_page_as::<DraftRow, _>(&listing, order, limit, after)
-            .await
+        self.db.fetch_listed_page_as::<DraftRow, _>(&listing).await
     }
 
     /// The lead's latest e-mails, oldest first: what the writer should not repeat.

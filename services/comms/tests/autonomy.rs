@@ -6,6 +6,7 @@
 use aida_core::testing::violated_fields;
 use std::time::Duration;
 
+use aida_core::bus::COMMS_STREAM;
 use aida_core::testing::{Backend, RunningServer, TestEnv, eventually};
 use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
 use aida_proto::aida::ai::v1::{
@@ -16,7 +17,6 @@ use aida_proto::aida::ai::v1::{
 };
 use aida_proto::aida::events::v1::EventEnvelope;
 use aida_proto::aida::events::v1::event_envelope::Payload;
-use prost::Message as _;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -160,10 +160,10 @@ impl App {
     async fn autonomy_events(&self) -> Vec<EventEnvelope> {
         self.env
             .bus
-            .stored("CRM_COMMS")
+            .events_on(COMMS_STREAM)
             .await
             .into_iter()
-            .map(|message| EventEnvelope::decode(message.payload.as_ref()).expect("envelope"))
+            .map(|(_, event)| event)
             .filter(|event| event.event_type.starts_with("comms.autonomy_"))
             .collect()
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use aida_core::testing::{Backend, TestEnv};
 use aida_proto::aida::ai::v1::{
-    AutonomyLevel, Decision, GetAutonomyRequest, KillAutonomyRequest, ListDecisionsRequest,
-    ListTransitionsRequest, Outcome, Review, ReviveAutonomyRequest,
+    AutonomyLevel, Decision, GetAutonomyRequest, KillAutonomyRequest, ListTransitionsRequest,
+    Outcome, Review, ReviveAutonomyRequest,
 };
 use aida_proto::aida::comms::v1::{
     AddSuppressionRequest, Channel, DiscardDraftRequest, Draft, DraftState, GenerateMessageRequest,
@@ -113,36 +113,7 @@ impl App {
         let mut segments: Vec<&str> = drafts.iter().map(|draft| draft.segment.as_str()).collect();
         segments.sort_unstable();
         segments.dedup();
-        let mut decisions = Vec::new();
-        for segment in segments {
-            decisions.extend(
-                self.autonomy()
-                    .await
-                    .list_decisions(self.env.request(
-                        TENANT,
-                        ListDecisionsRequest {
-                            agent: "outreach".into(),
-                            action: action.into(),
-                            segment: segment.into(),
-                            page_size: 100,
-                            page_token: String::new(),
-                        },
-                    ))
-                    .await
-                    .expect("decisions")
-                    .into_inner()
-                    .decisions,
-            );
-        }
-        decisions.sort_by_key(|decision| {
-            std::cmp::Reverse(
-                decision
-                    .create_time
-                    .map(|time| (time.seconds, time.nanos))
-                    .unwrap_or_default(),
-            )
-        });
-        decisions
+        self.decisions_in(TENANT, action, &segments).await
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use aida_ai::generate::{OFFLINE_MODEL, PROMPT_VERSION};
 use aida_core::testing::{Backend, TestEnv};
 use aida_proto::aida::ai::v1::{
-    AutonomyLevel, DemoteAutonomyRequest, GetAutonomyRequest, ListDecisionsRequest,
-    RecordReviewRequest, Review, SignOffPromotionRequest,
+    AutonomyLevel, DemoteAutonomyRequest, GetAutonomyRequest, RecordReviewRequest, Review,
+    SignOffPromotionRequest,
 };
 use aida_proto::aida::comms::v1::{
     Draft, DraftState, ListDraftsRequest, ListMessagesRequest, Message, MessageStatus, Purpose,
@@ -296,27 +296,7 @@ async fn at_l3_the_agent_sends_after_the_veto_window_unless_vetoed_or_the_lead_i
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     // The ledger: the window that passed is an approval by the agent, the veto a person's.
-    let mut decisions = Vec::new();
-    for segment in SEGMENTS {
-        decisions.extend(
-            app.autonomy()
-                .await
-                .list_decisions(app.env.request(
-                    TENANT,
-                    ListDecisionsRequest {
-                        agent: "outreach".into(),
-                        action: ACTION.into(),
-                        segment: segment.into(),
-                        page_size: 100,
-                        page_token: String::new(),
-                    },
-                ))
-                .await
-                .expect("decisions")
-                .into_inner()
-                .decisions,
-        );
-    }
+    let decisions = app.decisions_in(TENANT, ACTION, &SEGMENTS).await;
     let by_agent = decisions
         .iter()
         .find(|decision| decision.subject == format!("messages/{}", messages[0].id))

@@ -646,13 +646,13 @@ pub struct Page<T> {
 }
 
 /// A List RPC's rows of one tenant's table: those of `owner` alone when set (a sales
-/// rep's view), matching `filter` (AIP-160 over `fields`).
+/// rep's view), the page `query` asks for (its AIP-160 filter over `fields`).
 pub struct Listing<'a> {
     pub table: &'a Table,
+    pub fields: &'a [crate::query::Field],
     pub tenant: &'a str,
     pub owner: Option<&'a str>,
-    pub filter: &'a str,
-    pub fields: &'a [crate::query::Field],
+    pub query: &'a crate::query::ListQuery<'a, 'a>,
 }
 
 impl Listing<'_> {
@@ -667,23 +667,21 @@ impl Listing<'_> {
             sql.push(" AND owner_id = ");
             sql.push_arg(owner);
         }
-        crate::query::push_filter(&mut sql, engine, self.filter, self.fields)?;
+        crate::query::push_filter(&mut sql, engine, self.query.filter, self.fields)?;
         Ok(sql)
     }
 }
 
 impl Database {
-    /// The page of `listing` after `after` in `order`, in domain form, and whether more
-    /// rows follow.
+    /// The page of `listing`, in domain form, and whether more rows follow.
     pub async fn fetch_listed_page_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
         &self,
         listing: &Listing<'_>,
-        order: &[crate::query::OrderTerm],
-        limit: u32,
-        after: Option<&crate::query::After>,
     ) -> Result<(Vec<T>, bool), crate::Error> {
         let sql = listing.select(self.engine(), listing.table.columns)?;
-        self.fetch_page_as::<R, T>(sql, order, limit, after).await
+        let query = listing.query;
+        self.fetch_page_as::<R, T>(sql, &query.order, query.paging.size, query.after.as_ref())
+            .await
     }
 
     /// [`Database::fetch_listed_page_as`] and how many rows the listing holds in all
@@ -691,14 +689,9 @@ impl Database {
     pub async fn fetch_counted_page_as<R: Row, T: TryFrom<R, Error = crate::Error>>(
         &self,
         listing: &Listing<'_>,
-        order: &[crate::query::OrderTerm],
-        limit: u32,
-        after: Option<&crate::query::After>,
     ) -> Result<Page<T>, crate::Error> {
         let count = listing.select(self.engine(), "COUNT(*) AS count")?;
-        let (rows, more) = self
-            .fetch_listed_page_as::<R, T>(listing, order, limit, after)
-            .await?;
+        let (rows, more) = self.fetch_listed_page_as::<R, T>(listing).await?;
         let total: Count = self.fetch_one(count).await?;
         Ok(Page {
             rows,

@@ -55,6 +55,23 @@ pub struct Field {
     pub sortable: bool,
 }
 
+impl Field {
+    /// A field stored in the column of its own name.
+    pub const fn new(name: &'static str, kind: FieldKind, sortable: bool) -> Self {
+        Self {
+            name,
+            column: name,
+            kind,
+            sortable,
+        }
+    }
+
+    /// The field stored in `column` instead.
+    pub const fn in_column(self, column: &'static str) -> Self {
+        Self { column, ..self }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Eq,
@@ -850,6 +867,85 @@ impl PageSizes {
     }
 }
 
+/// The AIP-132 fields of a List request that pages through a filtered listing.
+pub trait ListRequest {
+    fn page_size(&self) -> i32;
+    fn page_token(&self) -> &str;
+    fn filter(&self) -> &str;
+    /// AIP-132 `order_by`; a list in a fixed order has none.
+    fn order_by(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! list_requests {
+    ($($request:ty $({ $order_by:ident })?),* $(,)?) => {$(
+        impl ListRequest for $request {
+            fn page_size(&self) -> i32 {
+                self.page_size
+            }
+            fn page_token(&self) -> &str {
+                &self.page_token
+            }
+            fn filter(&self) -> &str {
+                &self.filter
+            }
+            $(fn order_by(&self) -> &str {
+                &self.$order_by
+            })?
+        }
+    )*};
+}
+
+list_requests!(
+    aida_proto::aida::leads::v1::ListLeadsRequest { order_by },
+    aida_proto::aida::deals::v1::ListDealsRequest { order_by },
+    aida_proto::aida::comms::v1::ListMessagesRequest,
+    aida_proto::aida::comms::v1::ListDraftsRequest,
+);
+
+/// A List request read: the page it asks for of the rows its filter selects, in the order
+/// it asks for (else the list's default), from where its page token left off.
+pub struct ListQuery<'t, 'r> {
+    pub paging: Paging<'t>,
+    pub filter: &'r str,
+    pub order: Vec<OrderTerm>,
+    pub after: Option<After>,
+}
+
+impl<'t, 'r> ListQuery<'t, 'r> {
+    /// Reads `request` of a list sortable by `fields` whose pages are `sizes`; a page token
+    /// continues only the filter and order that issued it.
+    pub fn read(
+        tokens: &'t crate::pagination::PageTokens,
+        sizes: PageSizes,
+        request: &'r impl ListRequest,
+        fields: &[Field],
+        default_order: &str,
+    ) -> Result<Self, Error> {
+        let size = sizes.of(request.page_size())?;
+        let order = parse_order_by(request.order_by(), fields, default_order)?;
+        let paging = Paging::new(tokens, size, request.filter(), &order);
+        let after = paging.resume(request.page_token())?;
+        Ok(Self {
+            paging,
+            filter: request.filter(),
+            order,
+            after,
+        })
+    }
+
+    /// The token of the page after `rows` (see [`Paging::next`]).
+    pub fn next<T>(
+        &self,
+        rows: &[T],
+        more: bool,
+        key: impl FnOnce(&T) -> (Vec<KeyValue>, Uuid),
+    ) -> Result<String, Error> {
+        self.paging.next(rows, more, key)
+    }
+}
+
 /// Appends the keyset condition "after (`values`, `last_id`)" in the order `terms`, then
 /// the unique `id_column` ascending:
 /// `(a > x) OR (a = x AND b < y) OR (a = x AND b = y AND id > z)`.
@@ -971,30 +1067,10 @@ mod tests {
     }
 
     const FIELDS: &[Field] = &[
-        Field {
-            name: "email",
-            column: "email",
-            kind: FieldKind::Text,
-            sortable: true,
-        },
-        Field {
-            name: "status",
-            column: "status",
-            kind: FieldKind::Enum(status),
-            sortable: true,
-        },
-        Field {
-            name: "create_time",
-            column: "create_time",
-            kind: FieldKind::Timestamp,
-            sortable: true,
-        },
-        Field {
-            name: "attributes",
-            column: "attributes",
-            kind: FieldKind::Map,
-            sortable: false,
-        },
+        Field::new("email", FieldKind::Text, true),
+        Field::new("status", FieldKind::Enum(status), true),
+        Field::new("create_time", FieldKind::Timestamp, true),
+        Field::new("attributes", FieldKind::Map, false),
     ];
 
     fn compile_filter(filter: &str) -> Result<Sql, Error> {

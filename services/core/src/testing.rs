@@ -331,6 +331,44 @@ impl TestBus {
             }
         }
     }
+
+    /// Every event in `stream`, decoded, oldest first: (event type, envelope).
+    pub async fn events_on(
+        &self,
+        stream: &str,
+    ) -> Vec<(String, aida_proto::aida::events::v1::EventEnvelope)> {
+        use prost::Message as _;
+        self.stored(stream)
+            .await
+            .into_iter()
+            .map(|message| {
+                let envelope =
+                    aida_proto::aida::events::v1::EventEnvelope::decode(message.payload.as_ref())
+                        .expect("a stored event decodes");
+                (message.event_type, envelope)
+            })
+            .collect()
+    }
+
+    /// Waits (up to 20 s) until `stream` holds at least `count` events, then returns them;
+    /// fails the test naming how many arrived otherwise.
+    pub async fn wait_for_events(
+        &self,
+        stream: &str,
+        count: usize,
+    ) -> Vec<(String, aida_proto::aida::events::v1::EventEnvelope)> {
+        let reached = eventually(Duration::from_secs(20), || async {
+            self.stored(stream).await.len() >= count
+        })
+        .await;
+        let events = self.events_on(stream).await;
+        assert!(
+            reached,
+            "expected {count} events in {stream}, found {}",
+            events.len()
+        );
+        events
+    }
 }
 
 /// Which engine pair a test runs on.
@@ -471,6 +509,22 @@ macro_rules! backend_pair_suite {
             )+
         }
     };
+}
+
+/// Asserts that `status` is INVALID_ARGUMENT with a field violation naming `field`; `case`
+/// names the input in the failure message.
+#[track_caller]
+pub fn assert_violates(status: &tonic::Status, field: &str, case: &str) {
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{case}: {status:?}"
+    );
+    let fields = violated_fields(status);
+    assert!(
+        fields.iter().any(|named| named == field),
+        "{case}: {fields:?}"
+    );
 }
 
 /// The fields named by the `BadRequest` violations of `status` (empty when none).

@@ -8,7 +8,7 @@ use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
-use aida_core::query;
+use aida_core::query::{self, ListQuery};
 use aida_core::rbac::Access;
 use aida_proto::aida::common::v1::Money as PbMoney;
 use aida_proto::aida::deals::v1 as pb;
@@ -398,25 +398,18 @@ impl DealService for DealApi {
     ) -> Result<Response<pb::ListDealsResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let access = Access::of(context);
-        let list = request.get_ref();
-        let size = PAGE_SIZES.of(list.page_size)?;
-        let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
-        let paging = query::Paging::new(&self.page_tokens, size, &list.filter, &order);
-        let after = paging.resume(&list.page_token)?;
-        let page = self
-            .store
-            .list(
-                &context.tenant_id,
-                access.owner_only.as_deref(),
-                &list.filter,
-                &order,
-                size,
-                after.as_ref(),
-            )
-            .await?;
+        let listed = ListQuery::read(
+            &self.page_tokens,
+            PAGE_SIZES,
+            request.get_ref(),
+            store::LIST_FIELDS,
+            DEFAULT_ORDER,
+        )?;
+        let owner = access.owner_only.as_deref();
+        let page = self.store.list(&context.tenant_id, owner, &listed).await?;
         let rotting = self.store.rotting_days(&context.tenant_id).await?;
-        let next_page_token = paging.next(&page.rows, page.more, |last| {
-            (store::key_values(last, &order), last.id)
+        let next_page_token = listed.next(&page.rows, page.more, |last| {
+            (store::key_values(last, &listed.order), last.id)
         })?;
         Ok(Response::new(pb::ListDealsResponse {
             deals: page

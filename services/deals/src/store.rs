@@ -3,7 +3,7 @@
 use aida_core::consumer::claim;
 use aida_core::db::{Count, Database, Listing, Lock, Page, Sql, Table, Tx, is_unique_violation};
 use aida_core::idempotency::Claim;
-use aida_core::query::{Field, FieldKind, KeyValue, OrderTerm};
+use aida_core::query::{Field, FieldKind, KeyValue, ListQuery, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -34,84 +34,19 @@ fn status_filter(value: &str) -> Option<&'static str> {
 
 /// The fields `filter` and `order_by` of ListDeals accept.
 pub const LIST_FIELDS: &[Field] = &[
-    Field {
-        name: "id",
-        column: "id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "lead_id",
-        column: "lead_id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "name",
-        column: "name",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "pipeline_id",
-        column: "pipeline_id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "stage",
-        column: "stage",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "status",
-        column: "status",
-        kind: FieldKind::Enum(status_filter),
-        sortable: true,
-    },
-    Field {
-        name: "owner_id",
-        column: "owner_id",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "amount_minor",
-        column: "amount_minor",
-        kind: FieldKind::Integer,
-        sortable: true,
-    },
-    Field {
-        name: "currency_code",
-        column: "currency_code",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "expected_close_date",
-        column: "expected_close_date",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "create_time",
-        column: "create_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
-    Field {
-        name: "update_time",
-        column: "update_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
-    Field {
-        name: "close_time",
-        column: "close_time",
-        kind: FieldKind::Timestamp,
-        sortable: false,
-    },
+    Field::new("id", FieldKind::Uuid, false),
+    Field::new("lead_id", FieldKind::Uuid, false),
+    Field::new("name", FieldKind::Text, true),
+    Field::new("pipeline_id", FieldKind::Uuid, false),
+    Field::new("stage", FieldKind::Text, true),
+    Field::new("status", FieldKind::Enum(status_filter), true),
+    Field::new("owner_id", FieldKind::Text, true),
+    Field::new("amount_minor", FieldKind::Integer, true),
+    Field::new("currency_code", FieldKind::Text, false),
+    Field::new("expected_close_date", FieldKind::Text, true),
+    Field::new("create_time", FieldKind::Timestamp, true),
+    Field::new("update_time", FieldKind::Timestamp, true),
+    Field::new("close_time", FieldKind::Timestamp, false),
 ];
 
 #[derive(Debug, sqlx::FromRow)]
@@ -206,8 +141,6 @@ impl TryFrom<DealRow> for Deal {
         })
     }
 }
-
-pub use aida_core::query::After;
 
 /// What a deal modification decided.
 pub enum DealChange {
@@ -524,26 +457,22 @@ impl DealStore {
         }
     }
 
-    /// One page of deals matching `filter`, ordered by `order`, after `after`.
+    /// The page of deals `query` asks for, of `owner`'s alone when set.
     pub async fn list(
         &self,
         tenant: &str,
         owner: Option<&str>,
-        filter: &str,
-        order: &[OrderTerm],
-        page_size: u32,
-        after: Option<&After>,
+        query: &ListQuery<'_, '_>,
     ) -> Result<Page<Deal>, Error> {
+        let (table, fields) = (&DEALS, LIST_FIELDS);
         let listing = Listing {
-            table: &DEALS,
+            table,
+            fields,
             tenant,
             owner,
-            filter,
-            fields: LIST_FIELDS,
+            query,
         };
-        self.db
-            .fetch_counted_page_as::<DealRow, _>(&listing, order, page_size, after)
-            .await
+        self.db.fetch_counted_page_as::<DealRow, _>(&listing).await
     }
 
     /// Rotting thresholds of the tenant's pipelines, for deals read in bulk.

@@ -1,9 +1,9 @@
 //! DealService's behaviour on PostgreSQL + JetStream and on SQLite + the in-process bus.
 
-use aida_core::testing::violated_fields;
+use aida_core::testing::{assert_violates, violated_fields};
 use std::time::Duration;
 
-use aida_core::bus::OutgoingMessage;
+use aida_core::bus::{DEALS_STREAM, OutgoingMessage};
 use aida_core::db::{Count, Database, Sql};
 use aida_core::testing::{Backend, RunningServer, TestEnv, eventually};
 use aida_proto::aida::common::v1::Money;
@@ -55,32 +55,11 @@ impl App {
     }
 
     async fn deal_events(&self) -> Vec<(String, EventEnvelope)> {
-        self.env
-            .bus
-            .stored("CRM_DEALS")
-            .await
-            .into_iter()
-            .map(|message| {
-                (
-                    message.event_type,
-                    EventEnvelope::decode(message.payload.as_ref()).expect("envelope"),
-                )
-            })
-            .collect()
+        self.env.bus.events_on(DEALS_STREAM).await
     }
 
     async fn wait_for_deal_events(&self, count: usize) -> Vec<(String, EventEnvelope)> {
-        let reached = eventually(Duration::from_secs(20), || async {
-            self.deal_events().await.len() >= count
-        })
-        .await;
-        let events = self.deal_events().await;
-        assert!(
-            reached,
-            "expected {count} deal events, found {}",
-            events.len()
-        );
-        events
+        self.env.bus.wait_for_events(DEALS_STREAM, count).await
     }
 
     async fn create(&self, tenant: &str, name: &str, amount: i64) -> Deal {
@@ -406,12 +385,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(backe
             ))
             .await
             .expect_err(name);
-        assert_eq!(status.code(), Code::InvalidArgument, "{name}");
-        assert!(
-            violated_fields(&status).contains(&field.to_owned()),
-            "{name}: {:?}",
-            violated_fields(&status)
-        );
+        assert_violates(&status, field, name);
     }
     let empty = client
         .create_deal(app.env.request("acme", CreateDealRequest::default()))

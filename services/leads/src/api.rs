@@ -9,7 +9,7 @@ use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::Relay;
 use aida_core::pagination::PageTokens;
-use aida_core::query;
+use aida_core::query::{self, ListQuery};
 use aida_core::rbac::Access;
 use aida_proto::aida::events::v1::{
     LeadCaptured, LeadDeleted, LeadMerged, LeadQualified, LeadRejected, LeadUpdated,
@@ -454,24 +454,18 @@ impl LeadService for LeadApi {
         let context = AuthContext::of(&request)?;
         let access = Access::of(context);
         let list = request.get_ref();
-        let size = PAGE_SIZES.of(list.page_size)?;
-        let order = query::parse_order_by(&list.order_by, store::LIST_FIELDS, DEFAULT_ORDER)?;
-        query::refuse_hidden(&list.filter, &order, access.hidden_fields())?;
-        let paging = query::Paging::new(&self.page_tokens, size, &list.filter, &order);
-        let after = paging.resume(&list.page_token)?;
-        let page = self
-            .store
-            .list(
-                &context.tenant_id,
-                access.owner_only.as_deref(),
-                &list.filter,
-                &order,
-                size,
-                after.as_ref(),
-            )
-            .await?;
-        let next_page_token = paging.next(&page.rows, page.more, |last| {
-            (store::key_values(last, &order), last.id)
+        let listed = ListQuery::read(
+            &self.page_tokens,
+            PAGE_SIZES,
+            list,
+            store::LIST_FIELDS,
+            DEFAULT_ORDER,
+        )?;
+        query::refuse_hidden(&list.filter, &listed.order, access.hidden_fields())?;
+        let owner = access.owner_only.as_deref();
+        let page = self.store.list(&context.tenant_id, owner, &listed).await?;
+        let next_page_token = listed.next(&page.rows, page.more, |last| {
+            (store::key_values(last, &listed.order), last.id)
         })?;
         let ids: Vec<Uuid> = page.rows.iter().map(|lead| lead.id).collect();
         let mut scores: HashMap<Uuid, aida_ai::scoring::Score> = self

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use aida_core::db::{Database, Engine, Listing, Lock, Page, Sql, Table, Tx, is_unique_violation};
 use aida_core::idempotency::Claim;
-use aida_core::query::{self, Field, FieldKind, KeyValue, OrderTerm};
+use aida_core::query::{self, Field, FieldKind, KeyValue, ListQuery, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
@@ -33,84 +33,19 @@ fn source_filter(value: &str) -> Option<&'static str> {
 
 /// The fields `filter` and `order_by` accept.
 pub const LIST_FIELDS: &[Field] = &[
-    Field {
-        name: "id",
-        column: "id",
-        kind: FieldKind::Uuid,
-        sortable: false,
-    },
-    Field {
-        name: "email",
-        column: "email",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "first_name",
-        column: "first_name",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "last_name",
-        column: "last_name",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "company",
-        column: "company",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "title",
-        column: "title",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "phone",
-        column: "phone",
-        kind: FieldKind::Text,
-        sortable: false,
-    },
-    Field {
-        name: "source",
-        column: "source",
-        kind: FieldKind::Enum(source_filter),
-        sortable: true,
-    },
-    Field {
-        name: "status",
-        column: "status",
-        kind: FieldKind::Enum(status_filter),
-        sortable: true,
-    },
-    Field {
-        name: "owner_id",
-        column: "owner_id",
-        kind: FieldKind::Text,
-        sortable: true,
-    },
-    Field {
-        name: "create_time",
-        column: "create_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
-    Field {
-        name: "update_time",
-        column: "update_time",
-        kind: FieldKind::Timestamp,
-        sortable: true,
-    },
-    Field {
-        name: "attributes",
-        column: "attributes",
-        kind: FieldKind::Map,
-        sortable: false,
-    },
+    Field::new("id", FieldKind::Uuid, false),
+    Field::new("email", FieldKind::Text, true),
+    Field::new("first_name", FieldKind::Text, true),
+    Field::new("last_name", FieldKind::Text, true),
+    Field::new("company", FieldKind::Text, true),
+    Field::new("title", FieldKind::Text, false),
+    Field::new("phone", FieldKind::Text, false),
+    Field::new("source", FieldKind::Enum(source_filter), true),
+    Field::new("status", FieldKind::Enum(status_filter), true),
+    Field::new("owner_id", FieldKind::Text, true),
+    Field::new("create_time", FieldKind::Timestamp, true),
+    Field::new("update_time", FieldKind::Timestamp, true),
+    Field::new("attributes", FieldKind::Map, false),
 ];
 
 #[derive(Debug, sqlx::FromRow)]
@@ -189,8 +124,6 @@ pub enum Change {
     /// Delete the lead and write the event.
     Deleted(Box<EventEnvelope>),
 }
-
-pub use aida_core::query::After;
 
 /// An idempotent capture request.
 pub struct CaptureRequest<'a> {
@@ -376,26 +309,22 @@ impl LeadStore {
         Ok(result)
     }
 
-    /// One page of leads matching `filter`, ordered by `order`, after `after`.
+    /// The page of leads `query` asks for, of `owner`'s alone when set.
     pub async fn list(
         &self,
         tenant: &str,
         owner: Option<&str>,
-        filter: &str,
-        order: &[OrderTerm],
-        page_size: u32,
-        after: Option<&After>,
+        query: &ListQuery<'_, '_>,
     ) -> Result<Page<Lead>, Error> {
+        let (table, fields) = (&LEADS, LIST_FIELDS);
         let listing = Listing {
-            table: &LEADS,
+            table,
+            fields,
             tenant,
             owner,
-            filter,
-            fields: LIST_FIELDS,
+            query,
         };
-        self.db
-            .fetch_counted_page_as::<LeadRow, _>(&listing, order, page_size, after)
-            .await
+        self.db.fetch_counted_page_as::<LeadRow, _>(&listing).await
     }
 }
 

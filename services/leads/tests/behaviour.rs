@@ -9,7 +9,7 @@ use aida_core::auth::Claims;
 use aida_proto::aida::events::v1::event_envelope::Payload;
 use aida_proto::aida::leads::v1::{
     CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, Lead, LeadSource, LeadStatus,
-    ListLeadsRequest, QualifyLeadRequest, RejectLeadRequest, UpdateLeadRequest,
+    ListLeadsRequest, QualifyLeadRequest, RejectLeadRequest,
 };
 use support::{Backend, TestApp, capture, lead, violated_fields, with_token};
 use tonic::Code;
@@ -231,15 +231,7 @@ async fn invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing(b
         assert_eq!(violated_fields(&status), vec![field.to_owned()], "{name}");
     }
 
-    let status = client
-        .get_lead(app.request(
-            "acme",
-            GetLeadRequest {
-                id: "not-a-uuid".into(),
-            },
-        ))
-        .await
-        .expect_err("bad id");
+    let status = app.get("acme", "not-a-uuid").await.expect_err("bad id");
     assert_eq!(violated_fields(&status), vec!["id"]);
 
     assert_eq!(app.count("leads").await, 0, "no lead written");
@@ -252,64 +244,29 @@ async fn another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_del
     let app = TestApp::spawn(backend).await;
     let mine = capture(&app, "acme", lead("mine@example.com")).await;
     let mut client = app.client().await;
-    let get = client
-        .get_lead(app.request(
-            "globex",
-            GetLeadRequest {
-                id: mine.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("get");
+    let get = app.get("globex", &mine.id).await.expect_err("get");
     assert_eq!(get.code(), Code::NotFound);
-    let update = client
-        .update_lead(app.request(
+    let update = app
+        .update(
             "globex",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: mine.id.clone(),
-                    company: "Stolen".into(),
-                    ..Lead::default()
-                }),
-                update_mask: None,
+            Lead {
+                id: mine.id.clone(),
+                company: "Stolen".into(),
+                ..Lead::default()
             },
-        ))
+            &[],
+        )
         .await
         .expect_err("update");
     assert_eq!(update.code(), Code::NotFound);
-    let qualify = client
-        .qualify_lead(app.request(
-            "globex",
-            QualifyLeadRequest {
-                id: mine.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("qualify");
+    let qualify = app.qualify("globex", &mine.id).await.expect_err("qualify");
     assert_eq!(qualify.code(), Code::NotFound);
-    let reject = client
-        .reject_lead(app.request(
-            "globex",
-            RejectLeadRequest {
-                id: mine.id.clone(),
-                reason: "x".into(),
-                etag: String::new(),
-            },
-        ))
+    let reject = app
+        .reject("globex", &mine.id, "x")
         .await
         .expect_err("reject");
     assert_eq!(reject.code(), Code::NotFound);
-    let delete = client
-        .delete_lead(app.request(
-            "globex",
-            DeleteLeadRequest {
-                id: mine.id.clone(),
-                etag: String::new(),
-            },
-        ))
-        .await
-        .expect_err("delete");
+    let delete = app.delete("globex", &mine.id).await.expect_err("delete");
     assert_eq!(delete.code(), Code::NotFound);
     let list = client
         .list_leads(app.request("globex", ListLeadsRequest::default()))
@@ -318,16 +275,7 @@ async fn another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_del
         .into_inner();
     assert!(list.leads.is_empty());
 
-    let unchanged = client
-        .get_lead(app.request(
-            "acme",
-            GetLeadRequest {
-                id: mine.id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let unchanged = app.get("acme", &mine.id).await.expect("get");
     // The score is computed asynchronously and is not part of the lead's state.
     let unchanged = Lead {
         score: None,
@@ -430,15 +378,8 @@ async fn qualify_and_reject_follow_the_life_cycle_and_emit_events(backend: Backe
     let mut client = app.client().await;
     let captured = capture(&app, "acme", lead("cycle@example.com")).await;
 
-    let no_reason = client
-        .reject_lead(app.request(
-            "acme",
-            RejectLeadRequest {
-                id: captured.id.clone(),
-                reason: "  ".into(),
-                etag: String::new(),
-            },
-        ))
+    let no_reason = app
+        .reject("acme", &captured.id, "  ")
         .await
         .expect_err("reason required");
     assert_eq!(violated_fields(&no_reason), vec!["reason"]);
@@ -458,35 +399,24 @@ async fn qualify_and_reject_follow_the_life_cycle_and_emit_events(backend: Backe
     assert_eq!(rejected.status, LeadStatus::Rejected as i32);
     assert_eq!(rejected.rejection_reason, "no budget");
 
-    let illegal = client
-        .qualify_lead(app.request(
-            "acme",
-            QualifyLeadRequest {
-                id: captured.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let illegal = app
+        .qualify("acme", &captured.id)
         .await
         .expect_err("rejected cannot be qualified");
     assert_eq!(illegal.code(), Code::FailedPrecondition);
 
-    let reopened = client
-        .update_lead(app.request(
+    let reopened = app
+        .update(
             "acme",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: captured.id.clone(),
-                    status: LeadStatus::New as i32,
-                    ..Lead::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["status".into()],
-                }),
+            Lead {
+                id: captured.id.clone(),
+                status: LeadStatus::New as i32,
+                ..Lead::default()
             },
-        ))
+            &["status"],
+        )
         .await
-        .expect("reopen")
-        .into_inner();
+        .expect("reopen");
     assert_eq!(reopened.status, LeadStatus::New as i32);
     assert_eq!(reopened.rejection_reason, "");
 
@@ -529,97 +459,70 @@ async fn qualify_and_reject_follow_the_life_cycle_and_emit_events(backend: Backe
 
 async fn update_honours_the_mask_and_a_stale_etag_is_aborted(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut client = app.client().await;
     let captured = capture(&app, "acme", lead("mask@example.com")).await;
 
-    let updated = client
-        .update_lead(app.request(
+    let updated = app
+        .update(
             "acme",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: captured.id.clone(),
-                    company: "New Co".into(),
-                    title: "ignored: not in the mask".into(),
-                    etag: captured.etag.clone(),
-                    ..Lead::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["company".into()],
-                }),
+            Lead {
+                id: captured.id.clone(),
+                company: "New Co".into(),
+                title: "ignored: not in the mask".into(),
+                etag: captured.etag.clone(),
+                ..Lead::default()
             },
-        ))
+            &["company"],
+        )
         .await
-        .expect("update")
-        .into_inner();
+        .expect("update");
     assert_eq!(updated.company, "New Co");
     assert_eq!(updated.title, captured.title);
     assert_eq!(updated.email, captured.email);
     assert_ne!(updated.etag, captured.etag);
 
-    let stale = client
-        .update_lead(app.request(
+    let stale = app
+        .update(
             "acme",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: captured.id.clone(),
-                    company: "Lost Update".into(),
-                    etag: captured.etag.clone(),
-                    ..Lead::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["company".into()],
-                }),
+            Lead {
+                id: captured.id.clone(),
+                company: "Lost Update".into(),
+                etag: captured.etag.clone(),
+                ..Lead::default()
             },
-        ))
+            &["company"],
+        )
         .await
         .expect_err("stale etag");
     assert_eq!(stale.code(), Code::Aborted);
 
-    let unknown = client
-        .update_lead(app.request(
+    let unknown = app
+        .update(
             "acme",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: captured.id.clone(),
-                    ..Lead::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["create_time".into()],
-                }),
+            Lead {
+                id: captured.id.clone(),
+                ..Lead::default()
             },
-        ))
+            &["create_time"],
+        )
         .await
         .expect_err("unknown path");
     assert_eq!(violated_fields(&unknown), vec!["update_mask"]);
 
-    let bad_email = client
-        .update_lead(app.request(
+    let bad_email = app
+        .update(
             "acme",
-            UpdateLeadRequest {
-                lead: Some(Lead {
-                    id: captured.id.clone(),
-                    email: "broken".into(),
-                    ..Lead::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["email".into()],
-                }),
+            Lead {
+                id: captured.id.clone(),
+                email: "broken".into(),
+                ..Lead::default()
             },
-        ))
+            &["email"],
+        )
         .await
         .expect_err("bad email");
     assert_eq!(violated_fields(&bad_email), vec!["lead.email"]);
 
-    let current = client
-        .get_lead(app.request(
-            "acme",
-            GetLeadRequest {
-                id: captured.id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let current = app.get("acme", &captured.id).await.expect("get");
     // The score is computed asynchronously and is not part of the lead's state.
     let current = Lead {
         score: None,
@@ -768,15 +671,7 @@ async fn delete_removes_the_lead_frees_its_email_and_emits_an_event(backend: Bac
         ))
         .await
         .expect("delete");
-    let gone = client
-        .get_lead(app.request(
-            "acme",
-            GetLeadRequest {
-                id: captured.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("gone");
+    let gone = app.get("acme", &captured.id).await.expect_err("gone");
     assert_eq!(gone.code(), Code::NotFound);
     capture(&app, "acme", lead("gone@example.com")).await;
     let events = app.wait_for_lead_events(3).await;
@@ -821,18 +716,8 @@ async fn a_deal_created_for_a_qualified_lead_converts_it_once(backend: Backend) 
     use prost::Message;
 
     let app = TestApp::spawn(backend).await;
-    let mut client = app.client().await;
     let captured = capture(&app, "acme", lead("convert@example.com")).await;
-    client
-        .qualify_lead(app.request(
-            "acme",
-            QualifyLeadRequest {
-                id: captured.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("qualify");
+    app.qualify("acme", &captured.id).await.expect("qualify");
     let event = EventEnvelope {
         event_id: uuid::Uuid::now_v7().to_string(),
         event_type: "deals.created".into(),
@@ -865,16 +750,7 @@ async fn a_deal_created_for_a_qualified_lead_converts_it_once(backend: Backend) 
     assert_eq!(events[2].0, "leads.converted");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.lead_events().await.len(), 3, "converted once");
-    let lead = client
-        .get_lead(app.request(
-            "acme",
-            GetLeadRequest {
-                id: captured.id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let lead = app.get("acme", &captured.id).await.expect("get");
     assert_eq!(lead.status, LeadStatus::Converted as i32);
 }
 

@@ -9,8 +9,8 @@ use aida_core::db::Sql;
 use aida_core::testing::eventually;
 use aida_proto::aida::events::v1::event_envelope::Payload;
 use aida_proto::aida::leads::v1::{
-    FindDuplicateLeadsRequest, GetLeadRequest, Lead, LeadStatus, MergeLeadsRequest,
-    QualifyLeadRequest, SearchLeadsRequest, SearchLeadsResponse,
+    FindDuplicateLeadsRequest, Lead, LeadStatus, MergeLeadsRequest, SearchLeadsRequest,
+    SearchLeadsResponse,
 };
 use support::{Backend, TestApp, capture, violated_fields};
 use tonic::Code;
@@ -536,11 +536,7 @@ async fn merge_fills_fields_records_lineage_emits_events_and_hides_merged_leads(
         Some("COBOL")
     );
     for id in [&first.id, &second.id] {
-        let gone = client
-            .get_lead(app.request("acme", GetLeadRequest { id: id.clone() }))
-            .await
-            .expect("get merged")
-            .into_inner();
+        let gone = app.get("acme", id).await.expect("get merged");
         assert_eq!(gone.status, LeadStatus::Merged as i32);
         assert_eq!(gone.merged_into, survivor.id);
     }
@@ -561,14 +557,8 @@ async fn merge_fills_fields_records_lineage_emits_events_and_hides_merged_leads(
         .expect_err("merged twice");
     assert_eq!(status.code(), Code::FailedPrecondition);
     // A merged lead cannot be qualified.
-    let status = client
-        .qualify_lead(app.request(
-            "acme",
-            QualifyLeadRequest {
-                id: first.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let status = app
+        .qualify("acme", &first.id)
         .await
         .expect_err("qualify merged");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -666,16 +656,7 @@ async fn search_is_tenant_scoped_filtered_redacted_and_validated(backend: Backen
     )
     .await;
     let mut client = app.client().await;
-    client
-        .qualify_lead(app.request(
-            "ours",
-            QualifyLeadRequest {
-                id: qualified.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("qualify");
+    app.qualify("ours", &qualified.id).await.expect("qualify");
 
     let found = search(&app, "ours", "analytical engines mathematician", "").await;
     let ids: Vec<_> = found
@@ -704,38 +685,30 @@ async fn search_is_tenant_scoped_filtered_redacted_and_validated(backend: Backen
         .collect();
     assert_eq!(ids, vec![qualified.id.clone()]);
 
-    let viewer = client
-        .search_leads(app.env.request_as(
-            "ours",
-            "someone",
-            &["viewer"],
-            SearchLeadsRequest {
-                query: "Ada".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("viewer search")
-        .into_inner();
+    // The same search as someone else of the tenant.
+    let search_as = |subject: &str, roles: &[&str]| {
+        let query = SearchLeadsRequest {
+            query: "Ada".into(),
+            ..Default::default()
+        };
+        let request = app.env.request_as("ours", subject, roles, query);
+        let mut client = client.clone();
+        async move {
+            client
+                .search_leads(request)
+                .await
+                .expect("search")
+                .into_inner()
+        }
+    };
+    let viewer = search_as("someone", &["viewer"]).await;
     assert!(
         viewer
             .results
             .iter()
             .all(|r| r.lead.as_ref().unwrap().email.is_empty())
     );
-    let rep = client
-        .search_leads(app.env.request_as(
-            "ours",
-            "rep-1",
-            &["sales_rep"],
-            SearchLeadsRequest {
-                query: "Ada".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("rep search")
-        .into_inner();
+    let rep = search_as("rep-1", &["sales_rep"]).await;
     assert!(
         rep.results.is_empty(),
         "a sales rep sees only leads it owns"

@@ -467,13 +467,7 @@ async fn a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_
     assert_eq!(before["ownerId"], "rep-a");
 
     // REST.
-    let (status, _, body) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/deals",
-            Some(&rep_b),
-            Some(json!({"name": "Poached", "leadId": theirs, "amount": {"currencyCode": "EUR", "amountMinor": "100"}})),
-        )
+    let (status, _, body) = edge.post("/v1/deals", &rep_b, json!({"name": "Poached", "leadId": theirs, "amount": {"currencyCode": "EUR", "amountMinor": "100"}}))
         .await;
     assert!(
         matches!(status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN),
@@ -524,13 +518,7 @@ async fn a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_
 
     // A lead that does not exist, for anyone: NOT_FOUND naming deal.lead_id.
     let random = uuid::Uuid::new_v4().to_string();
-    let (status, _, body) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/deals",
-            Some(&admin),
-            Some(json!({"name": "Dangling", "leadId": random, "amount": {"currencyCode": "EUR", "amountMinor": "100"}})),
-        )
+    let (status, _, body) = edge.post("/v1/deals", &admin, json!({"name": "Dangling", "leadId": random, "amount": {"currencyCode": "EUR", "amountMinor": "100"}}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(violated(&body), vec!["deal.lead_id".to_owned()], "{body}");
@@ -573,13 +561,7 @@ async fn a_sales_rep_cannot_convert_a_colleagues_lead_and_unknown_leads_are_not_
 
     // Its owner still converts it.
     let rep_a = edge.token_as("acme", "rep-a", &["sales_rep"]);
-    let (status, _, created) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/deals",
-            Some(&rep_a),
-            Some(json!({"name": "Mine", "leadId": theirs, "amount": {"currencyCode": "EUR", "amountMinor": "100"}})),
-        )
+    let (status, _, created) = edge.post("/v1/deals", &rep_a, json!({"name": "Mine", "leadId": theirs, "amount": {"currencyCode": "EUR", "amountMinor": "100"}}))
         .await;
     assert_eq!(status, StatusCode::OK, "{created}");
     let converted = eventually(Duration::from_secs(20), || async {
@@ -741,20 +723,13 @@ async fn tracking_links_expire_and_unsubscribing_names_no_address() {
     let edge = Edge::start(|_| {}).await;
     let admin = edge.token("acme", &["admin"]);
     let (_, _, lead) = edge
-        .call(
-            reqwest::Method::POST,
+        .post(
             "/v1/leads",
-            Some(&admin),
-            Some(json!({"email": "qx7mail9@leakcheck.example", "firstName": "Una"})),
+            &admin,
+            json!({"email": "qx7mail9@leakcheck.example", "firstName": "Una"}),
         )
         .await;
-    let (status, _, message) = edge
-        .call(
-            reqwest::Method::POST,
-            "/v1/messages",
-            Some(&admin),
-            Some(json!({"leadId": lead["id"], "channel": "CHANNEL_EMAIL", "subject": "Hi", "body": "See https://example.com/x"})),
-        )
+    let (status, _, message) = edge.post("/v1/messages", &admin, json!({"leadId": lead["id"], "channel": "CHANNEL_EMAIL", "subject": "Hi", "body": "See https://example.com/x"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{message}");
     let mail_dir = edge.env.settings.data_dir.join("mail");

@@ -128,6 +128,29 @@ fn message_to_proto(message: &Message) -> pb::Message {
     }
 }
 
+/// A row of a newest-first list (messages, drafts): its creation time and id continue the
+/// next page.
+trait Created {
+    fn created(&self) -> (chrono::DateTime<chrono::Utc>, Uuid);
+}
+
+impl Created for Message {
+    fn created(&self) -> (chrono::DateTime<chrono::Utc>, Uuid) {
+        (self.create_time, self.id)
+    }
+}
+
+impl Created for writer::Draft {
+    fn created(&self) -> (chrono::DateTime<chrono::Utc>, Uuid) {
+        (self.create_time, self.id)
+    }
+}
+
+fn newest_key<T: Created>(last: &T) -> (Vec<KeyValue>, Uuid) {
+    let (time, id) = last.created();
+    (vec![KeyValue::Time(time)], id)
+}
+
 fn suppression_to_proto(suppression: &Suppression) -> pb::Suppression {
     pb::Suppression {
         address: suppression.address.clone(),
@@ -506,26 +529,11 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let (paging, order) = self.0.newest_first(
-            PAGE_SIZES.of(list.page_size)?,
-            &list.filter,
-            store::MESSAGE_FIELDS,
-        )?;
-        let after = paging.resume(&list.page_token)?;
-        let (messages, has_more) = self
+        let listed = self
             .0
-            .store
-            .messages(
-                &context.tenant_id,
-                &list.filter,
-                &order,
-                paging.size,
-                after.as_ref(),
-            )
-            .await?;
-        let next_page_token = paging.next(&messages, has_more, |last| {
-            (vec![KeyValue::Time(last.create_time)], last.id)
-        })?;
+            .newest_first(PAGE_SIZES, list, store::MESSAGE_FIELDS)?;
+        let (messages, more) = self.0.store.messages(&context.tenant_id, &listed).await?;
+        let next_page_token = listed.next(&messages, more, newest_key)?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(message_to_proto).collect(),
             next_page_token,
@@ -800,27 +808,16 @@ impl CommsService for CommsApi {
     ) -> Result<Response<pb::ListDraftsResponse>, Status> {
         let context = AuthContext::of(&request)?;
         let list = request.get_ref();
-        let (paging, order) = self.0.newest_first(
-            DRAFT_PAGE_SIZES.of(list.page_size)?,
-            &list.filter,
-            writer::DRAFT_FIELDS,
-        )?;
-        let after = paging.resume(&list.page_token)?;
-        let (drafts, has_more) = self
+        let listed = self
+            .0
+            .newest_first(DRAFT_PAGE_SIZES, list, writer::DRAFT_FIELDS)?;
+        let (drafts, more) = self
             .0
             .writer
             .drafts
-            .list(
-                &context.tenant_id,
-                &list.filter,
-                &order,
-                paging.size,
-                after.as_ref(),
-            )
+            .list(&context.tenant_id, &listed)
             .await?;
-        let next_page_token = paging.next(&drafts, has_more, |last| {
-            (vec![KeyValue::Time(last.create_time)], last.id)
-        })?;
+        let next_page_token = listed.next(&drafts, more, newest_key)?;
         Ok(Response::new(pb::ListDraftsResponse {
             drafts: drafts.iter().map(draft_to_proto).collect(),
             next_page_token,

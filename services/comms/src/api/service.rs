@@ -61,19 +61,21 @@ impl Comms {
         query::Paging::new(&self.page_tokens, size, filter, order)
     }
 
-    /// A page of `size` rows of the list `filter` over `fields`, newest first (messages and
-    /// drafts), and that order.
-    pub(crate) fn newest_first(
+    /// The page `request` asks for of a list over `fields`, newest first (messages and
+    /// drafts).
+    pub(crate) fn newest_first<'r>(
         &self,
-        size: u32,
-        filter: &str,
+        sizes: query::PageSizes,
+        request: &'r impl query::ListRequest,
         fields: &[query::Field],
-    ) -> Result<(query::Paging<'_>, Vec<query::OrderTerm>), Error> {
-        let order = query::parse_order_by("", fields, "create_time desc")?;
-        Ok((
-            query::Paging::new(&self.page_tokens, size, filter, &order),
-            order,
-        ))
+    ) -> Result<query::ListQuery<'_, 'r>, Error> {
+        query::ListQuery::read(
+            &self.page_tokens,
+            sizes,
+            request,
+            fields,
+            "create_time desc",
+        )
     }
 
     /// Sends to `lead` what `request` (already validated) asks for: the checks every

@@ -582,15 +582,27 @@ fn review_ms(
 }
 
 /// A ledger listing request (decisions, transitions): the key it lists and its page.
-trait LedgerRequest {
+/// A listing of one key's ledger (its decisions or its transitions): what the request
+/// names and how a page of its records answers.
+trait LedgerList {
+    type Row: aida_core::db::Row;
+    type Record: TryFrom<Self::Row, Error = Error>;
+    type Response;
+    const LEDGER: store::Ledger;
     fn key(&self) -> Result<Key, Error>;
     fn page_size(&self) -> i32;
     fn page_token(&self) -> &str;
+    fn id(record: &Self::Record) -> Uuid;
+    fn response(records: &[Self::Record], next_page_token: String) -> Self::Response;
 }
 
-macro_rules! ledger_requests {
-    ($($request:ty),* $(,)?) => {$(
-        impl LedgerRequest for $request {
+macro_rules! ledger_lists {
+    ($($request:ty => $response:ident { $items:ident: $ledger:expr, $row:ty, $record:ty, $to_proto:path }),* $(,)?) => {$(
+        impl LedgerList for $request {
+            type Row = $row;
+            type Record = $record;
+            type Response = pb::$response;
+            const LEDGER: store::Ledger = $ledger;
             fn key(&self) -> Result<Key, Error> {
                 key(&self.agent, &self.action, &self.segment)
             }
@@ -600,34 +612,58 @@ macro_rules! ledger_requests {
             fn page_token(&self) -> &str {
                 &self.page_token
             }
+            fn id(record: &$record) -> Uuid {
+                record.id
+            }
+            fn response(records: &[$record], next_page_token: String) -> pb::$response {
+                pb::$response {
+                    $items: records.iter().map($to_proto).collect(),
+                    next_page_token,
+                }
+            }
         }
     )*};
 }
 
-ledger_requests!(pb::ListDecisionsRequest, pb::ListTransitionsRequest);
+ledger_lists! {
+    pb::ListDecisionsRequest => ListDecisionsResponse {
+        decisions: store::DECISIONS, store::DecisionRow, DecisionRecord, decision_to_proto
+    },
+    pb::ListTransitionsRequest => ListTransitionsResponse {
+        transitions: store::TRANSITIONS, store::TransitionRow, StoredTransition, transition_to_proto
+    },
+}
 
-/// A ledger listing's prologue: the caller, the key, the paging (its tokens continue only
-/// the key they were issued for) and where the page starts.
-#[allow(clippy::type_complexity)]
-fn ledger_page<'r, 't, T: LedgerRequest>(
-    tokens: &'t PageTokens,
-    request: &'r Request<T>,
-) -> Result<
-    (
-        &'r AuthContext,
-        Key,
-        query::Paging<'t>,
-        Option<Vec<KeyValue>>,
-    ),
-    Status,
-> {
-    let context = AuthContext::of(request)?;
+/// A page of one key's ledger, newest first; its page tokens continue only the key they were
+/// issued for.
+async fn ledger_list<T: LedgerList>(
+    autonomy: &Autonomy,
+    request: Request<T>,
+) -> Result<Response<T::Response>, Status> {
+    let context = AuthContext::of(&request)?;
     let list = request.get_ref();
     let key = list.key()?;
     let size = PAGE_SIZES.of(list.page_size())?;
-    let paging = query::Paging::new(tokens, size, &key_string(&key), &store::LEDGER_ORDER);
+    let paging = query::Paging::new(
+        &autonomy.page_tokens,
+        size,
+        &key_string(&key),
+        &store::LEDGER_ORDER,
+    );
     let after = paging.resume_key(list.page_token())?;
-    Ok((context, key, paging, after))
+    let (records, more) = autonomy
+        .store
+        .ledger_page::<T::Row, T::Record>(
+            T::LEDGER,
+            &context.tenant_id,
+            &key,
+            paging.size,
+            after.as_deref(),
+        )
+        .await?;
+    let next_page_token =
+        paging.next_key(&records, more, |last| vec![KeyValue::Uuid(T::id(last))])?;
+    Ok(Response::new(T::response(&records, next_page_token)))
 }
 
 fn key_string(key: &Key) -> String {
@@ -794,6 +830,30 @@ impl Autonomy {
         Ok(record)
     }
 
+    /// A person lowers or stops `key` giving `reason` (demote, kill): `lowers` moves the
+    /// grant, or leaves it as it is (`None`: nothing to do).
+    async fn lowered_by_person<F>(
+        &self,
+        context: &AuthContext,
+        key: &Key,
+        reason: &str,
+        lowers: F,
+    ) -> Result<GrantRecord, Error>
+    where
+        F: FnOnce(&mut Grant, &str, DateTime<Utc>) -> Result<Option<Transition>, Error>,
+    {
+        let (record, _) = self
+            .change(context, key, |record, changes| {
+                if let Some(transition) = lowers(&mut record.grant, &context.subject, changes.now)?
+                {
+                    changes.transition(&transition, reason.trim().to_owned());
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(record)
+    }
+
     /// Reports an incident on `key` (see ReportIncident).
     pub async fn incident(
         &self,
@@ -897,6 +957,75 @@ impl Autonomy {
         let mut reply = decision_to_proto(decision);
         reply.autonomy = Some(self.reply(context, &record).await?);
         Ok(reply)
+    }
+}
+
+/// A request that names one key (SignOffPromotion, ReviveAutonomy) and, for those that
+/// lower it (DemoteAutonomy, KillAutonomy), the person's reason.
+trait KeyRequest {
+    fn key(&self) -> [&str; 3];
+    fn reason(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! key_requests {
+    ($($request:ty $({ $reason:ident })?),* $(,)?) => {$(
+        impl KeyRequest for $request {
+            fn key(&self) -> [&str; 3] {
+                [&self.agent, &self.action, &self.segment]
+            }
+            $(fn reason(&self) -> &str {
+                &self.$reason
+            })?
+        }
+    )*};
+}
+
+key_requests!(
+    pb::SignOffPromotionRequest,
+    pb::ReviveAutonomyRequest,
+    pb::DemoteAutonomyRequest { reason },
+    pb::KillAutonomyRequest { reason },
+);
+
+impl AutonomyApi {
+    /// A person moves the key `request` names (sign-off, revival): see
+    /// [`Autonomy::moved_by_person`].
+    async fn moved<T: KeyRequest, F>(
+        &self,
+        request: Request<T>,
+        moves: F,
+    ) -> Result<Response<pb::Autonomy>, Status>
+    where
+        F: FnOnce(&mut Grant, &str, DateTime<Utc>) -> Result<Transition, Refused>,
+    {
+        let context = AuthContext::of(&request)?.clone();
+        let [agent, action, segment] = request.get_ref().key();
+        let key = key(agent, action, segment)?;
+        let record = self.0.moved_by_person(&context, &key, moves).await?;
+        Ok(Response::new(self.0.reply(&context, &record).await?))
+    }
+
+    /// A person lowers or stops the key `request` names, giving a reason (demotion, kill
+    /// switch): see [`Autonomy::lowered_by_person`].
+    async fn lowered<T: KeyRequest, F>(
+        &self,
+        request: Request<T>,
+        lowers: F,
+    ) -> Result<Response<pb::Autonomy>, Status>
+    where
+        F: FnOnce(&mut Grant, &str, DateTime<Utc>) -> Result<Option<Transition>, Error>,
+    {
+        let context = AuthContext::of(&request)?.clone();
+        let [agent, action, segment] = request.get_ref().key();
+        let reason = request.get_ref().reason();
+        let key = key_with_reason(agent, action, segment, reason)?;
+        let record = self
+            .0
+            .lowered_by_person(&context, &key, reason, lowers)
+            .await?;
+        Ok(Response::new(self.0.reply(&context, &record).await?))
     }
 }
 
@@ -1034,72 +1163,38 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        let (context, key, paging, after) = ledger_page(&self.0.page_tokens, &request)?;
-        let (decisions, more) = self
-            .0
-            .store
-            .decisions(&context.tenant_id, &key, paging.size, after.as_deref())
-            .await?;
-        Ok(Response::new(pb::ListDecisionsResponse {
-            next_page_token: paging
-                .next_key(&decisions, more, |last| vec![KeyValue::Uuid(last.id)])?,
-            decisions: decisions.iter().map(decision_to_proto).collect(),
-        }))
+        ledger_list(&self.0, request).await
     }
 
     async fn list_transitions(
         &self,
         request: Request<pb::ListTransitionsRequest>,
     ) -> Result<Response<pb::ListTransitionsResponse>, Status> {
-        let (context, key, paging, after) = ledger_page(&self.0.page_tokens, &request)?;
-        let (transitions, more) = self
-            .0
-            .store
-            .transitions(&context.tenant_id, &key, paging.size, after.as_deref())
-            .await?;
-        Ok(Response::new(pb::ListTransitionsResponse {
-            next_page_token: paging
-                .next_key(&transitions, more, |last| vec![KeyValue::Uuid(last.id)])?,
-            transitions: transitions.iter().map(transition_to_proto).collect(),
-        }))
+        ledger_list(&self.0, request).await
     }
 
     async fn sign_off_promotion(
         &self,
         request: Request<pb::SignOffPromotionRequest>,
     ) -> Result<Response<pb::Autonomy>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.get_ref();
-        let key = key(&input.agent, &input.action, &input.segment)?;
-        let record = self
-            .0
-            .moved_by_person(&context, &key, |grant, by, now| grant.sign_off(by, now))
-            .await?;
-        Ok(Response::new(self.0.reply(&context, &record).await?))
+        self.moved(request, |grant, by, now| grant.sign_off(by, now))
+            .await
     }
 
     async fn demote_autonomy(
         &self,
         request: Request<pb::DemoteAutonomyRequest>,
     ) -> Result<Response<pb::Autonomy>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.get_ref();
-        let key = key_with_reason(&input.agent, &input.action, &input.segment, &input.reason)?;
-        let (record, _) = self
-            .0
-            .change(&context, &key, |record, changes| {
-                if record.grant.level == Level::Shadow {
-                    return Err(Error::FailedPrecondition {
-                        reason: "AT_BOTTOM",
-                        message: "the key is at L0 already".into(),
-                    });
-                }
-                let transition = record.grant.demote(&context.subject, changes.now);
-                changes.transition(&transition, input.reason.trim().to_owned());
-                Ok(())
-            })
-            .await?;
-        Ok(Response::new(self.0.reply(&context, &record).await?))
+        self.lowered(request, |grant, by, now| {
+            if grant.level == Level::Shadow {
+                return Err(Error::FailedPrecondition {
+                    reason: "AT_BOTTOM",
+                    message: "the key is at L0 already".into(),
+                });
+            }
+            Ok(Some(grant.demote(by, now)))
+        })
+        .await
     }
 
     async fn report_incident(
@@ -1141,33 +1236,17 @@ impl AutonomyService for AutonomyApi {
         &self,
         request: Request<pb::KillAutonomyRequest>,
     ) -> Result<Response<pb::Autonomy>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.get_ref();
-        let key = key_with_reason(&input.agent, &input.action, &input.segment, &input.reason)?;
-        let (record, _) = self
-            .0
-            .change(&context, &key, |record, changes| {
-                if !record.grant.killed {
-                    let transition = record.grant.kill(&context.subject, changes.now);
-                    changes.transition(&transition, input.reason.trim().to_owned());
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(Response::new(self.0.reply(&context, &record).await?))
+        self.lowered(request, |grant, by, now| {
+            Ok((!grant.killed).then(|| grant.kill(by, now)))
+        })
+        .await
     }
 
     async fn revive_autonomy(
         &self,
         request: Request<pb::ReviveAutonomyRequest>,
     ) -> Result<Response<pb::Autonomy>, Status> {
-        let context = AuthContext::of(&request)?.clone();
-        let input = request.get_ref();
-        let key = key(&input.agent, &input.action, &input.segment)?;
-        let record = self
-            .0
-            .moved_by_person(&context, &key, |grant, by, now| grant.revive(by, now))
-            .await?;
-        Ok(Response::new(self.0.reply(&context, &record).await?))
+        self.moved(request, |grant, by, now| grant.revive(by, now))
+            .await
     }
 }

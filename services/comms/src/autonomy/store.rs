@@ -3,7 +3,7 @@
 //! rows and outbox events, under a row lock on the grant.
 
 use aida_ai::autonomy::{BusinessOutcome, Grant, Level, Review};
-use aida_core::db::{Count, Database, Sql, Table, Tx};
+use aida_core::db::{Count, Database, Row, Sql, Table, Tx};
 use aida_core::query::{FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -160,6 +160,22 @@ const AUTONOMY_DECISIONS: Table = Table {
 const TRANSITION_COLUMNS: &str =
     "id, agent, action, segment, from_level, to_level, cause, actor, detail, create_time";
 
+/// One of a key's append-only ledgers: its table and columns.
+#[derive(Clone, Copy)]
+pub struct Ledger {
+    table: &'static str,
+    columns: &'static str,
+}
+
+pub const DECISIONS: Ledger = Ledger {
+    table: "autonomy_decisions",
+    columns: DECISION_COLUMNS,
+};
+pub const TRANSITIONS: Ledger = Ledger {
+    table: "autonomy_transitions",
+    columns: TRANSITION_COLUMNS,
+};
+
 #[derive(sqlx::FromRow)]
 struct GrantRow {
     agent: String,
@@ -186,7 +202,7 @@ impl From<GrantRow> for GrantRecord {
 }
 
 #[derive(sqlx::FromRow)]
-struct DecisionRow {
+pub(crate) struct DecisionRow {
     id: Uuid,
     agent: String,
     action: String,
@@ -236,7 +252,7 @@ impl TryFrom<DecisionRow> for DecisionRecord {
 }
 
 #[derive(sqlx::FromRow)]
-struct TransitionRow {
+pub(crate) struct TransitionRow {
     id: Uuid,
     agent: String,
     action: String,
@@ -307,15 +323,6 @@ pub struct PeopleOutcomes {
 }
 
 /// The SELECT of one key's ledger rows (decisions or transitions), WHERE begun.
-fn ledger(columns: &str, table: &str, tenant: &str, key: &Key) -> Sql {
-    let mut sql = Sql::new(format!(
-        "SELECT {columns} FROM {table} WHERE tenant_id = $1"
-    ))
-    .bind(tenant);
-    key_clause(&mut sql, key);
-    sql
-}
-
 fn key_clause(sql: &mut Sql, key: &Key) {
     sql.push(" AND agent = ");
     sql.push_arg(key.agent.as_str());
@@ -387,41 +394,24 @@ impl AutonomyStore {
         row.map(DecisionRecord::try_from).transpose()
     }
 
-    /// A page of the key's decisions, newest first ([`LEDGER_ORDER`]), and whether more
-    /// follow.
-    pub async fn decisions(
+    /// A page of the key's records in `ledger` (its decisions or its transitions), newest
+    /// first ([`LEDGER_ORDER`]), and whether more follow.
+    pub async fn ledger_page<R: Row, T: TryFrom<R, Error = Error>>(
         &self,
+        ledger: Ledger,
         tenant: &str,
         key: &Key,
         limit: u32,
         after: Option<&[KeyValue]>,
-    ) -> Result<(Vec<DecisionRecord>, bool), Error> {
+    ) -> Result<(Vec<T>, bool), Error> {
+        let mut sql = Sql::new(format!(
+            "SELECT {} FROM {} WHERE tenant_id = $1",
+            ledger.columns, ledger.table
+        ))
+        .bind(tenant);
+        key_clause(&mut sql, key);
         self.db
-            .fetch_keyset_as::<DecisionRow, _>(
-                ledger(DECISION_COLUMNS, "autonomy_decisions", tenant, key),
-                &LEDGER_ORDER,
-                limit,
-                after,
-            )
-            .await
-    }
-
-    /// A page of the key's transitions, newest first ([`LEDGER_ORDER`]), and whether more
-    /// follow.
-    pub async fn transitions(
-        &self,
-        tenant: &str,
-        key: &Key,
-        limit: u32,
-        after: Option<&[KeyValue]>,
-    ) -> Result<(Vec<StoredTransition>, bool), Error> {
-        self.db
-            .fetch_keyset_as::<TransitionRow, _>(
-                ledger(TRANSITION_COLUMNS, "autonomy_transitions", tenant, key),
-                &LEDGER_ORDER,
-                limit,
-                after,
-            )
+            .fetch_keyset_as::<R, T>(sql, &LEDGER_ORDER, limit, after)
             .await
     }
 

@@ -3,6 +3,7 @@
 
 use aida_core::testing::{Backend, RunningServer, TestEnv};
 use aida_proto::aida::ai::v1::autonomy_service_client::AutonomyServiceClient;
+use aida_proto::aida::ai::v1::{Decision, ListDecisionsRequest};
 use aida_proto::aida::comms::v1::comms_service_client::CommsServiceClient;
 use tonic::transport::Channel;
 
@@ -42,5 +43,41 @@ impl Services {
 
     pub async fn autonomy(&self) -> AutonomyServiceClient<Channel> {
         AutonomyServiceClient::new(self.comms.channel().await)
+    }
+
+    /// `tenant`'s outreach decisions on `action` in `segments`, newest first.
+    pub async fn decisions_in(
+        &self,
+        tenant: &str,
+        action: &str,
+        segments: &[&str],
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for segment in segments {
+            let request = ListDecisionsRequest {
+                agent: "outreach".into(),
+                action: action.into(),
+                segment: (*segment).into(),
+                page_size: 100,
+                page_token: String::new(),
+            };
+            let page = self
+                .autonomy()
+                .await
+                .list_decisions(self.env.request(tenant, request))
+                .await
+                .expect("decisions")
+                .into_inner();
+            decisions.extend(page.decisions);
+        }
+        decisions.sort_by_key(|decision| {
+            std::cmp::Reverse(
+                decision
+                    .create_time
+                    .map(|time| (time.seconds, time.nanos))
+                    .unwrap_or_default(),
+            )
+        });
+        decisions
     }
 }

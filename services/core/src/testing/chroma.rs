@@ -45,10 +45,103 @@ rm -rf "$2" "$2.log"
 exit "$status"
 "#;
 
-struct Server {
-    url: String,
-    /// Never dropped: holding it keeps the watchdog's stdin open.
-    _watchdog: Mutex<Child>,
+/// A `chroma run` server under the watchdog, on a free port with a fresh data directory.
+/// Dropping it (or this process ending, even by SIGKILL) stops the server and removes its
+/// data.
+pub struct ChromaProcess {
+    pub url: String,
+    /// The server process, when it could be found (for its memory).
+    pub server_pid: Option<u32>,
+    /// Holding it keeps the watchdog's stdin open.
+    watchdog: Mutex<Child>,
+}
+
+impl ChromaProcess {
+    /// Starts the `chroma` command and waits for its heartbeat.
+    pub fn start(chroma: &Path) -> Result<Self, String> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let data = std::env::temp_dir().join(format!("aida-chroma-{}-{nanos}", std::process::id()));
+        let port = free_port()?;
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("chroma-watchdog")
+            .arg(chroma)
+            .arg(&data)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning the chroma watchdog: {e}"))?;
+        let started = Instant::now();
+        while started.elapsed() < STARTUP_TIMEOUT {
+            if heartbeat(port) {
+                eprintln!(
+                    "chroma server on port {port} after {:.1}s (data {})",
+                    started.elapsed().as_secs_f32(),
+                    data.display()
+                );
+                return Ok(Self {
+                    url: format!("http://127.0.0.1:{port}"),
+                    server_pid: server_pid(watchdog.id()),
+                    watchdog: Mutex::new(watchdog),
+                });
+            }
+            if let Ok(Some(status)) = watchdog.try_wait() {
+                return Err(format!(
+                    "`{} run` exited early ({status}); end of its log:\n{}",
+                    chroma.display(),
+                    log_of(&mut watchdog)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Closing stdin makes the watchdog stop the server, print its log and clean up.
+        drop(watchdog.stdin.take());
+        let log = log_of(&mut watchdog);
+        let _ = watchdog.wait();
+        Err(format!(
+            "no heartbeat on port {port} within {STARTUP_TIMEOUT:?}; server log:\n{log}"
+        ))
+    }
+}
+
+impl Drop for ChromaProcess {
+    fn drop(&mut self) {
+        let watchdog = self
+            .watchdog
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(watchdog.stdin.take());
+        drop(watchdog.stderr.take());
+        let _ = watchdog.wait();
+    }
+}
+
+/// What the watchdog printed: the end of the server's log.
+fn log_of(watchdog: &mut Child) -> String {
+    let mut log = String::new();
+    if let Some(mut stderr) = watchdog.stderr.take() {
+        let _ = stderr.read_to_string(&mut log);
+    }
+    log
+}
+
+/// The `chroma` child of the watchdog shell.
+fn server_pid(watchdog: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{watchdog}/task/{watchdog}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.contains("chroma"))
+        })
 }
 
 /// The base URL of the test Chroma server, starting it if needed.
@@ -56,7 +149,7 @@ pub fn url() -> String {
     if let Ok(url) = std::env::var("TEST_CHROMA_URL") {
         return url;
     }
-    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+    static SERVER: OnceLock<Result<ChromaProcess, String>> = OnceLock::new();
     match SERVER.get_or_init(start) {
         Ok(server) => server.url.clone(),
         Err(e) => panic!("could not start a Chroma test server: {e}"),
@@ -134,60 +227,6 @@ fn heartbeat(port: u16) -> bool {
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
-fn start() -> Result<Server, String> {
-    let chroma = ensure_venv()?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let data =
-        std::env::temp_dir().join(format!("aida-chroma-test-{}-{nanos}", std::process::id()));
-    let port = free_port()?;
-    let mut watchdog = Command::new("sh")
-        .arg("-c")
-        .arg(WATCHDOG)
-        .arg("chroma-watchdog")
-        .arg(&chroma)
-        .arg(&data)
-        .arg(port.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawning the chroma watchdog: {e}"))?;
-    let started = Instant::now();
-    while started.elapsed() < STARTUP_TIMEOUT {
-        if heartbeat(port) {
-            eprintln!(
-                "chroma test server on port {port} after {:.1}s (data {})",
-                started.elapsed().as_secs_f32(),
-                data.display()
-            );
-            return Ok(Server {
-                url: format!("http://127.0.0.1:{port}"),
-                _watchdog: Mutex::new(watchdog),
-            });
-        }
-        if let Ok(Some(status)) = watchdog.try_wait() {
-            let mut server_log = String::new();
-            if let Some(mut stderr) = watchdog.stderr.take() {
-                let _ = stderr.read_to_string(&mut server_log);
-            }
-            return Err(format!(
-                "`{} run` exited early ({status}); end of its log:\n{server_log}",
-                chroma.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Closing stdin makes the watchdog stop the server, print its log and clean up.
-    drop(watchdog.stdin.take());
-    let mut server_log = String::new();
-    if let Some(mut stderr) = watchdog.stderr.take() {
-        let _ = stderr.read_to_string(&mut server_log);
-    }
-    let _ = watchdog.wait();
-    Err(format!(
-        "no heartbeat on port {port} within {STARTUP_TIMEOUT:?}; server log:\n{server_log}"
-    ))
+fn start() -> Result<ChromaProcess, String> {
+    ChromaProcess::start(&ensure_venv()?)
 }

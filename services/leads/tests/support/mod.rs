@@ -9,10 +9,13 @@ use aida_core::db::{Count, Database, Sql};
 use aida_core::testing::{RunningServer, TestEnv, eventually};
 use aida_proto::aida::events::v1::EventEnvelope;
 use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
-use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
+use aida_proto::aida::leads::v1::{
+    CaptureLeadRequest, DeleteLeadRequest, GetLeadRequest, Lead, QualifyLeadRequest,
+    RejectLeadRequest, UpdateLeadRequest,
+};
 use prost::Message;
-use tonic::Request;
 use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 #[allow(unused_imports)]
 pub use aida_core::testing::{Backend, violated_fields, with_token};
@@ -55,6 +58,69 @@ impl TestApp {
 
     pub async fn client(&self) -> LeadServiceClient<Channel> {
         LeadServiceClient::new(self.server.channel().await)
+    }
+
+    /// GetLead as `tenant`.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Lead, Status> {
+        let request = self.request(tenant, GetLeadRequest { id: id.to_owned() });
+        let mut client = self.client().await;
+        client.get_lead(request).await.map(Response::into_inner)
+    }
+
+    /// UpdateLead as `tenant` with the mask `paths` (none: the fields `lead` populates).
+    pub async fn update(&self, tenant: &str, lead: Lead, paths: &[&str]) -> Result<Lead, Status> {
+        let update_mask = (!paths.is_empty()).then(|| prost_types::FieldMask {
+            paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+        });
+        let request = UpdateLeadRequest {
+            lead: Some(lead),
+            update_mask,
+        };
+        let mut client = self.client().await;
+        client
+            .update_lead(self.request(tenant, request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// QualifyLead as `tenant`, without an etag.
+    pub async fn qualify(&self, tenant: &str, id: &str) -> Result<Lead, Status> {
+        let request = QualifyLeadRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        let mut client = self.client().await;
+        client
+            .qualify_lead(self.request(tenant, request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// RejectLead as `tenant` for `reason`, without an etag.
+    pub async fn reject(&self, tenant: &str, id: &str, reason: &str) -> Result<Lead, Status> {
+        let request = RejectLeadRequest {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+            etag: String::new(),
+        };
+        let mut client = self.client().await;
+        client
+            .reject_lead(self.request(tenant, request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// DeleteLead as `tenant`, without an etag.
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), Status> {
+        let request = DeleteLeadRequest {
+            id: id.to_owned(),
+            etag: String::new(),
+        };
+        let mut client = self.client().await;
+        client
+            .delete_lead(self.request(tenant, request))
+            .await
+            .map(Response::into_inner)
     }
 
     /// A token for `tenant` with the admin role.
