@@ -14,7 +14,7 @@ use std::time::Duration;
 use aida_core::auth::{ROLES, TokenIssuer};
 use aida_core::bus::EventBus;
 use aida_core::db::{Database, core_migrations};
-use aida_core::runtime::{ServiceContext, StartError, connect_bus};
+use aida_core::runtime::{ServiceContext, StartError, connect_bus, connect_mesh_bus};
 use aida_core::server::LocalMesh;
 use aida_core::{Settings, mesh, server, telemetry};
 use anyhow::{Context, bail};
@@ -530,7 +530,7 @@ impl Mesh {
             // First run: make the mesh's own development CA and certificates.
             aida_core::tls::generate(&settings.certs_dir(), &MESH_IDENTITIES, &[])?;
         }
-        let bus = connect_bus(settings).await?;
+        let bus = connect_mesh_bus(settings).await?;
         let mut listeners = Vec::new();
         for service in Service::ALL {
             let address = service.address(settings);

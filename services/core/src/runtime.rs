@@ -28,12 +28,25 @@ pub enum StartError {
     Server(String),
 }
 
-/// The bus the settings ask for: JetStream when `nats_url` is set, else in-process.
+/// The bus the settings ask for: JetStream when `nats_url` is set, else in-process (in
+/// memory: one service alone has nobody to share its events with).
 pub async fn connect_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusError> {
     Ok(match &settings.nats_url {
         Some(url) => Arc::new(NatsBus::connect_with(url, &settings.bus, &settings.nats).await?),
         None => Arc::new(MemoryBus::new(&settings.bus)),
     })
+}
+
+/// The bus of a whole mesh in one process (`aida up`): JetStream when `nats_url` is set,
+/// else the in-process bus with its journal under `data_dir/bus`, so that every event a
+/// service committed reaches its consumers even when the process is killed and started
+/// again.
+pub async fn connect_mesh_bus(settings: &Settings) -> Result<Arc<dyn EventBus>, BusError> {
+    if settings.nats_url.is_some() {
+        return connect_bus(settings).await;
+    }
+    let bus = MemoryBus::open(&settings.bus, &settings.data_dir.join("bus"))?;
+    Ok(Arc::new(bus))
 }
 
 /// The token verifier the settings ask for: HS256 with the signing key, and the JWKS of

@@ -1,19 +1,22 @@
-//! The embedded bus for `aida up`: streams and durable consumers in memory, with the same
+//! The embedded bus for `aida up`: streams and durable consumers in process, with the same
 //! contract as JetStream (duplicate window by message id, explicit acks, redelivery after
 //! the ack wait or a nak, attempt counting).
 //!
-//! It lives as long as the process. The outbox keeps every event in SQLite until this bus
-//! has accepted it, but an event accepted and not yet consumed when the process stops is
-//! gone: the embedded mode is for development, and production runs on JetStream.
+//! Opened on a directory ([`MemoryBus::open`], what `aida up` does) it keeps a [`Journal`]
+//! there: a message is on the disk before `publish` returns, and acks are recorded, so a
+//! process killed and started again has every accepted message and redelivers what its
+//! durable consumers had not settled. [`MemoryBus::new`] (tests) keeps nothing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::journal::{Acked, Entry, Journal, Published};
 use super::{
     Acker, BusError, ConsumerSpec, Delivery, EventBus, MessageSource, OutgoingMessage, Topology,
     subject_matches,
@@ -29,6 +32,8 @@ struct Stored {
     message_id: String,
     payload: Bytes,
     headers: Vec<(String, String)>,
+    /// When the bus accepted it (Unix milliseconds).
+    unix_ms: i64,
 }
 
 #[derive(Default)]
@@ -49,15 +54,68 @@ impl MemoryStream {
     fn next_sequence(&self) -> u64 {
         self.first_sequence + self.messages.len() as u64
     }
+
+    /// Stores a message at the next sequence; the oldest falls out past the limit.
+    fn push(&mut self, stored: Stored) {
+        self.messages.push_back(stored);
+        if self.messages.len() > MAX_MESSAGES_PER_STREAM {
+            self.messages.pop_front();
+            self.first_sequence += 1;
+        }
+    }
+}
+
+/// What one `publish` stores: a result per message, and the new messages with their
+/// streams and sequences.
+#[derive(Default)]
+struct Accepted {
+    results: Vec<Result<(), BusError>>,
+    messages: Vec<(String, u64, Stored)>,
+}
+
+/// The journal entry of a stored message.
+fn published(stream: &str, sequence: u64, message: &Stored) -> Entry {
+    let (header_names, header_values) = message.headers.iter().cloned().unzip();
+    Entry {
+        message: Some(Published {
+            stream: stream.to_owned(),
+            sequence,
+            subject: message.subject.clone(),
+            message_id: message.message_id.clone(),
+            payload: message.payload.clone(),
+            header_names,
+            header_values,
+            unix_ms: message.unix_ms,
+        }),
+        ack: None,
+    }
 }
 
 struct MemoryConsumer {
     filter: Option<String>,
     ack_wait: Duration,
+    /// Kept in the journal (its acks are recorded); false for ephemeral consumers.
+    durable: bool,
     /// Next never-delivered sequence.
     cursor: u64,
     /// Delivered, not yet settled: sequence → (attempts, redeliver at).
     pending: BTreeMap<u64, (u64, Instant)>,
+    /// Sequences at or after `cursor` settled in an earlier run (read from the journal):
+    /// passed over, not delivered again.
+    settled: BTreeSet<u64>,
+}
+
+impl MemoryConsumer {
+    fn new(filter: Option<String>, ack_wait: Duration, durable: bool, cursor: u64) -> Self {
+        Self {
+            filter,
+            ack_wait,
+            durable,
+            cursor,
+            pending: BTreeMap::new(),
+            settled: BTreeSet::new(),
+        }
+    }
 }
 
 struct State {
@@ -68,9 +126,23 @@ struct State {
 #[derive(Clone)]
 pub struct MemoryBus {
     state: Arc<Mutex<State>>,
+    /// Taken before `state` wherever both are held.
+    journal: Option<Arc<Mutex<Journal>>>,
     notify: Arc<Notify>,
     topology: Topology,
     duplicate_window: Duration,
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn io_error(error: std::io::Error) -> BusError {
+    BusError::Other(format!("event journal: {error}"))
 }
 
 impl MemoryBus {
@@ -83,10 +155,240 @@ impl MemoryBus {
             .collect();
         Self {
             state: Arc::new(Mutex::new(State { streams })),
+            journal: None,
             notify: Arc::new(Notify::new()),
             topology,
             duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
         }
+    }
+
+    /// A bus that keeps its journal in `dir`: what an earlier run accepted is there again,
+    /// and each durable consumer resumes after what it settled. The journal is compacted.
+    pub fn open(settings: &BusSettings, dir: &Path) -> Result<Self, BusError> {
+        let (journal, entries) = Journal::open(dir).map_err(io_error)?;
+        let mut bus = Self::new(settings);
+        bus.replay(entries);
+        bus.journal = Some(Arc::new(Mutex::new(journal)));
+        bus.compact().map_err(io_error)?;
+        Ok(bus)
+    }
+
+    /// Rebuilds the streams and the durable consumers' progress from journal entries.
+    fn replay(&self, entries: Vec<Entry>) {
+        let now = Instant::now();
+        let wall = unix_ms_now();
+        let mut state = self.lock();
+        for entry in entries {
+            if let Some(message) = entry.message {
+                let Some(stream) = state.streams.get_mut(&message.stream) else {
+                    continue;
+                };
+                if message.sequence < stream.next_sequence() && !stream.messages.is_empty() {
+                    continue;
+                }
+                if message.sequence != stream.next_sequence() {
+                    // The first message kept (older ones fell out of the retention limit).
+                    stream.messages.clear();
+                    stream.first_sequence = message.sequence;
+                }
+                let age = Duration::from_millis(u64::try_from(wall - message.unix_ms).unwrap_or(0));
+                if age < self.duplicate_window {
+                    let seen = now.checked_sub(age).unwrap_or(now);
+                    stream.seen_ids.insert(message.message_id.clone(), seen);
+                }
+                stream.push(Stored {
+                    subject: message.subject,
+                    message_id: message.message_id,
+                    payload: message.payload,
+                    headers: message
+                        .header_names
+                        .into_iter()
+                        .zip(message.header_values)
+                        .collect(),
+                    unix_ms: message.unix_ms,
+                });
+            }
+            if let Some(ack) = entry.ack {
+                let Some(stream) = state.streams.get_mut(&ack.stream) else {
+                    continue;
+                };
+                // Filter and ack wait come with the consumer's next subscribe.
+                let consumer = stream
+                    .consumers
+                    .entry(ack.consumer)
+                    .or_insert_with(|| MemoryConsumer::new(None, Duration::from_secs(30), true, 0));
+                if ack.up_to {
+                    consumer.cursor = consumer.cursor.max(ack.sequence + 1);
+                    consumer.settled = consumer.settled.split_off(&consumer.cursor);
+                } else if ack.sequence >= consumer.cursor {
+                    consumer.settled.insert(ack.sequence);
+                }
+            }
+        }
+    }
+
+    /// Rewrites the journal to what the bus holds: the messages kept and, per durable
+    /// consumer, the sequence up to which everything is settled and what is settled after it.
+    fn compact(&self) -> std::io::Result<()> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut journal = journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = {
+            let state = self.lock();
+            let mut entries = Vec::new();
+            for (name, stream) in &state.streams {
+                for (offset, message) in stream.messages.iter().enumerate() {
+                    entries.push(published(
+                        name,
+                        stream.first_sequence + offset as u64,
+                        message,
+                    ));
+                }
+                for (consumer_name, consumer) in &stream.consumers {
+                    if !consumer.durable {
+                        continue;
+                    }
+                    let passed = consumer.cursor.max(stream.first_sequence);
+                    let floor = consumer.pending.keys().next().copied().unwrap_or(passed);
+                    let acked = |sequence: u64, up_to: bool| Entry {
+                        message: None,
+                        ack: Some(Acked {
+                            stream: name.clone(),
+                            consumer: consumer_name.clone(),
+                            sequence,
+                            up_to,
+                        }),
+                    };
+                    if floor > 0 {
+                        entries.push(acked(floor - 1, true));
+                    }
+                    for sequence in floor..passed {
+                        if !consumer.pending.contains_key(&sequence) {
+                            entries.push(acked(sequence, false));
+                        }
+                    }
+                    for sequence in &consumer.settled {
+                        entries.push(acked(*sequence, false));
+                    }
+                }
+            }
+            entries
+        };
+        journal.rewrite(entries)
+    }
+
+    /// What `publish` of `messages` stores: per message its result, and the new messages
+    /// (not seen within the duplicate window) with their streams and sequences. Changes
+    /// nothing but expiring old message ids.
+    fn accept(&self, state: &mut State, messages: &[OutgoingMessage]) -> Accepted {
+        let now = Instant::now();
+        let unix_ms = unix_ms_now();
+        let mut accepted = Accepted::default();
+        let mut batch_ids = std::collections::HashSet::new();
+        let mut added: HashMap<String, u64> = HashMap::new();
+        for message in messages {
+            let stream_name = match self.stream_of(state, message) {
+                Ok(name) => name,
+                Err(error) => {
+                    accepted.results.push(Err(error));
+                    continue;
+                }
+            };
+            let Some(stream) = state.streams.get_mut(&stream_name) else {
+                accepted
+                    .results
+                    .push(Err(BusError::Other(format!("no stream {stream_name}"))));
+                continue;
+            };
+            let window = self.duplicate_window;
+            stream
+                .seen_ids
+                .retain(|_, seen| now.duration_since(*seen) < window);
+            accepted.results.push(Ok(()));
+            if stream.seen_ids.contains_key(&message.message_id)
+                || !batch_ids.insert((stream_name.clone(), message.message_id.clone()))
+            {
+                continue;
+            }
+            let offset = added.entry(stream_name.clone()).or_insert(0);
+            let sequence = stream.next_sequence() + *offset;
+            *offset += 1;
+            accepted.messages.push((
+                stream_name,
+                sequence,
+                Stored {
+                    subject: self.topology.subject(&message.event_type),
+                    message_id: message.message_id.clone(),
+                    payload: message.payload.clone(),
+                    headers: message.headers.clone(),
+                    unix_ms,
+                },
+            ));
+        }
+        accepted
+    }
+
+    /// Stores what [`Self::accept`] accepted and wakes the consumers.
+    fn store(&self, state: &mut State, accepted: Vec<(String, u64, Stored)>) {
+        let now = Instant::now();
+        for (stream_name, _, stored) in accepted {
+            if let Some(stream) = state.streams.get_mut(&stream_name) {
+                stream.seen_ids.insert(stored.message_id.clone(), now);
+                stream.push(stored);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// `publish` through the journal: the accepted messages are on the disk before they are
+    /// visible to consumers. Publishers take turns on the journal, so the sequences
+    /// [`Self::accept`] gives stay right until they are stored.
+    fn publish_journaled(
+        &self,
+        journal: &Mutex<Journal>,
+        messages: &[OutgoingMessage],
+    ) -> Vec<Result<(), BusError>> {
+        let mut journal = journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let accepted = self.accept(&mut self.lock(), messages);
+        let entries: Vec<Entry> = accepted
+            .messages
+            .iter()
+            .map(|(stream, sequence, stored)| published(stream, *sequence, stored))
+            .collect();
+        if let Err(error) = journal.append(&entries, true) {
+            let error = io_error(error);
+            return messages
+                .iter()
+                .map(|_| Err(BusError::Other(error.to_string())))
+                .collect();
+        }
+        self.store(&mut self.lock(), accepted.messages);
+        if journal.wants_compaction() {
+            drop(journal);
+            if let Err(error) = self.compact() {
+                tracing::warn!(%error, "compacting the event journal failed; it keeps growing");
+            }
+        }
+        accepted.results
+    }
+
+    /// The stream that holds `message`'s subject.
+    fn stream_of(&self, state: &State, message: &OutgoingMessage) -> Result<String, BusError> {
+        let Some(stream_name) = self.topology.stream_for(&message.event_type) else {
+            return Err(BusError::Other(format!(
+                "no stream holds subject {}",
+                message.event_type
+            )));
+        };
+        if !state.streams.contains_key(&stream_name) {
+            return Err(BusError::Other(format!("no stream {stream_name}")));
+        }
+        Ok(stream_name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,46 +430,23 @@ impl EventBus for MemoryBus {
     }
 
     async fn publish(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), BusError>> {
-        let now = Instant::now();
-        let mut results = Vec::with_capacity(messages.len());
-        {
-            let mut state = self.lock();
-            for message in messages {
-                let Some(stream_name) = self.topology.stream_for(&message.event_type) else {
-                    results.push(Err(BusError::Other(format!(
-                        "no stream holds subject {}",
-                        message.event_type
-                    ))));
-                    continue;
-                };
-                let Some(stream) = state.streams.get_mut(&stream_name) else {
-                    results.push(Err(BusError::Other(format!("no stream {stream_name}"))));
-                    continue;
-                };
-                let window = self.duplicate_window;
-                stream
-                    .seen_ids
-                    .retain(|_, seen| now.duration_since(*seen) < window);
-                if stream.seen_ids.contains_key(&message.message_id) {
-                    results.push(Ok(()));
-                    continue;
-                }
-                stream.seen_ids.insert(message.message_id.clone(), now);
-                stream.messages.push_back(Stored {
-                    subject: self.topology.subject(&message.event_type),
-                    message_id: message.message_id.clone(),
-                    payload: message.payload.clone(),
-                    headers: message.headers.clone(),
+        if let Some(journal) = self.journal.clone() {
+            // The journal writes and flushes a file: off the async workers.
+            let bus = self.clone();
+            let messages = messages.to_vec();
+            let count = messages.len();
+            return tokio::task::spawn_blocking(move || bus.publish_journaled(&journal, &messages))
+                .await
+                .unwrap_or_else(|error| {
+                    (0..count)
+                        .map(|_| Err(BusError::Other(format!("event journal: {error}"))))
+                        .collect()
                 });
-                if stream.messages.len() > MAX_MESSAGES_PER_STREAM {
-                    stream.messages.pop_front();
-                    stream.first_sequence += 1;
-                }
-                results.push(Ok(()));
-            }
         }
-        self.notify.notify_waiters();
-        results
+        let mut state = self.lock();
+        let accepted = self.accept(&mut state, messages);
+        self.store(&mut state, accepted.messages);
+        accepted.results
     }
 
     async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Box<dyn MessageSource>, BusError> {
@@ -183,18 +462,19 @@ impl EventBus for MemoryBus {
             } else {
                 stream.first_sequence
             };
-            stream
+            let filter = spec
+                .filter
+                .as_deref()
+                .map(|filter| self.topology.subject(filter));
+            let consumer = stream
                 .consumers
                 .entry(spec.durable_name.clone())
-                .or_insert_with(|| MemoryConsumer {
-                    filter: spec
-                        .filter
-                        .as_deref()
-                        .map(|filter| self.topology.subject(filter)),
-                    ack_wait: spec.ack_wait,
-                    cursor: first_sequence,
-                    pending: BTreeMap::new(),
+                .or_insert_with(|| {
+                    MemoryConsumer::new(None, spec.ack_wait, !spec.ephemeral, first_sequence)
                 });
+            // A consumer read back from the journal learns its filter and ack wait here.
+            consumer.filter = filter;
+            consumer.ack_wait = spec.ack_wait;
         }
         Ok(Box::new(MemorySource {
             bus: self.clone(),
@@ -263,13 +543,16 @@ impl MemorySource {
                             .as_deref()
                             .is_none_or(|filter| subject_matches(filter, &message.subject))
                     });
-                    if matches {
+                    if matches && !consumer.settled.contains(&sequence) {
                         found = Some((sequence, 1));
                         break;
                     }
                 }
                 if let Some(consumer) = stream.consumers.get_mut(&self.consumer) {
                     consumer.cursor = cursor;
+                    if !consumer.settled.is_empty() {
+                        consumer.settled = consumer.settled.split_off(&cursor);
+                    }
                 }
                 found
             }
@@ -291,6 +574,7 @@ impl MemorySource {
             bus: self.bus.clone(),
             stream: self.stream.clone(),
             consumer: self.consumer.clone(),
+            durable: !self.ephemeral,
             sequence,
         };
         Ok(Some(Delivery::new(
@@ -322,11 +606,35 @@ struct MemoryAcker {
     bus: MemoryBus,
     stream: String,
     consumer: String,
+    durable: bool,
     sequence: u64,
 }
 
 impl MemoryAcker {
     fn settle(&self, redeliver_after: Option<Duration>) {
+        // A durable consumer's ack goes into the journal (not flushed: losing it to a crash
+        // of the machine only means one redelivery), before the state it describes.
+        let _journal = match (&self.bus.journal, redeliver_after) {
+            (Some(journal), None) if self.durable => {
+                let mut journal = journal
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let entry = Entry {
+                    message: None,
+                    ack: Some(Acked {
+                        stream: self.stream.clone(),
+                        consumer: self.consumer.clone(),
+                        sequence: self.sequence,
+                        up_to: false,
+                    }),
+                };
+                if let Err(error) = journal.append(&[entry], false) {
+                    tracing::warn!(%error, "recording an ack in the event journal failed; it will be redelivered after a restart");
+                }
+                Some(journal)
+            }
+            _ => None,
+        };
         let mut state = self.bus.lock();
         let Some(consumer) = state
             .streams

@@ -9,6 +9,7 @@
 //! Stream names and subjects come from [`Topology`], which prefixes both with a namespace
 //! when one is configured (tests), and is the identity in production.
 
+mod journal;
 mod memory;
 mod nats;
 
