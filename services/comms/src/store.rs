@@ -9,7 +9,6 @@ pub const TEMPLATE_ORDER: [OrderTerm; 1] = [OrderTerm::key("name", FieldKind::Te
 /// How ListSuppressions pages: by address, unique within a tenant.
 pub const SUPPRESSION_ORDER: [OrderTerm; 1] = [OrderTerm::key("address", FieldKind::Text, false)];
 use aida_core::{Error, outbox};
-use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -313,7 +312,7 @@ impl CommsStore {
     }
 
     /// Suppresses the recipient of `message` and records the unsubscribe event, once.
-    pub async fn unsubscribe(&self, message: &Message, event: &EventEnvelope) -> Result<(), Error> {
+    pub async fn unsubscribe(&self, message: &Message, event: &outbox::Event) -> Result<(), Error> {
         let mut tx = self.db.begin().await?;
         let suppression = Suppression {
             address: crate::domain::normalize_address(&message.to),
@@ -417,7 +416,7 @@ impl CommsStore {
         decide: F,
     ) -> Result<Message, Error>
     where
-        F: FnOnce(&Message) -> Result<Option<(Message, Option<EventEnvelope>)>, Error>,
+        F: FnOnce(&Message) -> Result<Option<(Message, Option<outbox::Event>)>, Error>,
     {
         let mut tx = self.db.begin().await?;
         let current: Message = tx

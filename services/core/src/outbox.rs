@@ -23,27 +23,66 @@ use crate::db::{Count, Database, Engine, Sql, Tx, placeholders};
 use crate::error::Error;
 use crate::settings::OutboxSettings;
 
-/// Adds `envelope` to the outbox inside the caller's transaction.
-pub async fn enqueue(tx: &mut Tx, envelope: &EventEnvelope) -> Result<(), Error> {
-    let event_id = Uuid::parse_str(&envelope.event_id)
-        .map_err(|error| Error::internal(format!("event id {}: {error}", envelope.event_id)))?;
-    let created_at = envelope
-        .occurred_at
-        .as_ref()
-        .and_then(|time| {
-            DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))
-        })
-        .unwrap_or_else(Utc::now);
+/// An event on its way to the outbox, encoded: what a store writes in the transaction of
+/// the change it describes. Stores take this, never the generated envelope type.
+#[derive(Debug, Clone)]
+pub struct Event {
+    event_id: String,
+    event_type: String,
+    tenant_id: String,
+    payload: Vec<u8>,
+    occurred_at: Option<DateTime<Utc>>,
+    /// The W3C traceparent of the call that made it ('' when untraced).
+    traceparent: String,
+}
+
+impl From<&EventEnvelope> for Event {
+    fn from(envelope: &EventEnvelope) -> Self {
+        Self {
+            event_id: envelope.event_id.clone(),
+            event_type: envelope.event_type.clone(),
+            tenant_id: envelope.tenant_id.clone(),
+            payload: envelope.encode_to_vec(),
+            occurred_at: envelope.occurred_at.as_ref().and_then(|time| {
+                DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))
+            }),
+            traceparent: envelope
+                .trace
+                .as_ref()
+                .map(|trace| trace.traceparent.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<EventEnvelope> for Event {
+    fn from(envelope: EventEnvelope) -> Self {
+        Self::from(&envelope)
+    }
+}
+
+impl From<&Event> for Event {
+    fn from(event: &Event) -> Self {
+        event.clone()
+    }
+}
+
+/// Adds `event` (an [`Event`] or an envelope) to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, event: impl Into<Event>) -> Result<(), Error> {
+    let event = event.into();
+    let event_id = Uuid::parse_str(&event.event_id)
+        .map_err(|error| Error::internal(format!("event id {}: {error}", event.event_id)))?;
     tx.execute(
         Sql::new(
-            "INSERT INTO outbox (event_id, event_type, tenant_id, payload, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO outbox (event_id, event_type, tenant_id, payload, created_at, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(event_id)
-        .bind(envelope.event_type.as_str())
-        .bind(envelope.tenant_id.as_str())
-        .bind(envelope.encode_to_vec())
-        .bind(created_at),
+        .bind(event.event_type)
+        .bind(event.tenant_id)
+        .bind(event.payload)
+        .bind(event.occurred_at.unwrap_or_else(Utc::now))
+        .bind(event.traceparent),
     )
     .await?;
     Ok(())
@@ -56,6 +95,8 @@ struct PendingRow {
     event_type: String,
     payload: Vec<u8>,
     created_at: chrono::DateTime<chrono::Utc>,
+    /// The committing call's trace ('' when untraced).
+    traceparent: String,
 }
 
 /// Events the relay published (the bus acked them).
@@ -185,7 +226,7 @@ impl Relay {
                 let rows: Vec<PendingRow> = tx
                     .fetch_all(
                         Sql::new(
-                            "SELECT seq, event_id, event_type, payload, created_at FROM outbox \
+                            "SELECT seq, event_id, event_type, payload, created_at, traceparent FROM outbox \
                              WHERE published_at IS NULL ORDER BY seq LIMIT $1 \
                              FOR UPDATE SKIP LOCKED",
                         )
@@ -204,7 +245,7 @@ impl Relay {
                     .db
                     .fetch_all(
                         Sql::new(
-                            "SELECT seq, event_id, event_type, payload, created_at FROM outbox \
+                            "SELECT seq, event_id, event_type, payload, created_at, traceparent FROM outbox \
                              WHERE published_at IS NULL ORDER BY seq LIMIT $1",
                         )
                         .bind(limit),
@@ -234,10 +275,7 @@ impl Relay {
             .iter()
             .map(|row| {
                 let mut message_headers = Vec::new();
-                if let Ok(envelope) = EventEnvelope::decode(row.payload.as_slice())
-                    && let Some(trace) = envelope.trace
-                    && !trace.traceparent.is_empty()
-                {
+                if !row.traceparent.is_empty() {
                     let span = tracing::info_span!(
                         "publish",
                         otel.name = %format!("publish {}", row.event_type),
@@ -248,11 +286,11 @@ impl Relay {
                     );
                     crate::telemetry::continue_trace(
                         &span,
-                        crate::telemetry::parent_from_traceparent(&trace.traceparent),
+                        crate::telemetry::parent_from_traceparent(&row.traceparent),
                     );
                     let traceparent = span
                         .in_scope(crate::telemetry::current_traceparent)
-                        .unwrap_or(trace.traceparent);
+                        .unwrap_or_else(|| row.traceparent.clone());
                     spans.push(span);
                     message_headers.push((headers::TRACEPARENT.to_owned(), traceparent));
                 }

@@ -368,7 +368,10 @@ impl DealService for DealApi {
             let fingerprint = digest(&format!("{input:?}"));
             (request.request_id.as_str(), fingerprint)
         });
-        let (stored, created) = self.store.create_deal(&deal, request_key, &event).await?;
+        let (stored, created) = self
+            .store
+            .create_deal(&deal, request_key, &(&event).into())
+            .await?;
         if created {
             self.relay.wake();
         }
@@ -553,7 +556,10 @@ impl DealService for DealApi {
                         changed_fields: changed,
                     }),
                 );
-                Ok(DealChange::Updated(Box::new(updated), Box::new(event)))
+                Ok(DealChange::Updated(
+                    Box::new(updated),
+                    Box::new(event.into()),
+                ))
             })
             .await?;
         self.relay.wake();
@@ -590,7 +596,7 @@ impl DealService for DealApi {
                         to_stage: moved.stage.clone(),
                     }),
                 );
-                Ok(DealChange::Updated(Box::new(moved), Box::new(event)))
+                Ok(DealChange::Updated(Box::new(moved), Box::new(event.into())))
             })
             .await?;
         self.relay.wake();
@@ -840,7 +846,10 @@ impl DealApi {
                     })
                 };
                 let event = envelope(context, subject_of(closed.id), now, payload);
-                Ok(DealChange::Updated(Box::new(closed), Box::new(event)))
+                Ok(DealChange::Updated(
+                    Box::new(closed),
+                    Box::new(event.into()),
+                ))
             })
             .await?;
         self.relay.wake();

@@ -85,7 +85,7 @@ impl EventHandler for QualifiedLeadHandler {
         );
         if self
             .store
-            .create_deal_for_lead(CONSUMER, &event.event_id, &deal, &created)
+            .create_deal_for_lead(CONSUMER, &event.event_id, &deal, &(&created).into())
             .await?
         {
             self.relay.wake();

@@ -5,7 +5,6 @@ use aida_core::db::{Count, Database, Listing, Lock, Page, Sql, Table, Tx, is_uni
 use aida_core::idempotency::Claim;
 use aida_core::query::{Field, FieldKind, KeyValue, ListQuery, OrderTerm};
 use aida_core::{Error, outbox};
-use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -145,7 +144,7 @@ impl TryFrom<DealRow> for Deal {
 /// What a deal modification decided.
 pub enum DealChange {
     Unchanged,
-    Updated(Box<Deal>, Box<EventEnvelope>),
+    Updated(Box<Deal>, Box<outbox::Event>),
 }
 
 /// What a pipeline modification decided.
@@ -326,7 +325,7 @@ impl DealStore {
         &self,
         deal: &Deal,
         request: Option<(&str, String)>,
-        event: &EventEnvelope,
+        event: &outbox::Event,
     ) -> Result<(Deal, bool), Error> {
         let mut tx = self.db.begin().await?;
         if let Some((request_id, fingerprint)) = &request {
@@ -360,7 +359,7 @@ impl DealStore {
         consumer: &str,
         event_id: &str,
         deal: &Deal,
-        event: &EventEnvelope,
+        event: &outbox::Event,
     ) -> Result<bool, Error> {
         let mut tx = self.db.begin().await?;
         if !claim(&mut tx, consumer, event_id).await? {
@@ -450,7 +449,7 @@ impl DealStore {
             DealChange::Unchanged => Ok((current, pipeline)),
             DealChange::Updated(deal, event) => {
                 update_deal(&mut tx, &deal).await?;
-                outbox::enqueue(&mut tx, &event).await?;
+                outbox::enqueue(&mut tx, &*event).await?;
                 tx.commit().await?;
                 Ok((*deal, pipeline))
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aida_core::Error;
 use aida_core::auth::AuthContext;
 use aida_core::events::{envelope, now_micros, timestamp};
-use aida_core::outbox::Relay;
+use aida_core::outbox::{self, Relay};
 use aida_core::pagination::PageTokens;
 use aida_core::query::{self, ListQuery};
 use aida_core::rbac::Access;
@@ -111,7 +111,7 @@ impl LeadApi {
                 };
                 let event = envelope(context, subject_of(lead.id), now, payload);
                 Ok((
-                    Change::Updated(Box::new(lead.clone()), Box::new(event)),
+                    Change::Updated(Box::new(lead.clone()), Box::new(event.into())),
                     Some(lead),
                 ))
             })
@@ -404,7 +404,10 @@ impl LeadService for LeadApi {
             request_id,
             fingerprint: store::fingerprint(&lead.fields),
         });
-        let (stored, created) = self.store.capture(&lead, capture_request, &event).await?;
+        let (stored, created) = self
+            .store
+            .capture(&lead, capture_request, &(&event).into())
+            .await?;
         if created {
             self.relay.wake();
             self.index.refresh(&context.tenant_id, &[stored.id]).await;
@@ -620,7 +623,7 @@ impl LeadService for LeadApi {
                         lead_id: current.id.to_string(),
                     }),
                 );
-                Ok((Change::Deleted(Box::new(event)), None))
+                Ok((Change::Deleted(Box::new(event.into())), None))
             })
             .await?;
         self.relay.wake();
@@ -934,7 +937,7 @@ fn plan_merge(
         lead.version += 1;
         lead.update_time = now;
     }
-    let mut events = vec![envelope(
+    let mut events = vec![outbox::Event::from(envelope(
         context,
         subject_of(survivor.id),
         now,
@@ -942,9 +945,9 @@ fn plan_merge(
             survivor: Some(to_proto(&updated)),
             merged: merged.iter().map(to_proto).collect(),
         }),
-    )];
+    ))];
     if survivor_changed {
-        events.push(envelope(
+        events.push(outbox::Event::from(envelope(
             context,
             subject_of(survivor.id),
             now,
@@ -953,7 +956,7 @@ fn plan_merge(
                 previous_status: status_to_proto(survivor.status) as i32,
                 changed_fields: changed,
             }),
-        ));
+        )));
     }
     Ok(MergePlan {
         survivor: updated,

@@ -70,7 +70,10 @@ impl EventHandler for ConversionHandler {
                             deal_id: deal_id.clone(),
                         }),
                     );
-                    Ok((Change::Updated(Box::new(lead), Box::new(converted)), None))
+                    Ok((
+                        Change::Updated(Box::new(lead), Box::new(converted.into())),
+                        None,
+                    ))
                 },
             )
             .await?;

@@ -7,7 +7,6 @@ use aida_core::db::{Database, Engine, Listing, Lock, Page, Sql, Table, Tx, is_un
 use aida_core::idempotency::Claim;
 use aida_core::query::{self, Field, FieldKind, KeyValue, ListQuery, OrderTerm};
 use aida_core::{Error, outbox};
-use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
 use sha2::Digest;
 use sqlx::types::Json;
@@ -120,9 +119,9 @@ pub enum Change {
     /// Nothing to write.
     Unchanged,
     /// Write the lead (its version already bumped) and the event.
-    Updated(Box<Lead>, Box<EventEnvelope>),
+    Updated(Box<Lead>, Box<outbox::Event>),
     /// Delete the lead and write the event.
-    Deleted(Box<EventEnvelope>),
+    Deleted(Box<outbox::Event>),
 }
 
 /// An idempotent capture request.
@@ -177,7 +176,7 @@ impl LeadStore {
         &self,
         lead: &Lead,
         request: Option<CaptureRequest<'_>>,
-        event: &EventEnvelope,
+        event: &outbox::Event,
     ) -> Result<(Lead, bool), Error> {
         let mut tx = self.db.begin().await?;
         if let Some(request) = &request {
@@ -293,7 +292,7 @@ impl LeadStore {
                     drop(tx);
                     return Err(self.explain_conflict(error, &lead).await);
                 }
-                outbox::enqueue(&mut tx, &event).await?;
+                outbox::enqueue(&mut tx, &*event).await?;
             }
             Change::Deleted(event) => {
                 tx.execute(
@@ -302,7 +301,7 @@ impl LeadStore {
                         .bind(id),
                 )
                 .await?;
-                outbox::enqueue(&mut tx, &event).await?;
+                outbox::enqueue(&mut tx, &*event).await?;
             }
         }
         tx.commit().await?;
@@ -438,7 +437,7 @@ pub struct MergePlan {
     /// The merged leads after the merge (status MERGED, `merged_into` set).
     pub merged: Vec<Lead>,
     /// `leads.merged` and, when the survivor changed, `leads.updated`.
-    pub events: Vec<EventEnvelope>,
+    pub events: Vec<outbox::Event>,
 }
 
 /// The lineage snapshot of a lead: what it held when it was merged.

@@ -579,7 +579,7 @@ impl CommsService for CommsApi {
                         lead_id: current.lead_id.to_string(),
                     }),
                 );
-                Ok(Some((next, Some(event))))
+                Ok(Some((next, Some(event.into()))))
             })
             .await?;
         self.0.relay.wake();

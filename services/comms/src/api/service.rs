@@ -262,7 +262,7 @@ impl Comms {
                         None
                     }
                 };
-                Ok(Some((next, event)))
+                Ok(Some((next, event.map(Into::into))))
             })
             .await?;
         comms.relay.wake();

@@ -58,7 +58,7 @@ impl TrackingService for TrackingApi {
                         first,
                     }),
                 );
-                Ok(Some((next, Some(event))))
+                Ok(Some((next, Some(event.into()))))
             })
             .await?;
         self.0.relay.wake();
@@ -95,7 +95,7 @@ impl TrackingService for TrackingApi {
                         first: current.click_count == 0,
                     }),
                 );
-                Ok(Some((next, Some(event))))
+                Ok(Some((next, Some(event.into()))))
             })
             .await?;
         self.0.relay.wake();
@@ -123,7 +123,7 @@ impl TrackingService for TrackingApi {
                 channel: channel_to_proto(message.channel) as i32,
             }),
         );
-        self.0.store.unsubscribe(&message, &event).await?;
+        self.0.store.unsubscribe(&message, &(&event).into()).await?;
         self.0.relay.wake();
         self.0
             .draft_outcome(&context, message.id, BusinessOutcome::Unsubscribed)

@@ -291,7 +291,7 @@ impl Changes<'_> {
             }),
         );
         self.writes.transitions.push(record);
-        self.writes.events.push(event);
+        self.writes.events.push(event.into());
     }
 
     /// Announces a promotion proposal (`comms.autonomy_proposed`).
@@ -307,7 +307,7 @@ impl Changes<'_> {
                 proposal: Some(proposal_to_proto(proposal)),
             }),
         );
-        self.writes.events.push(event);
+        self.writes.events.push(event.into());
     }
 
     /// Proposes the promotion the evidence supports, if it does.

@@ -6,7 +6,6 @@ use aida_ai::autonomy::{BusinessOutcome, Grant, Level, Review};
 use aida_core::db::{Count, Database, Row, Sql, Table, Tx};
 use aida_core::query::{FieldKind, KeyValue, OrderTerm};
 use aida_core::{Error, outbox};
-use aida_proto::aida::events::v1::EventEnvelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -99,7 +98,7 @@ pub struct Writes {
     /// A decision whose outcome is recorded now (written only if it had none).
     pub outcome_of: Option<DecisionRecord>,
     pub transitions: Vec<TransitionRecord>,
-    pub events: Vec<EventEnvelope>,
+    pub events: Vec<outbox::Event>,
 }
 
 pub fn review_name(review: Review) -> &'static str {
