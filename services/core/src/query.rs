@@ -934,16 +934,6 @@ impl<'t, 'r> ListQuery<'t, 'r> {
             after,
         })
     }
-
-    /// The token of the page after `rows` (see [`Paging::next`]).
-    pub fn next<T>(
-        &self,
-        rows: &[T],
-        more: bool,
-        key: impl FnOnce(&T) -> (Vec<KeyValue>, Uuid),
-    ) -> Result<String, Error> {
-        self.paging.next(rows, more, key)
-    }
 }
 
 /// Appends the keyset condition "after (`values`, `last_id`)" in the order `terms`, then

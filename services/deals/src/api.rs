@@ -411,7 +411,7 @@ impl DealService for DealApi {
         let owner = access.owner_only.as_deref();
         let page = self.store.list(&context.tenant_id, owner, &listed).await?;
         let rotting = self.store.rotting_days(&context.tenant_id).await?;
-        let next_page_token = listed.next(&page.rows, page.more, |last| {
+        let next_page_token = listed.paging.next(&page.rows, page.more, |last| {
             (store::key_values(last, &listed.order), last.id)
         })?;
         Ok(Response::new(pb::ListDealsResponse {

@@ -467,7 +467,7 @@ impl LeadService for LeadApi {
         query::refuse_hidden(&list.filter, &listed.order, access.hidden_fields())?;
         let owner = access.owner_only.as_deref();
         let page = self.store.list(&context.tenant_id, owner, &listed).await?;
-        let next_page_token = listed.next(&page.rows, page.more, |last| {
+        let next_page_token = listed.paging.next(&page.rows, page.more, |last| {
             (store::key_values(last, &listed.order), last.id)
         })?;
         let ids: Vec<Uuid> = page.rows.iter().map(|lead| lead.id).collect();

@@ -533,7 +533,7 @@ impl CommsService for CommsApi {
             .0
             .newest_first(PAGE_SIZES, list, store::MESSAGE_FIELDS)?;
         let (messages, more) = self.0.store.messages(&context.tenant_id, &listed).await?;
-        let next_page_token = listed.next(&messages, more, newest_key)?;
+        let next_page_token = listed.paging.next(&messages, more, newest_key)?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(message_to_proto).collect(),
             next_page_token,
@@ -817,7 +817,7 @@ impl CommsService for CommsApi {
             .drafts
             .list(&context.tenant_id, &listed)
             .await?;
-        let next_page_token = listed.next(&drafts, more, newest_key)?;
+        let next_page_token = listed.paging.next(&drafts, more, newest_key)?;
         Ok(Response::new(pb::ListDraftsResponse {
             drafts: drafts.iter().map(draft_to_proto).collect(),
             next_page_token,

@@ -129,6 +129,9 @@ impl Journal {
 
     /// Appends `entries`; with `flush`, they are on the disk when this returns.
     pub fn append(&mut self, entries: &[Entry], flush: bool) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut frames = Vec::new();
         for entry in entries {
             frame(entry, &mut frames);
