@@ -87,6 +87,8 @@ pub struct Edge {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Fires when the edge begins to drain: it then reports NOT_SERVING.
     draining: CancellationToken,
+    /// Records the calls the edge refuses itself (they never reach a service).
+    audit: aida_core::audit::AuditLayer,
 }
 
 /// HTTP requests the edge answered, by `handler` (the REST route's gRPC method, `grpc`,
@@ -247,23 +249,59 @@ impl Edge {
         match authorize_fresh(&self.verifier, path, headers).await {
             Ok(Some(context)) => {
                 let key = format!("{}|{}", context.tenant_id, context.subject);
-                if let Err(not_until) = self.limiter.check_key(&key) {
-                    return Err(rate_limited(
-                        "principal",
-                        not_until.wait_time_from(DefaultClock::default().now()),
-                    ));
+                match self.limiter.check_key(&key) {
+                    Ok(()) => Ok(Some(context)),
+                    Err(not_until) => {
+                        let status = rate_limited(
+                            "principal",
+                            not_until.wait_time_from(DefaultClock::default().now()),
+                        );
+                        let caller = (
+                            context.tenant_id.as_str(),
+                            context.subject.as_str(),
+                            context.roles.as_slice(),
+                        );
+                        self.audit
+                            .refused(path, headers, Some(caller), status.code())
+                            .await;
+                        Err(status)
+                    }
                 }
-                Ok(Some(context))
             }
-            Ok(None) => {
-                self.charge_address(peer)?;
-                Ok(None)
-            }
+            Ok(None) => self
+                .charge_address_audited(path, headers, peer)
+                .await
+                .map(|()| None),
             Err(error) => {
-                self.charge_address(peer)?;
-                Err(error.into())
+                self.charge_address_audited(path, headers, peer).await?;
+                let status = tonic::Status::from(error);
+                // A valid token without the right: the record names who was refused.
+                let verified = aida_core::auth::bearer_token(headers)
+                    .ok()
+                    .and_then(|token| self.verifier.verify(&token).ok());
+                let caller = verified.as_ref().map(|(tenant, subject, roles)| {
+                    (tenant.as_str(), subject.as_str(), roles.as_slice())
+                });
+                self.audit
+                    .refused(path, headers, caller, status.code())
+                    .await;
+                Err(status)
             }
         }
+    }
+
+    /// [`Edge::charge_address`], recording the trip when the address just ran over its rate.
+    async fn charge_address_audited(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<(), tonic::Status> {
+        let charged = self.charge_address(peer);
+        if let Err(status) = &charged {
+            self.audit.refused(path, headers, None, status.code()).await;
+        }
+        charged
     }
 
     /// Counts an anonymous call against its address; over the rate, the address is
@@ -768,9 +806,11 @@ async fn invalidate_on_snapshots(
 /// Builds the edge: routes from the descriptors, upstream channels, the verifier.
 pub async fn build(
     settings: &Settings,
+    bus: Arc<dyn EventBus>,
     local: Option<LocalMesh>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Edge>, StartError> {
+    let audit = aida_core::audit::AuditLayer::new(aida_core::audit::Sink::Bus(bus), "edge");
     let pool = DescriptorPool::decode(aida_proto::FILE_DESCRIPTOR_SET)
         .map_err(|error| StartError::Server(format!("descriptors: {error}")))?;
     let routes = RouteTable::from_pool(&pool, "aida.").map_err(StartError::Server)?;
@@ -807,6 +847,7 @@ pub async fn build(
             drain: Duration::from_millis(settings.edge.request_timeout_ms),
         };
         let router = aida_core::server::builder(verifier.clone())
+            .audited(audit.clone())
             .add_service(ReleaseServiceServer::new(api));
         upstreams.serve_here(
             ReleaseServiceServer::<release::ReleaseApi>::NAME,
@@ -848,6 +889,7 @@ pub async fn build(
             .map_err(|message| StartError::Server(format!("edge.trusted_proxies: {message}")))?,
         settings: edge_settings,
         draining: shutdown,
+        audit,
     }))
 }
 
@@ -901,7 +943,7 @@ pub async fn serve(
     local: Option<LocalMesh>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let edge = build(settings, local, shutdown.clone()).await?;
+    let edge = build(settings, bus.clone(), local, shutdown.clone()).await?;
     tokio::spawn(invalidate_on_snapshots(edge.clone(), bus, shutdown.clone()));
     let app = axum::Router::new()
         .route("/healthz", get(health))

@@ -4,6 +4,7 @@
 //! `edge/access.rs`, the holes a viewer or a sales rep of a tenant must not find.
 
 mod access;
+mod audit;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

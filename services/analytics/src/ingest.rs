@@ -173,7 +173,8 @@ pub fn to_row(
             | Payload::AutonomyChanged(_)
             | Payload::AutonomyProposed(_)
             | Payload::LeadMerged(_)
-            | Payload::LeadScored(_),
+            | Payload::LeadScored(_)
+            | Payload::AuditRecorded(_),
         ) => return Ok(None),
         None => {
             return Err(HandlerError::Poison(format!(

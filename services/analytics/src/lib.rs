@@ -1,9 +1,12 @@
 //! AnalyticsService: durable JetStream consumers write every lead, deal and comms event
 //! into DuckDB in batches (idempotent by event id, pseudonyms only); the reports read it;
 //! a periodic job publishes `analytics.computed` snapshots and `analytics.alerted` alerts.
+//! The server also keeps the audit log ([`audit`]): it chains every `audit.recorded` event
+//! and serves AuditService.
 
 mod alerts;
 mod api;
+pub mod audit;
 mod ingest;
 pub mod warehouse;
 
@@ -16,6 +19,7 @@ use aida_core::db::Migrations;
 use aida_core::runner::ServiceRunner;
 use aida_core::runtime::{ServiceContext, StartError};
 use aida_proto::aida::analytics::v1::analytics_service_server::AnalyticsServiceServer;
+use aida_proto::aida::audit::v1::audit_service_server::AuditServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService as _;
@@ -71,6 +75,16 @@ pub async fn serve(
         let name = context.settings.analytics.consumer_name(name);
         runner.consume_batched(&name, stream, None, batch, ingestor.clone());
     }
+    // One name for every replica: each record is chained once, in delivery order.
+    runner.consume_batched(
+        audit::CONSUMER,
+        aida_core::bus::AUDIT_STREAM,
+        None,
+        batch,
+        Arc::new(audit::Chain {
+            db: context.db.clone(),
+        }),
+    );
     let alert_store = AlertStore::new(context.db.clone());
     let monitor = Monitor {
         warehouse: warehouse.clone(),
@@ -87,11 +101,22 @@ pub async fn serve(
         alerts: alert_store,
         page_tokens: context.page_tokens.clone(),
     };
+    let audit_api = audit::AuditApi {
+        db: context.db.clone(),
+        page_tokens: context.page_tokens.clone(),
+    };
     runner
         .serve(
             listener,
-            &[AnalyticsServiceServer::<AnalyticsApi>::NAME],
-            |routes| routes.add_service(AnalyticsServiceServer::new(api)),
+            &[
+                AnalyticsServiceServer::<AnalyticsApi>::NAME,
+                AuditServiceServer::<audit::AuditApi>::NAME,
+            ],
+            |routes| {
+                routes
+                    .add_service(AnalyticsServiceServer::new(api))
+                    .add_service(AuditServiceServer::new(audit_api))
+            },
         )
         .await
 }

@@ -492,7 +492,242 @@ async fn an_instance_that_does_not_monitor_publishes_no_snapshots(backend: Backe
     );
 }
 
+/// An `audit.recorded` event as a service of the mesh writes it.
+fn audit_event(tenant: &str, action: &str) -> EventEnvelope {
+    use aida_proto::aida::audit::v1::{AuditActor, AuditRecord};
+    use aida_proto::aida::events::v1::AuditRecorded;
+    let id = uuid::Uuid::now_v7().to_string();
+    EventEnvelope {
+        event_id: id.clone(),
+        event_type: "audit.recorded".into(),
+        tenant_id: tenant.into(),
+        occurred_at: Some(now()),
+        payload: Some(Payload::AuditRecorded(AuditRecorded {
+            record: Some(AuditRecord {
+                id,
+                occur_time: Some(now()),
+                tenant_id: tenant.into(),
+                actor: Some(AuditActor {
+                    subject: "rep-7".into(),
+                    roles: vec!["sales_rep".into()],
+                    client_identity: "spiffe://aida/edge".into(),
+                }),
+                action: action.into(),
+                resource: format!("leads/{}", uuid::Uuid::now_v7()),
+                outcome: "OK".into(),
+                request_id: "req-1".into(),
+                recorded_by: "leads".into(),
+                ..AuditRecord::default()
+            }),
+        })),
+        ..EventEnvelope::default()
+    }
+}
+
+/// Runs `statements` in one transaction past the append-only triggers, as someone with
+/// the database's owner account could.
+async fn tamper(db: &aida_core::db::Database, statements: &[String]) {
+    let mut tx = db.begin().await.expect("begin");
+    let bypass: &[&str] = match tx.engine() {
+        aida_core::db::Engine::Postgres => &["SET LOCAL session_replication_role = replica"],
+        aida_core::db::Engine::Sqlite => &[
+            "DROP TRIGGER IF EXISTS audit_records_no_update",
+            "DROP TRIGGER IF EXISTS audit_records_no_delete",
+        ],
+    };
+    for statement in bypass
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(statements.iter().cloned())
+    {
+        tx.execute(aida_core::db::Sql::new(statement.clone()))
+            .await
+            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+    }
+    tx.commit().await.expect("commit");
+}
+
+async fn the_audit_chain_names_the_first_altered_missing_reordered_or_cut_record(backend: Backend) {
+    use aida_analytics::audit::verify;
+    let app = App::spawn(backend).await;
+    let tenants = ["intact", "altered", "deleted", "reordered", "cut"];
+    let mut events = Vec::new();
+    for tenant in tenants {
+        for n in 0..5 {
+            let event = audit_event(tenant, &format!("aida.leads.v1.LeadService/Call{n}"));
+            events.push((format!("{}-copy", event.event_id), event.clone()));
+            events.push((event.event_id.clone(), event));
+        }
+    }
+    app.publish(&events).await;
+    let db = aida_core::db::Database::connect(
+        &app.env.settings.database_url_for(aida_analytics::SERVICE),
+    )
+    .await
+    .expect("analytics database");
+    let chained = eventually(Duration::from_secs(20), || async {
+        let reports = verify(&db, None).await.expect("verify");
+        reports.len() == tenants.len()
+            && reports
+                .iter()
+                .all(|report| report.records == 5 && report.broken.is_none())
+    })
+    .await;
+    assert!(chained, "{:?}", verify(&db, None).await);
+
+    // The service's own account may not change or remove a record.
+    for statement in [
+        "UPDATE audit_records SET action = 'x' WHERE tenant_id = 'intact'",
+        "DELETE FROM audit_records WHERE tenant_id = 'intact'",
+    ] {
+        let refused = db.execute(aida_core::db::Sql::new(statement)).await;
+        let error = refused.expect_err(statement).to_string();
+        assert!(error.contains("append-only"), "{statement}: {error}");
+    }
+    if db.engine() == aida_core::db::Engine::Postgres {
+        let error = db
+            .execute(aida_core::db::Sql::new("TRUNCATE audit_records"))
+            .await
+            .expect_err("truncate");
+        assert!(error.to_string().contains("append-only"), "{error}");
+    }
+
+    // Behind the triggers' back: one record changed, one deleted, two swapped, the tail cut.
+    tamper(
+        &db,
+        &[
+            "UPDATE audit_records SET outcome = 'PERMISSION_DENIED' WHERE tenant_id = 'altered' AND seq = 3".into(),
+            "DELETE FROM audit_records WHERE tenant_id = 'deleted' AND seq = 2".into(),
+            "UPDATE audit_records SET seq = -seq WHERE tenant_id = 'reordered' AND seq IN (2, 3)".into(),
+            "UPDATE audit_records SET seq = 5 + seq WHERE tenant_id = 'reordered' AND seq < 0".into(),
+            "DELETE FROM audit_records WHERE tenant_id = 'cut' AND seq = 5".into(),
+        ],
+    )
+    .await;
+    let reports = verify(&db, None).await.expect("verify");
+    let broken = |tenant: &str| {
+        reports
+            .iter()
+            .find(|report| report.tenant_id == tenant)
+            .and_then(|report| report.broken.clone())
+            .map(|found| (found.sequence, found.reason))
+    };
+    assert_eq!(broken("intact"), None);
+    let expect = [
+        ("altered", 3, "altered"),
+        ("deleted", 2, "missing"),
+        ("reordered", 2, "previous hash"),
+        ("cut", 5, "cut"),
+    ];
+    for (tenant, sequence, reason) in expect {
+        let found = broken(tenant);
+        assert!(
+            found
+                .as_ref()
+                .is_some_and(|(at, why)| *at == sequence && why.contains(reason)),
+            "{tenant}: {found:?}"
+        );
+    }
+    let only = verify(&db, Some("altered")).await.expect("one tenant");
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].broken.as_ref().map(|found| found.sequence), Some(3));
+}
+
+async fn audit_records_are_listed_newest_first_in_pages_for_admins_only(backend: Backend) {
+    use aida_proto::aida::audit::v1::ListAuditRecordsRequest;
+    use aida_proto::aida::audit::v1::audit_service_client::AuditServiceClient;
+    let app = App::spawn(backend).await;
+    let events: Vec<(String, EventEnvelope)> = (0..5)
+        .map(|n| audit_event("acme", &format!("aida.leads.v1.LeadService/Call{n}")))
+        .chain([audit_event("globex", "aida.leads.v1.LeadService/Call9")])
+        .map(|event| (event.event_id.clone(), event))
+        .collect();
+    app.publish(&events).await;
+    let mut client = AuditServiceClient::new(app.server.channel().await);
+    let list = |page_size: i32, page_token: String, filter: &str| ListAuditRecordsRequest {
+        page_size,
+        page_token,
+        filter: filter.into(),
+    };
+    let arrived = eventually(Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let request = app.env.request("acme", list(0, String::new(), ""));
+        async move {
+            client
+                .list_audit_records(request)
+                .await
+                .is_ok_and(|response| response.into_inner().audit_records.len() == 5)
+        }
+    })
+    .await;
+    assert!(arrived, "five records chained");
+
+    let mut sequences = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_audit_records(app.env.request("acme", list(2, token, "")))
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.audit_records.len() <= 2);
+        sequences.extend(page.audit_records.iter().map(|record| record.sequence));
+        assert!(
+            page.audit_records
+                .iter()
+                .all(|record| record.tenant_id == "acme")
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(sequences, [5, 4, 3, 2, 1]);
+
+    let filtered = client
+        .list_audit_records(app.env.request(
+            "acme",
+            list(0, String::new(), "sequence <= 2 AND actor = \"rep-7\""),
+        ))
+        .await
+        .expect("filtered")
+        .into_inner();
+    let first = filtered.audit_records.last().cloned().unwrap_or_default();
+    assert_eq!(filtered.audit_records.len(), 2);
+    assert_eq!(
+        first.previous_hash,
+        vec![0; 32],
+        "the first record starts the chain"
+    );
+    assert_eq!(first.hash.len(), 32);
+    assert_eq!(
+        first.actor.map(|actor| actor.client_identity).as_deref(),
+        Some("spiffe://aida/edge")
+    );
+
+    let bad = client
+        .list_audit_records(
+            app.env
+                .request("acme", list(0, String::new(), "colour = red")),
+        )
+        .await
+        .expect_err("unknown field");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let manager = client
+        .list_audit_records(app.env.request_as(
+            "acme",
+            "m-1",
+            &["manager"],
+            list(0, String::new(), ""),
+        ))
+        .await
+        .expect_err("managers do not read the audit log");
+    assert_eq!(manager.code(), Code::PermissionDenied);
+}
+
 aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    the_audit_chain_names_the_first_altered_missing_reordered_or_cut_record,
+    audit_records_are_listed_newest_first_in_pages_for_admins_only,
     every_analytics_replica_reads_every_event_into_its_own_duckdb,
     an_instance_that_does_not_monitor_publishes_no_snapshots,
     a_redelivered_event_is_counted_once,

@@ -779,10 +779,20 @@ where
             // the first call after a key rotation is not lost.
             match authorize_fresh(&verifier, request.uri().path(), request.headers()).await {
                 Ok(Some(context)) => {
+                    crate::audit::identify(&context.tenant_id, &context.subject, &context.roles);
                     request.extensions_mut().insert(context);
                 }
                 Ok(None) => {}
-                Err(error) => return Ok(Status::from(error).into_http()),
+                Err(error) => {
+                    // A valid token without the right: the refusal's record names who.
+                    if matches!(error, Error::PermissionDenied(_))
+                        && let Ok(token) = bearer_token(request.headers())
+                        && let Ok((tenant, subject, roles)) = verifier.verify(&token)
+                    {
+                        crate::audit::identify(&tenant, &subject, &roles);
+                    }
+                    return Ok(Status::from(error).into_http());
+                }
             }
             ready.call(request).await
         })

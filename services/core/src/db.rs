@@ -338,11 +338,13 @@ impl Database {
 
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Self::Postgres(pool) => Tx::new(TxInner::Postgres(pool.begin().await?)),
             // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
             // then writes fails with SQLITE_BUSY when another writer got in between, which
             // the busy timeout cannot resolve.
-            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Sqlite(pool) => {
+                Tx::new(TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
         })
     }
 
@@ -480,24 +482,44 @@ impl Database {
 }
 
 /// A transaction on either engine. Dropping it without [`Tx::commit`] rolls back.
-pub enum Tx {
+pub struct Tx {
+    inner: TxInner,
+    /// The audited call whose record this transaction carries (see [`crate::audit`]).
+    audit: Option<std::sync::Arc<crate::audit::Scope>>,
+}
+
+enum TxInner {
     Postgres(sqlx::Transaction<'static, Postgres>),
     Sqlite(sqlx::Transaction<'static, Sqlite>),
 }
 
 impl Tx {
+    fn new(inner: TxInner) -> Self {
+        Self { inner, audit: None }
+    }
+
     fn target(&mut self) -> Target<'_> {
-        match self {
-            Self::Postgres(tx) => Target::Postgres(&mut *tx),
-            Self::Sqlite(tx) => Target::Sqlite(&mut *tx),
+        match &mut self.inner {
+            TxInner::Postgres(tx) => Target::Postgres(&mut *tx),
+            TxInner::Sqlite(tx) => Target::Sqlite(&mut *tx),
         }
     }
 
     pub fn engine(&self) -> Engine {
-        match self {
-            Self::Postgres(_) => Engine::Postgres,
-            Self::Sqlite(_) => Engine::Sqlite,
+        match self.inner {
+            TxInner::Postgres(_) => Engine::Postgres,
+            TxInner::Sqlite(_) => Engine::Sqlite,
         }
+    }
+
+    /// The audited call whose record this transaction already carries.
+    pub(crate) fn audit_scope(&self) -> Option<&crate::audit::Scope> {
+        self.audit.as_deref()
+    }
+
+    /// This transaction carries `scope`'s record: committing it records the call.
+    pub(crate) fn carry_audit(&mut self, scope: std::sync::Arc<crate::audit::Scope>) {
+        self.audit = Some(scope);
     }
 
     pub async fn execute(&mut self, sql: Sql) -> Result<u64, sqlx::Error> {
@@ -519,16 +541,20 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(tx) => tx.commit().await,
-            Self::Sqlite(tx) => tx.commit().await,
+        match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Sqlite(tx) => tx.commit().await?,
         }
+        if let Some(scope) = self.audit {
+            scope.mark_committed();
+        }
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(tx) => tx.rollback().await,
-            Self::Sqlite(tx) => tx.rollback().await,
+        match self.inner {
+            TxInner::Postgres(tx) => tx.rollback().await,
+            TxInner::Sqlite(tx) => tx.rollback().await,
         }
     }
 }

@@ -31,6 +31,7 @@ pub fn event_type(payload: &Payload) -> &'static str {
         Payload::AutonomyProposed(_) => "comms.autonomy_proposed",
         Payload::AnalyticsComputed(_) => "analytics.computed",
         Payload::AnalyticsAlerted(_) => "analytics.alerted",
+        Payload::AuditRecorded(_) => "audit.recorded",
     }
 }
 

@@ -1,6 +1,7 @@
 //! What every AIDA-CRM service shares: settings, errors, storage, the transactional outbox
 //! and event bus, consumers, authentication, list queries, telemetry and server plumbing.
 
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod consumer;

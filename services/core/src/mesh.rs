@@ -55,7 +55,10 @@ pub const COMMS: MeshService = MeshService {
 pub const ANALYTICS: MeshService = MeshService {
     name: "analytics",
     title: "AnalyticsService",
-    grpc_services: &["aida.analytics.v1.AnalyticsService"],
+    grpc_services: &[
+        "aida.analytics.v1.AnalyticsService",
+        "aida.audit.v1.AuditService",
+    ],
     default_port: 50054,
     metrics_port: 9454,
     stream: ANALYTICS_STREAM,

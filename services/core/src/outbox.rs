@@ -30,6 +30,8 @@ pub struct Event {
     event_id: String,
     event_type: String,
     tenant_id: String,
+    /// The resource it is about (`leads/<id>`).
+    subject: String,
     payload: Vec<u8>,
     occurred_at: Option<DateTime<Utc>>,
     /// The W3C traceparent of the call that made it ('' when untraced).
@@ -42,6 +44,7 @@ impl From<&EventEnvelope> for Event {
             event_id: envelope.event_id.clone(),
             event_type: envelope.event_type.clone(),
             tenant_id: envelope.tenant_id.clone(),
+            subject: envelope.subject.clone(),
             payload: envelope.encode_to_vec(),
             occurred_at: envelope.occurred_at.as_ref().and_then(|time| {
                 DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))
@@ -68,8 +71,23 @@ impl From<&Event> for Event {
 }
 
 /// Adds `event` (an [`Event`] or an envelope) to the outbox inside the caller's transaction.
+/// The first event of an audited call ([`crate::audit`]) brings the call's audit record
+/// into the same transaction.
 pub async fn enqueue(tx: &mut Tx, event: impl Into<Event>) -> Result<(), Error> {
     let event = event.into();
+    insert(tx, &event).await?;
+    if let Some(scope) = crate::audit::current()
+        && tx.audit_scope().is_none()
+    {
+        let record = scope.for_event(&event.tenant_id, &event.subject);
+        insert(tx, &Event::from(&record)).await?;
+        tx.carry_audit(scope);
+    }
+    Ok(())
+}
+
+/// Adds `event` to the outbox, nothing else.
+pub(crate) async fn insert(tx: &mut Tx, event: &Event) -> Result<(), Error> {
     let event_id = Uuid::parse_str(&event.event_id)
         .map_err(|error| Error::internal(format!("event id {}: {error}", event.event_id)))?;
     tx.execute(
@@ -78,11 +96,11 @@ pub async fn enqueue(tx: &mut Tx, event: impl Into<Event>) -> Result<(), Error> 
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(event_id)
-        .bind(event.event_type)
-        .bind(event.tenant_id)
-        .bind(event.payload)
+        .bind(event.event_type.as_str())
+        .bind(event.tenant_id.as_str())
+        .bind(event.payload.clone())
         .bind(event.occurred_at.unwrap_or_else(Utc::now))
-        .bind(event.traceparent),
+        .bind(event.traceparent.as_str()),
     )
     .await?;
     Ok(())

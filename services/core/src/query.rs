@@ -902,6 +902,7 @@ list_requests!(
     aida_proto::aida::deals::v1::ListDealsRequest { order_by },
     aida_proto::aida::comms::v1::ListMessagesRequest,
     aida_proto::aida::comms::v1::ListDraftsRequest,
+    aida_proto::aida::audit::v1::ListAuditRecordsRequest,
 );
 
 /// A List request read: the page it asks for of the rows its filter selects, in the order

@@ -162,6 +162,11 @@ pub const TABLE: &[(&str, Option<&[&str]>)] = &[
         "aida.analytics.v1.AnalyticsService/DeleteAlertRule",
         Some(ALERT_WRITERS),
     ),
+    // The audit log holds every user's actions: only the tenant's admins read it.
+    (
+        "aida.audit.v1.AuditService/ListAuditRecords",
+        Some(&["admin"]),
+    ),
 ];
 
 /// What the table says about `method` (`package.Service/Method`, with or without a leading

@@ -183,7 +183,15 @@ impl ServiceRunner {
         ));
         let reflection =
             server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
+        let audit = crate::audit::AuditLayer::new(
+            crate::audit::Sink::Outbox {
+                db: self.context.db.clone(),
+                relay: self.context.relay.clone(),
+            },
+            self.service,
+        );
         let router = add(server::builder(self.context.verifier.clone())
+            .audited(audit)
             .add_service(health)
             .add_service(reflection));
         if let Some(local) = &self.context.local {

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tower::layer::util::{Identity, Stack};
 use tower::{Layer as _, ServiceExt as _};
 
+use crate::audit::AuditLayer;
 use crate::auth::{AuthLayer, TokenVerifier};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
@@ -66,6 +67,7 @@ impl LocalMesh {
 pub struct MeshRouter {
     routes: Routes,
     verifier: Arc<TokenVerifier>,
+    audit: AuditLayer,
 }
 
 impl MeshRouter {
@@ -84,14 +86,23 @@ impl MeshRouter {
         self
     }
 
+    /// Records the calls with `audit` (outside the [`AuthLayer`], so refusals too).
+    pub fn audited(mut self, audit: AuditLayer) -> Self {
+        self.audit = audit;
+        self
+    }
+
     /// The routes behind the [`AuthLayer`], callable in process. The caller's
     /// `grpc-timeout` is enforced as the network server enforces it.
     pub fn local(&self) -> LocalService {
         // Counted as the network server counts them: refusals of the AuthLayer included.
-        let inner = crate::metrics::GrpcMetricsLayer
-            .layer(AuthLayer::new(self.verifier.clone()).layer(self.routes.clone()));
-        let service = tower::service_fn(move |request: http::Request<Body>| {
+        let inner = crate::metrics::GrpcMetricsLayer.layer(
+            self.audit
+                .layer(AuthLayer::new(self.verifier.clone()).layer(self.routes.clone())),
+        );
+        let service = tower::service_fn(move |mut request: http::Request<Body>| {
             let inner = inner.clone();
+            request.extensions_mut().insert(crate::audit::InProcess);
             let span = call_span(request.uri().path(), request.headers());
             tracing::Instrument::instrument(
                 async move {
@@ -160,14 +171,18 @@ pub fn builder(verifier: Arc<TokenVerifier>) -> MeshRouter {
     MeshRouter {
         routes: Routes::default(),
         verifier,
+        audit: AuditLayer::off(),
     }
 }
 
 /// A server with the mesh's transport settings: the RED metrics outermost (so refused
-/// calls are counted with their code), then the [`AuthLayer`].
+/// calls are counted with their code), the audit, then the [`AuthLayer`].
+#[allow(clippy::type_complexity)]
 fn server(
     verifier: Arc<TokenVerifier>,
-) -> Server<Stack<AuthLayer, Stack<crate::metrics::GrpcMetricsLayer, Identity>>> {
+    audit: AuditLayer,
+) -> Server<Stack<AuthLayer, Stack<AuditLayer, Stack<crate::metrics::GrpcMetricsLayer, Identity>>>>
+{
     Server::builder()
         // A span per call, named by the method, so every log line carries it.
         .trace_fn(|request| call_span(request.uri().path(), request.headers()))
@@ -176,6 +191,7 @@ fn server(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
         .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(audit)
         .layer(AuthLayer::new(verifier))
 }
 
@@ -202,8 +218,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     tls: Option<Arc<crate::tls::MeshTls>>,
 ) -> Result<(), tonic::transport::Error> {
-    let MeshRouter { routes, verifier } = router;
-    let router = server(verifier).add_routes(routes);
+    let MeshRouter {
+        routes,
+        verifier,
+        audit,
+    } = router;
+    let router = server(verifier, audit).add_routes(routes);
     let signal = shutdown.clone().cancelled_owned();
     let accepting = shutdown.child_token();
     let serving = async move {

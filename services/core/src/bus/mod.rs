@@ -23,11 +23,12 @@ pub use nats::NatsBus;
 
 /// The streams of the mesh: (stream, subject root). `crm.leads` is stream `CRM_LEADS`
 /// holding `leads.>`, and so on; dead letters go to `CRM_DLQ` under `dlq.>`.
-pub const STREAMS: [(&str, &str); 5] = [
+pub const STREAMS: [(&str, &str); 6] = [
     (LEADS_STREAM, "leads"),
     (DEALS_STREAM, "deals"),
     (COMMS_STREAM, "comms"),
     (ANALYTICS_STREAM, "analytics"),
+    (AUDIT_STREAM, "audit"),
     (DEAD_LETTER_STREAM, "dlq"),
 ];
 
@@ -39,6 +40,9 @@ pub const DEALS_STREAM: &str = "CRM_DEALS";
 pub const COMMS_STREAM: &str = "CRM_COMMS";
 /// AnalyticsService's events (`analytics.>`).
 pub const ANALYTICS_STREAM: &str = "CRM_ANALYTICS";
+/// Audit records on their way to the chain (`audit.recorded`), from every service and the
+/// edge.
+pub const AUDIT_STREAM: &str = "CRM_AUDIT";
 /// The dead-letter stream.
 pub const DEAD_LETTER_STREAM: &str = "CRM_DLQ";
 
