@@ -518,6 +518,16 @@ fn ready_to_serve(service: Service, settings: &Settings) -> anyhow::Result<()> {
              or [\"*\"] to allow any origin"
         );
     }
+    if service == Service::Analytics
+        && settings.database_url.is_some()
+        && settings.analytics.pseudonym_key.is_none()
+    {
+        bail!(
+            "analytics.pseudonym_key must be set for a deployed analytics service: the secret \
+             the owners' pseudonyms are keyed with, the same for every replica \
+             (AIDA_ANALYTICS__PSEUDONYM_KEY, at least 32 characters; not the JWT key)"
+        );
+    }
     Ok(())
 }
 

@@ -337,6 +337,36 @@ fn unknown_services_and_bad_settings_are_refused_with_the_reason() {
 }
 
 #[test]
+fn a_deployed_analytics_service_needs_its_own_pseudonym_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |key: Option<&str>| {
+        let mut command = aida(dir.path());
+        command
+            .args(["config", "check", "--service", "analytics"])
+            .env("AIDA_DATABASE_URL", "postgres://aida@db:5432/aida");
+        if let Some(key) = key {
+            command.env("AIDA_ANALYTICS__PSEUDONYM_KEY", key);
+        }
+        command.output().expect("run")
+    };
+    let refused = check(None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("analytics.pseudonym_key"), "{stderr}");
+    let accepted = check(Some(&"p".repeat(40)));
+    let printed = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(
+        !printed.contains(&"p".repeat(40)),
+        "the key is redacted: {printed}"
+    );
+}
+
+#[test]
 fn a_deployed_edge_refuses_to_start_without_cors_origins() {
     let dir = tempfile::tempdir().expect("tempdir");
     let refused = aida(dir.path())

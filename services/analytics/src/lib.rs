@@ -63,7 +63,7 @@ pub async fn serve(
         Warehouse::open(&path).map_err(|error| StartError::Server(error.to_string()))?;
     let ingestor = Arc::new(Ingestor {
         warehouse: warehouse.clone(),
-        pseudonyms: Pseudonymizer::new(&context.settings.signing_key()?),
+        pseudonyms: Pseudonymizer::new(&context.settings.pseudonym_key()?),
         ingested: Arc::new(AtomicU64::new(0)),
     });
     let batch = BatchOptions {

@@ -393,6 +393,13 @@ pub struct AnalyticsSettings {
     /// Whether this instance publishes `analytics.computed` snapshots and evaluates alert
     /// rules. Exactly one instance should (read replicas turn it off), or alerts open twice.
     pub monitor: bool,
+    /// The key of the owners' pseudonyms in DuckDB (HMAC-SHA256), a secret of its own:
+    /// rotating the JWT key must not change every pseudonym. Unset: a random key is
+    /// created in `data_dir/analytics-pseudonym.key` on first use (`aida up`); a deployed
+    /// analytics service (`database_url` set) refuses to start without it, so that every
+    /// replica writes the same pseudonyms.
+    #[serde(skip_serializing)]
+    pub pseudonym_key: Option<SecretString>,
 }
 
 impl AnalyticsSettings {
@@ -626,6 +633,7 @@ impl Default for Defaults {
                 batch_max_wait_ms: 200,
                 instance: None,
                 monitor: true,
+                pseudonym_key: None,
             },
             ai: AiSettings {
                 openrouter_api_key: None,
@@ -1013,6 +1021,14 @@ impl Settings {
                 message: "must be at least 32 characters".into(),
             });
         }
+        if let Some(key) = &self.analytics.pseudonym_key
+            && key.expose_secret().len() < 32
+        {
+            return Err(SettingsError::Field {
+                field: "analytics.pseudonym_key",
+                message: "must be at least 32 characters".into(),
+            });
+        }
         if self.bus.max_deliver == 0 {
             return Err(SettingsError::Field {
                 field: "bus.max_deliver",
@@ -1061,6 +1077,11 @@ impl Settings {
         let secrets = [
             ("auth", "signing_key", self.auth.signing_key.is_some()),
             (
+                "analytics",
+                "pseudonym_key",
+                self.analytics.pseudonym_key.is_some(),
+            ),
+            (
                 "ai",
                 "openrouter_api_key",
                 self.ai.openrouter_api_key.is_some(),
@@ -1102,16 +1123,40 @@ impl Settings {
 
     /// The HS256 signing key: configured, or read from (created in) `data_dir`.
     pub fn signing_key(&self) -> Result<SecretString, SettingsError> {
-        if let Some(key) = &self.auth.signing_key {
+        self.secret_or_file(
+            self.auth.signing_key.as_ref(),
+            "auth.signing_key",
+            "dev-signing.key",
+        )
+    }
+
+    /// The analytics pseudonym key: configured, or read from (created in) `data_dir`.
+    pub fn pseudonym_key(&self) -> Result<SecretString, SettingsError> {
+        self.secret_or_file(
+            self.analytics.pseudonym_key.as_ref(),
+            "analytics.pseudonym_key",
+            "analytics-pseudonym.key",
+        )
+    }
+
+    /// `configured` (`field`, at least 32 characters), else the key in `data_dir/file`,
+    /// created at random the first time.
+    fn secret_or_file(
+        &self,
+        configured: Option<&SecretString>,
+        field: &'static str,
+        file: &str,
+    ) -> Result<SecretString, SettingsError> {
+        if let Some(key) = configured {
             if key.expose_secret().len() < 32 {
                 return Err(SettingsError::Field {
-                    field: "auth.signing_key",
+                    field,
                     message: "must be at least 32 characters".into(),
                 });
             }
             return Ok(key.clone());
         }
-        let path = self.data_dir.join("dev-signing.key");
+        let path = self.data_dir.join(file);
         match std::fs::read_to_string(&path) {
             Ok(key) => Ok(SecretString::from(key.trim().to_owned())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -1389,5 +1434,27 @@ mod tests {
         let second = settings.signing_key().expect("key");
         assert_eq!(first.expose_secret(), second.expose_secret());
         assert_eq!(first.expose_secret().len(), 64);
+    }
+
+    #[test]
+    fn the_pseudonym_key_is_a_secret_of_its_own_that_the_signing_key_does_not_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = Settings::embedded();
+        settings.data_dir = dir.path().to_path_buf();
+        let first = settings.pseudonym_key().expect("key");
+        settings.auth.signing_key = Some(SecretString::from("r".repeat(40)));
+        let after_rotation = settings.pseudonym_key().expect("key");
+        assert_eq!(first.expose_secret(), after_rotation.expose_secret());
+        assert_ne!(
+            first.expose_secret(),
+            settings.signing_key().expect("signing").expose_secret()
+        );
+        settings.analytics.pseudonym_key = Some(SecretString::from("short".to_owned()));
+        let refused = settings.validate().expect_err("too short");
+        assert!(
+            refused.to_string().contains("analytics.pseudonym_key"),
+            "{refused}"
+        );
+        assert!(settings.pseudonym_key().is_err());
     }
 }
