@@ -74,6 +74,10 @@ impl Shared {
             .env("AIDA_NATS_URL", shared_nats_url())
             .env("AIDA_BUS__NAMESPACE", &self.namespace)
             .env("AIDA_AUTH__SIGNING_KEY", &self.signing_key)
+            .env(
+                "AIDA_ANALYTICS__PSEUDONYM_KEY",
+                "replicas-test-pseudonym-key-0123456789",
+            )
             .env(port_key, port.to_string())
             .env("AIDA_TELEMETRY__METRICS_PORT", "0")
             .env("AIDA_LOG__FILTER", "warn")

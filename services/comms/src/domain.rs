@@ -416,6 +416,47 @@ pub struct Message {
     pub create_time: DateTime<Utc>,
 }
 
+/// The consent purpose sending checks: a message of CommsService is direct marketing.
+pub const MARKETING: &str = "marketing";
+
+/// Whether consent is given or withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentState {
+    Granted,
+    Withdrawn,
+}
+
+impl ConsentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Granted => "GRANTED",
+            ConsentState::Withdrawn => "WITHDRAWN",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "GRANTED" => Some(ConsentState::Granted),
+            "WITHDRAWN" => Some(ConsentState::Withdrawn),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a lead's consent ledger (never changed once written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consent {
+    pub id: Uuid,
+    pub lead_id: Uuid,
+    pub channel: Channel,
+    pub purpose: String,
+    pub state: ConsentState,
+    pub source: String,
+    pub proof: String,
+    pub recorded_by: String,
+    pub create_time: DateTime<Utc>,
+}
+
 /// An address that must never be contacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suppression {

@@ -6,6 +6,9 @@ use aida_core::query::{self, Field, FieldKind, ListQuery, OrderTerm};
 
 /// How ListTemplates pages: by name (ties by id).
 pub const TEMPLATE_ORDER: [OrderTerm; 1] = [OrderTerm::key("name", FieldKind::Text, false)];
+/// How ListConsents pages: newest first (ties by id).
+pub const CONSENT_ORDER: [OrderTerm; 1] =
+    [OrderTerm::key("create_time", FieldKind::Timestamp, true)];
 /// How ListSuppressions pages: by address, unique within a tenant.
 pub const SUPPRESSION_ORDER: [OrderTerm; 1] = [OrderTerm::key("address", FieldKind::Text, false)];
 use aida_core::{Error, outbox};
@@ -13,7 +16,66 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::domain::{Channel, Message, MessageStatus, Suppression, Template};
+use crate::domain::{
+    Channel, Consent, ConsentState, MARKETING, Message, MessageStatus, Suppression, Template,
+};
+
+const CONSENT_COLUMNS: &str =
+    "id, lead_id, channel, purpose, state, source, proof, recorded_by, create_time";
+
+#[derive(sqlx::FromRow)]
+struct ConsentRow {
+    id: Uuid,
+    lead_id: Uuid,
+    channel: String,
+    purpose: String,
+    state: String,
+    source: String,
+    proof: String,
+    recorded_by: String,
+    create_time: DateTime<Utc>,
+}
+
+impl TryFrom<ConsentRow> for Consent {
+    type Error = Error;
+    fn try_from(row: ConsentRow) -> Result<Self, Error> {
+        Ok(Consent {
+            id: row.id,
+            lead_id: row.lead_id,
+            channel: Channel::parse(&row.channel)
+                .ok_or_else(|| Error::internal(format!("stored channel {}", row.channel)))?,
+            purpose: row.purpose,
+            state: ConsentState::parse(&row.state)
+                .ok_or_else(|| Error::internal(format!("stored consent state {}", row.state)))?,
+            source: row.source,
+            proof: row.proof,
+            recorded_by: row.recorded_by,
+            create_time: row.create_time,
+        })
+    }
+}
+
+/// Appends `consent` to `tenant`'s ledger inside `tx`.
+async fn insert_consent(tx: &mut Tx, tenant: &str, consent: &Consent) -> Result<(), Error> {
+    tx.execute(
+        Sql::new(format!(
+            "INSERT INTO consents (tenant_id, {CONSENT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(tenant)
+        .bind(consent.id)
+        .bind(consent.lead_id)
+        .bind(consent.channel.as_str())
+        .bind(consent.purpose.as_str())
+        .bind(consent.state.as_str())
+        .bind(consent.source.as_str())
+        .bind(consent.proof.as_str())
+        .bind(consent.recorded_by.as_str())
+        .bind(consent.create_time),
+    )
+    .await?;
+    Ok(())
+}
 
 const TEMPLATE_COLUMNS: &str =
     "tenant_id, id, name, channel, subject, body, version, create_time, update_time";
@@ -311,19 +373,90 @@ impl CommsStore {
         Ok(())
     }
 
-    /// Suppresses the recipient of `message` and records the unsubscribe event, once.
+    /// Suppresses the recipient of `message`, records the withdrawal of their marketing
+    /// consent for its channel (the link is the proof) and the unsubscribe event, once.
     pub async fn unsubscribe(&self, message: &Message, event: &outbox::Event) -> Result<(), Error> {
         let mut tx = self.db.begin().await?;
+        let now = aida_core::events::now_micros();
         let suppression = Suppression {
             address: crate::domain::normalize_address(&message.to),
             reason: "unsubscribed".into(),
-            create_time: aida_core::events::now_micros(),
+            create_time: now,
         };
         if insert_suppression(&mut tx, &message.tenant_id, &suppression).await? {
+            let withdrawal = Consent {
+                id: Uuid::now_v7(),
+                lead_id: message.lead_id,
+                channel: message.channel,
+                purpose: MARKETING.into(),
+                state: ConsentState::Withdrawn,
+                source: "unsubscribe_link".into(),
+                proof: format!("messages/{}", message.id),
+                recorded_by: "public:unsubscribe".into(),
+                create_time: now,
+            };
+            insert_consent(&mut tx, &message.tenant_id, &withdrawal).await?;
             outbox::enqueue(&mut tx, event).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    // ----- consents -----
+
+    /// Appends `consent` to `tenant`'s ledger.
+    pub async fn record_consent(&self, tenant: &str, consent: &Consent) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        insert_consent(&mut tx, tenant, consent).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The state in force of `lead`'s consent for `channel` and `purpose`: the newest
+    /// entry's, or `None` when the ledger has none.
+    pub async fn consent_in_force(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        channel: Channel,
+        purpose: &str,
+    ) -> Result<Option<ConsentState>, Error> {
+        let row: Option<ConsentRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2 \
+                     AND channel = $3 AND purpose = $4 ORDER BY create_time DESC, id DESC LIMIT 1"
+                ))
+                .bind(tenant)
+                .bind(lead)
+                .bind(channel.as_str())
+                .bind(purpose),
+            )
+            .await?;
+        Ok(row
+            .map(Consent::try_from)
+            .transpose()?
+            .map(|consent| consent.state))
+    }
+
+    /// A page of `lead`'s consents in [`CONSENT_ORDER`], after `after`, and whether more
+    /// follow.
+    pub async fn consents(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        limit: u32,
+        after: Option<&query::After>,
+    ) -> Result<(Vec<Consent>, bool), Error> {
+        let sql = Sql::new(format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2"
+        ))
+        .bind(tenant)
+        .bind(lead);
+        self.db
+            .fetch_page_as::<ConsentRow, Consent>(sql, &CONSENT_ORDER, limit, after)
+            .await
     }
 
     // ----- messages -----

@@ -13,8 +13,9 @@ use aida_core::testing::{Backend, RunningServer, SmtpSink, TestEnv, eml_files, e
 use aida_proto::aida::comms::v1::comms_service_client::CommsServiceClient;
 use aida_proto::aida::comms::v1::tracking_service_client::TrackingServiceClient;
 use aida_proto::aida::comms::v1::{
-    AddSuppressionRequest, Channel, CreateTemplateRequest, GetMessageRequest, ListMessagesRequest,
-    ListSuppressionsRequest, MessageStatus, RecordReplyRequest, SendMessageRequest, Suppression,
+    AddSuppressionRequest, Channel, Consent, ConsentState, CreateTemplateRequest,
+    GetMessageRequest, ListConsentsRequest, ListMessagesRequest, ListSuppressionsRequest,
+    MessageStatus, RecordConsentRequest, RecordReplyRequest, SendMessageRequest, Suppression,
     Template, TrackClickRequest, TrackOpenRequest, UnsubscribeRequest,
 };
 use aida_proto::aida::events::v1::EventEnvelope;
@@ -706,7 +707,248 @@ async fn an_sms_reaches_the_provider_and_a_refusal_is_recorded_as_failed(backend
     assert_eq!(events.len(), 1, "only the delivered SMS is published");
 }
 
+/// A consent entry for `lead`.
+fn consent(
+    lead: &Lead,
+    channel: Channel,
+    state: ConsentState,
+    source: &str,
+) -> RecordConsentRequest {
+    RecordConsentRequest {
+        consent: Some(Consent {
+            lead_id: lead.id.clone(),
+            channel: channel as i32,
+            purpose: "marketing".into(),
+            state: state as i32,
+            source: source.into(),
+            proof: "https://example.com/signup?form=v3".into(),
+            ..Consent::default()
+        }),
+    }
+}
+
+impl App {
+    async fn consents(&self, tenant: &str, lead: &Lead) -> Vec<Consent> {
+        self.client()
+            .await
+            .list_consents(self.env.request(
+                tenant,
+                ListConsentsRequest {
+                    lead_id: lead.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list consents")
+            .into_inner()
+            .consents
+    }
+}
+
+async fn a_withdrawn_marketing_consent_stops_sending_on_its_channel_until_given_again(
+    backend: Backend,
+) {
+    let app = App::spawn(backend).await;
+    let lead = app
+        .lead("acme", "consent@example.com", "+44 20 7946 0100")
+        .await;
+    let mut client = app.client().await;
+    let given = client
+        .record_consent(app.env.request(
+            "acme",
+            consent(&lead, Channel::Email, ConsentState::Granted, "web_form"),
+        ))
+        .await
+        .expect("granted")
+        .into_inner();
+    assert_eq!(given.recorded_by, "tester");
+    assert!(!given.id.is_empty() && given.create_time.is_some());
+    app.send("acme", email(&lead, "Hi", "Hello"))
+        .await
+        .expect("sent with consent");
+
+    client
+        .record_consent(app.env.request(
+            "acme",
+            consent(&lead, Channel::Email, ConsentState::Withdrawn, "phone_call"),
+        ))
+        .await
+        .expect("withdrawn");
+    let refused = app
+        .send("acme", email(&lead, "Hi again", "Hello"))
+        .await
+        .expect_err("withdrawn consent");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("withdrew"),
+        "{}",
+        refused.message()
+    );
+    // Another channel is another consent.
+    let sms = SendMessageRequest {
+        lead_id: lead.id.clone(),
+        channel: Channel::Sms as i32,
+        body: "Hello by SMS".into(),
+        ..Default::default()
+    };
+    app.send("acme", sms).await.expect("sms still allowed");
+
+    client
+        .record_consent(app.env.request(
+            "acme",
+            consent(&lead, Channel::Email, ConsentState::Granted, "web_form"),
+        ))
+        .await
+        .expect("given again");
+    app.send("acme", email(&lead, "Welcome back", "Hello"))
+        .await
+        .expect("sent again");
+    let history: Vec<(String, i32)> = app
+        .consents("acme", &lead)
+        .await
+        .iter()
+        .map(|entry| (entry.source.clone(), entry.state))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("web_form".to_owned(), ConsentState::Granted as i32),
+            ("phone_call".to_owned(), ConsentState::Withdrawn as i32),
+            ("web_form".to_owned(), ConsentState::Granted as i32),
+        ],
+        "newest first"
+    );
+    let first_page = client
+        .list_consents(app.env.request(
+            "acme",
+            ListConsentsRequest {
+                lead_id: lead.id.clone(),
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(first_page.consents.len(), 2);
+    let rest = client
+        .list_consents(app.env.request(
+            "acme",
+            ListConsentsRequest {
+                lead_id: lead.id.clone(),
+                page_size: 2,
+                page_token: first_page.next_page_token,
+            },
+        ))
+        .await
+        .expect("next page")
+        .into_inner();
+    assert_eq!(rest.consents.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+}
+
+async fn an_unsubscribe_link_records_a_withdrawal_with_the_message_as_proof(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let lead = app.lead("acme", "optout@example.com", "").await;
+    let sent = app
+        .send("acme", email(&lead, "Hi", "Hello"))
+        .await
+        .expect("send");
+    let raw = unfold(&app.wait_for_emails(1).await[0]);
+    let token = tracking_token(&raw, "u");
+    for _ in 0..2 {
+        app.tracking()
+            .await
+            .unsubscribe(UnsubscribeRequest {
+                token: token.clone(),
+            })
+            .await
+            .expect("unsubscribe");
+    }
+    let history = app.consents("acme", &lead).await;
+    assert_eq!(
+        history.len(),
+        1,
+        "one withdrawal however often the link is used"
+    );
+    let withdrawal = &history[0];
+    assert_eq!(withdrawal.state, ConsentState::Withdrawn as i32);
+    assert_eq!(withdrawal.channel, Channel::Email as i32);
+    assert_eq!(withdrawal.purpose, "marketing");
+    assert_eq!(withdrawal.source, "unsubscribe_link");
+    assert_eq!(withdrawal.proof, format!("messages/{}", sent.id));
+    assert_eq!(withdrawal.recorded_by, "public:unsubscribe");
+}
+
+async fn bad_consents_are_invalid_argument_naming_each_field_and_other_tenants_leads_not_found(
+    backend: Backend,
+) {
+    let app = App::spawn(backend).await;
+    let lead = app.lead("acme", "fields@example.com", "").await;
+    let mut client = app.client().await;
+    let empty = client
+        .record_consent(app.env.request(
+            "acme",
+            RecordConsentRequest {
+                consent: Some(Consent {
+                    proof: "x".repeat(501),
+                    purpose: "Marketing!".into(),
+                    ..Consent::default()
+                }),
+            },
+        ))
+        .await
+        .expect_err("empty");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let mut fields = violated_fields(&empty);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "consent.channel",
+            "consent.lead_id",
+            "consent.proof",
+            "consent.purpose",
+            "consent.source",
+            "consent.state",
+        ]
+    );
+    let missing = client
+        .record_consent(
+            app.env
+                .request("acme", RecordConsentRequest { consent: None }),
+        )
+        .await
+        .expect_err("no consent");
+    assert_violates(&missing, "consent", "no consent");
+    let elsewhere = client
+        .record_consent(app.env.request(
+            "globex",
+            consent(&lead, Channel::Email, ConsentState::Withdrawn, "web_form"),
+        ))
+        .await
+        .expect_err("another tenant's lead");
+    assert_eq!(elsewhere.code(), Code::NotFound);
+    let viewer = client
+        .record_consent(app.env.request_as(
+            "acme",
+            "v-1",
+            &["viewer"],
+            consent(&lead, Channel::Email, ConsentState::Withdrawn, "web_form"),
+        ))
+        .await
+        .expect_err("viewers record nothing");
+    assert_eq!(viewer.code(), Code::PermissionDenied);
+    assert!(
+        app.consents("acme", &lead).await.is_empty(),
+        "nothing was recorded"
+    );
+}
+
 aida_core::backend_pair_suite!(on_postgres_jetstream_and_smtp, on_sqlite_and_mail_directory:
+    a_withdrawn_marketing_consent_stops_sending_on_its_channel_until_given_again,
+    an_unsubscribe_link_records_a_withdrawal_with_the_message_as_proof,
+    bad_consents_are_invalid_argument_naming_each_field_and_other_tenants_leads_not_found,
     a_templated_email_is_delivered_with_tracked_links_and_one_click_unsubscribe,
     opens_clicks_and_replies_are_recorded_once_each_and_published,
     unsubscribing_suppresses_the_address_and_nothing_more_is_sent,

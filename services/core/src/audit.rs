@@ -312,18 +312,23 @@ fn resource_of(path: &str, frame: &[u8]) -> String {
     if let Some(id) = text(&message, "id") {
         return format!("{}/{id}", collection(noun));
     }
-    if let Some(Value::Message(inner)) = message.get_field_by_name(&snake(noun)).as_deref()
-        && let Some(id) = text(inner, "id")
-    {
+    let inner = match message.get_field_by_name(&snake(noun)).as_deref() {
+        Some(Value::Message(inner)) => Some(inner.clone()),
+        _ => None,
+    };
+    if let Some(id) = inner.as_ref().and_then(|inner| text(inner, "id")) {
         return format!("{}/{id}", collection(noun));
     }
-    for field in message.descriptor().fields() {
-        let name = field.name();
-        if let Some(thing) = name.strip_suffix("_id")
-            && !matches!(thing, "tenant" | "request")
-            && let Some(id) = text(&message, name)
-        {
-            return format!("{thing}s/{id}");
+    // `SendMessage`'s `lead_id`, or `RecordConsent`'s `consent.lead_id`.
+    for message in std::iter::once(&message).chain(inner.as_ref()) {
+        for field in message.descriptor().fields() {
+            let name = field.name();
+            if let Some(thing) = name.strip_suffix("_id")
+                && !matches!(thing, "tenant" | "request")
+                && let Some(id) = text(message, name)
+            {
+                return format!("{thing}s/{id}");
+            }
         }
     }
     String::new()
@@ -584,6 +589,20 @@ mod tests {
             &frame(&suppress),
         );
         assert!(!named.contains("ada"), "{named}");
+        let consent = comms::RecordConsentRequest {
+            consent: Some(comms::Consent {
+                lead_id: "l-3".into(),
+                proof: "ada@example.com".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            resource_of(
+                "/aida.comms.v1.CommsService/RecordConsent",
+                &frame(&consent)
+            ),
+            "leads/l-3"
+        );
         assert_eq!(
             resource_of("/aida.leads.v1.LeadService/UpdateLead", b"\x00"),
             ""

@@ -91,6 +91,11 @@ pub const TABLE: &[(&str, Option<&[&str]>)] = &[
         "aida.comms.v1.CommsService/DeleteSuppression",
         Some(&["admin"]),
     ),
+    ("aida.comms.v1.CommsService/RecordConsent", Some(SELLERS)),
+    (
+        "aida.comms.v1.CommsService/ListConsents",
+        Some(COMMS_READERS),
+    ),
     ("aida.comms.v1.CommsService/GenerateMessage", Some(SELLERS)),
     ("aida.comms.v1.CommsService/GetDraft", Some(COMMS_READERS)),
     ("aida.comms.v1.CommsService/DiscardDraft", Some(SELLERS)),

@@ -235,7 +235,18 @@ async fn invalid_input_is_invalid_argument_naming_the_field_and_writes_nothing(b
     assert_eq!(violated_fields(&status), vec!["id"]);
 
     assert_eq!(app.count("leads").await, 0, "no lead written");
-    assert_eq!(app.count("outbox").await, 0, "no event written");
+    assert_eq!(
+        app.count("outbox WHERE event_type <> 'audit.recorded'")
+            .await,
+        0,
+        "no event written"
+    );
+    // Only the refusals' audit records: one per refused call.
+    assert!(
+        app.count("outbox WHERE event_type = 'audit.recorded'")
+            .await
+            > 0
+    );
 }
 
 async fn another_tenants_lead_is_not_found_for_get_update_qualify_reject_and_delete(

@@ -74,6 +74,88 @@ fn channel_from_proto(value: i32, field: &str, required: bool) -> Result<Option<
     }
 }
 
+/// A consent to record, checked: every violation names its field.
+fn consent_from_proto(input: &pb::Consent, recorded_by: &str) -> Result<domain::Consent, Error> {
+    fn collect<T>(result: &Result<T, Error>, into: &mut Vec<aida_core::FieldViolation>) {
+        if let Err(Error::InvalidArgument(found)) = result {
+            into.extend(found.iter().cloned());
+        }
+    }
+    let word = |field: &str, value: &str| -> Result<(), Error> {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                "1 to 64 lower-case letters, digits, '_' or '-' (e.g. marketing, web_form)",
+            ))
+        }
+    };
+    let lead_id = parse_id("consent.lead_id", &input.lead_id, "lead");
+    let channel = channel_from_proto(input.channel, "consent.channel", true);
+    let state = match pb::ConsentState::try_from(input.state) {
+        Ok(pb::ConsentState::Granted) => Ok(domain::ConsentState::Granted),
+        Ok(pb::ConsentState::Withdrawn) => Ok(domain::ConsentState::Withdrawn),
+        _ => Err(Error::invalid(
+            "consent.state",
+            "GRANTED or WITHDRAWN is required",
+        )),
+    };
+    let purpose = word("consent.purpose", input.purpose.trim());
+    let source = word("consent.source", input.source.trim());
+    let proof = if input.proof.chars().count() > 500 || input.proof.chars().any(char::is_control) {
+        Err(Error::invalid(
+            "consent.proof",
+            "at most 500 characters, no control characters",
+        ))
+    } else {
+        Ok(())
+    };
+    let mut violations = Vec::new();
+    collect(&lead_id, &mut violations);
+    collect(&channel, &mut violations);
+    collect(&purpose, &mut violations);
+    collect(&state, &mut violations);
+    collect(&source, &mut violations);
+    collect(&proof, &mut violations);
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(domain::Consent {
+        id: Uuid::now_v7(),
+        lead_id: lead_id?,
+        channel: channel?.ok_or_else(|| Error::invalid("consent.channel", "required"))?,
+        purpose: input.purpose.trim().to_owned(),
+        state: state?,
+        source: input.source.trim().to_owned(),
+        proof: input.proof.clone(),
+        recorded_by: recorded_by.to_owned(),
+        create_time: now_micros(),
+    })
+}
+
+fn consent_to_proto(consent: &domain::Consent) -> pb::Consent {
+    pb::Consent {
+        id: consent.id.to_string(),
+        lead_id: consent.lead_id.to_string(),
+        channel: channel_to_proto(consent.channel) as i32,
+        purpose: consent.purpose.clone(),
+        state: match consent.state {
+            domain::ConsentState::Granted => pb::ConsentState::Granted,
+            domain::ConsentState::Withdrawn => pb::ConsentState::Withdrawn,
+        } as i32,
+        source: consent.source.clone(),
+        proof: consent.proof.clone(),
+        create_time: Some(timestamp(consent.create_time)),
+        recorded_by: consent.recorded_by.clone(),
+    }
+}
+
 fn channel_to_proto(channel: Channel) -> pb::Channel {
     match channel {
         Channel::Email => pb::Channel::Email,
@@ -800,6 +882,48 @@ impl CommsService for CommsApi {
             .delete_suppression(&context.tenant_id, &address)
             .await?;
         Ok(Response::new(()))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::Consent>, Status> {
+        let (context, request) = AuthContext::split(request)?;
+        let input = aida_core::required("consent", request.consent, "a consent is required")?;
+        let consent = consent_from_proto(&input, &context.subject)?;
+        // The lead as the caller may see it: another tenant's, or a colleague's for a
+        // sales rep, is NOT_FOUND.
+        self.0.lead(&context, consent.lead_id).await?;
+        self.0
+            .store
+            .record_consent(&context.tenant_id, &consent)
+            .await?;
+        Ok(Response::new(consent_to_proto(&consent)))
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        let (context, list) = AuthContext::split(request)?;
+        let lead_id = parse_id("lead_id", &list.lead_id, "lead")?;
+        let paging = self
+            .0
+            .paging(PAGE_SIZES.of(list.page_size)?, "", &store::CONSENT_ORDER);
+        let after = paging.resume(&list.page_token)?;
+        self.0.lead(&context, lead_id).await?;
+        let (consents, more) = self
+            .0
+            .store
+            .consents(&context.tenant_id, lead_id, paging.size, after.as_ref())
+            .await?;
+        let next_page_token = paging.next(&consents, more, |last| {
+            (vec![KeyValue::Time(last.create_time)], last.id)
+        })?;
+        Ok(Response::new(pb::ListConsentsResponse {
+            consents: consents.iter().map(consent_to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_drafts(

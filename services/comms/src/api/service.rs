@@ -137,6 +137,35 @@ impl Comms {
                 message: format!("{to} is on the suppression list"),
             });
         }
+        let consent = comms
+            .store
+            .consent_in_force(&context.tenant_id, lead_id, channel, domain::MARKETING)
+            .await?;
+        if consent == Some(domain::ConsentState::Withdrawn) {
+            if let Some(draft) = draft {
+                // Like a suppressed address: the writer must never reach this person.
+                comms
+                    .autonomy
+                    .incident(
+                        context,
+                        &draft_key(draft),
+                        aida_ai::autonomy::Incident::Critical,
+                        &format!(
+                            "draft {} was addressed to a lead who withdrew consent",
+                            draft.id
+                        ),
+                    )
+                    .await?;
+            }
+            return Err(Error::FailedPrecondition {
+                reason: "CONSENT_WITHDRAWN",
+                message: format!(
+                    "lead {lead_id} withdrew {} consent for {}",
+                    domain::MARKETING,
+                    channel.as_str()
+                ),
+            });
+        }
         let now = now_micros();
         let recent = comms
             .store
