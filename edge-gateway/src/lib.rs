@@ -14,6 +14,7 @@
 mod admission;
 mod grpc;
 pub mod openapi;
+pub mod privacy;
 pub mod release;
 pub mod routes;
 pub mod template;
@@ -838,19 +839,28 @@ pub async fn build(
     .await
     .map_err(StartError::Server)?;
     let verifier = Arc::new(verifier(settings, &settings.signing_key()?).await);
-    // ReleaseService runs here, behind the same authentication and RBAC as the services.
+    // ReleaseService and PrivacyService run here, behind the same authentication, RBAC
+    // and audit as the services.
     {
+        use aida_proto::aida::privacy::v1::privacy_service_server::PrivacyServiceServer;
         use aida_proto::aida::release::v1::release_service_server::ReleaseServiceServer;
         use tonic::server::NamedService as _;
         let api = release::ReleaseApi {
             upstreams: upstreams.clone(),
             drain: Duration::from_millis(settings.edge.request_timeout_ms),
         };
+        let privacy = privacy::PrivacyApi {
+            upstreams: upstreams.clone(),
+        };
         let router = aida_core::server::builder(verifier.clone())
             .audited(audit.clone())
-            .add_service(ReleaseServiceServer::new(api));
+            .add_service(ReleaseServiceServer::new(api))
+            .add_service(PrivacyServiceServer::new(privacy));
         upstreams.serve_here(
-            ReleaseServiceServer::<release::ReleaseApi>::NAME,
+            &[
+                ReleaseServiceServer::<release::ReleaseApi>::NAME,
+                PrivacyServiceServer::<privacy::PrivacyApi>::NAME,
+            ],
             router.local(),
         );
     }

@@ -132,8 +132,9 @@ pub struct Upstreams {
     /// One switch at a time.
     switching: Arc<tokio::sync::Mutex<()>>,
     local: Option<LocalMesh>,
-    /// The edge's own service (ReleaseService) and its gRPC name, set once at start.
-    own: Arc<std::sync::OnceLock<(&'static str, Upstream)>>,
+    /// The edge's own services (ReleaseService, PrivacyService) by gRPC name, and the
+    /// router serving them, set once at start.
+    own: Arc<std::sync::OnceLock<(Vec<&'static str>, Upstream)>>,
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {
@@ -202,15 +203,15 @@ impl Upstreams {
 
     /// Serves `grpc_service` (`package.Service`) from the edge itself (once; a second
     /// call is ignored).
-    pub fn serve_here(&self, grpc_service: &'static str, service: Upstream) {
-        let _ = self.own.set((grpc_service, service));
+    pub fn serve_here(&self, grpc_services: &[&'static str], service: Upstream) {
+        let _ = self.own.set((grpc_services.to_vec(), service));
     }
 
     /// A way to `grpc_service` (`package.Service`): the edge's own service, in process
     /// when it runs here (and has started), else a replica of the active colour.
     pub fn channel(&self, grpc_service: &str) -> Option<Upstream> {
-        if let Some((name, own)) = self.own.get()
-            && *name == grpc_service
+        if let Some((names, own)) = self.own.get()
+            && names.contains(&grpc_service)
         {
             return Some(own.clone());
         }

@@ -5,6 +5,7 @@
 
 mod access;
 mod audit;
+mod privacy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod consumer;
+pub mod contact;
 pub mod db;
 pub mod error;
 pub mod etag;

@@ -167,6 +167,11 @@ pub const TABLE: &[(&str, Option<&[&str]>)] = &[
         "aida.analytics.v1.AnalyticsService/DeleteAlertRule",
         Some(ALERT_WRITERS),
     ),
+    // A person's whole record, across services: the tenant's admins only.
+    (
+        "aida.privacy.v1.PrivacyService/ExportSubjectData",
+        Some(&["admin"]),
+    ),
     // The audit log holds every user's actions: only the tenant's admins read it.
     (
         "aida.audit.v1.AuditService/ListAuditRecords",

@@ -45,6 +45,7 @@ pub const LIST_FIELDS: &[Field] = &[
     Field::new("create_time", FieldKind::Timestamp, true),
     Field::new("update_time", FieldKind::Timestamp, true),
     Field::new("attributes", FieldKind::Map, false),
+    Field::new("merged_into", FieldKind::Text, false),
 ];
 
 #[derive(Debug, sqlx::FromRow)]
