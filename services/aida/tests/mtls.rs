@@ -98,6 +98,32 @@ async fn the_mesh_runs_on_mutual_tls_and_refuses_strangers() {
         sent.text().await.unwrap_or_default()
     );
 
+    // The audit records name the peer by its certificate: the edge called LeadService,
+    // and CommsService was called by the edge too.
+    let identities = eventually(Duration::from_secs(15), || async {
+        let records: serde_json::Value = http
+            .get(format!("{base}/v1/audit"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("json");
+        let peer = |action: &str| {
+            records["auditRecords"].as_array().is_some_and(|records| {
+                records.iter().any(|record| {
+                    record["action"] == action
+                        && record["actor"]["clientIdentity"] == "spiffe://aida/edge"
+                })
+            })
+        };
+        peer("aida.leads.v1.LeadService/CaptureLead")
+            && peer("aida.comms.v1.CommsService/SendMessage")
+    })
+    .await;
+    assert!(identities, "the records name the mTLS peer");
+
     // A plain-text gRPC client gets nowhere.
     let plain = async {
         let mut client = LeadServiceClient::connect(format!("http://{leads_address}"))

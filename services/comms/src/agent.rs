@@ -165,11 +165,26 @@ impl Outreach {
             .await
     }
 
+    /// Whether the lead may not get marketing e-mail: a suppressed address, or a withdrawn
+    /// consent (the agent never sends to them, so neither is the writer's incident).
     async fn suppressed(&self, tenant: &str, lead: &PbLead) -> Result<bool, Error> {
-        self.comms
+        if self
+            .comms
             .store
             .is_suppressed(tenant, &normalize_address(&lead.email))
-            .await
+            .await?
+        {
+            return Ok(true);
+        }
+        let Ok(lead_id) = Uuid::parse_str(&lead.id) else {
+            return Ok(false);
+        };
+        let consent = self
+            .comms
+            .store
+            .consent_in_force(tenant, lead_id, Channel::Email, crate::domain::MARKETING)
+            .await?;
+        Ok(consent == Some(crate::domain::ConsentState::Withdrawn))
     }
 
     /// A lead was scored: the agent considers a first touch.

@@ -383,7 +383,22 @@ impl CommsStore {
             reason: "unsubscribed".into(),
             create_time: now,
         };
-        if insert_suppression(&mut tx, &message.tenant_id, &suppression).await? {
+        let suppressed = insert_suppression(&mut tx, &message.tenant_id, &suppression).await?;
+        let in_force: Option<ConsentRow> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2 \
+                     AND channel = $3 AND purpose = $4 ORDER BY create_time DESC, id DESC LIMIT 1"
+                ))
+                .bind(message.tenant_id.as_str())
+                .bind(message.lead_id)
+                .bind(message.channel.as_str())
+                .bind(MARKETING),
+            )
+            .await?;
+        // The link withdraws consent even when the address was already suppressed (a
+        // bounce, say), and once: not again while the withdrawal is in force.
+        if in_force.is_none_or(|row| row.state != ConsentState::Withdrawn.as_str()) {
             let withdrawal = Consent {
                 id: Uuid::now_v7(),
                 lead_id: message.lead_id,
@@ -396,6 +411,8 @@ impl CommsStore {
                 create_time: now,
             };
             insert_consent(&mut tx, &message.tenant_id, &withdrawal).await?;
+        }
+        if suppressed {
             outbox::enqueue(&mut tx, event).await?;
         }
         tx.commit().await?;

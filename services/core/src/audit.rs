@@ -101,6 +101,9 @@ pub struct Scope {
     request_id: String,
     trace_id: String,
     client_identity: String,
+    /// Whether the call leaves records at all (public methods only when listed in
+    /// [`AUDITED_PUBLIC`]).
+    recordable: bool,
     state: Mutex<State>,
 }
 
@@ -143,11 +146,13 @@ impl Scope {
         let traceparent = crate::telemetry::current_traceparent()
             .unwrap_or_else(|| header("traceparent").to_owned());
         Self {
-            action: path.trim_start_matches('/').to_owned(),
+            // A client names the path: bounded, so a refusal's record stays small.
+            action: path.trim_start_matches('/').chars().take(256).collect(),
             recorded_by,
             request_id: header("x-request-id").chars().take(128).collect(),
             trace_id: trace_id(&traceparent),
             client_identity: client_identity(extensions),
+            recordable: true,
             state: Mutex::new(State::default()),
         }
     }
@@ -159,7 +164,8 @@ impl Scope {
             .and_then(|state| state.caller.clone())
     }
 
-    fn committed(&self) -> bool {
+    /// Whether a transaction of the call committed its record already.
+    pub(crate) fn committed(&self) -> bool {
         self.state.lock().is_ok_and(|state| state.committed)
     }
 
@@ -215,8 +221,9 @@ impl Scope {
 
     /// The record a call's transaction carries with `event`: the call's first event, so a
     /// call is recorded once however many events it writes.
-    pub(crate) fn for_event(&self, tenant: &str, resource: &str) -> EventEnvelope {
-        self.record(tenant, resource, tonic::Code::Ok)
+    pub(crate) fn for_event(&self, tenant: &str, resource: &str) -> Option<EventEnvelope> {
+        (self.recordable && !self.committed())
+            .then(|| self.record(tenant, resource, tonic::Code::Ok))
     }
 }
 
@@ -486,19 +493,28 @@ where
         }
         let layer = self.layer.clone();
         Box::pin(async move {
-            let public = crate::rbac::rule(&path) == crate::rbac::Rule::Public;
-            let mutating = !public && mutates(&path);
-            let scope = Arc::new(Scope::new(
+            let rule = crate::rbac::rule(&path);
+            let public = rule == crate::rbac::Rule::Public;
+            // Only methods of the table: an unknown path is refused by the AuthLayer and
+            // recorded as such, never buffered.
+            let mutating = matches!(rule, crate::rbac::Rule::Roles(_)) && mutates(&path);
+            let mut scope = Scope::new(
                 &path,
                 request.headers(),
                 request.extensions(),
                 layer.recorded_by,
-            ));
+            );
+            scope.recordable = !public || AUDITED_PUBLIC.contains(&scope.action.as_str());
+            let scope = Arc::new(scope);
             // A mutating call's message is kept to name its resource should the record
-            // not ride in its transaction (unary calls: one small frame).
+            // not ride in its transaction: unary calls, one frame, bounded like tonic's
+            // own decoding limit.
             let (request, frame) = if mutating {
                 let (parts, body) = request.into_parts();
-                match body.collect().await {
+                match http_body_util::Limited::new(body, MAX_FRAME)
+                    .collect()
+                    .await
+                {
                     Ok(collected) => {
                         let bytes = collected.to_bytes();
                         let request = http::Request::from_parts(
@@ -507,30 +523,97 @@ where
                         );
                         (request, Some(bytes))
                     }
-                    Err(_) => {
-                        // The client went away mid-request: nothing reached the service.
-                        let status = tonic::Status::cancelled("the request body was cut off");
+                    Err(error) => {
+                        let status = if error.is::<http_body_util::LengthLimitError>() {
+                            tonic::Status::resource_exhausted(format!(
+                                "the request is larger than {MAX_FRAME} bytes"
+                            ))
+                        } else {
+                            // The client went away mid-request: nothing reached the service.
+                            tonic::Status::cancelled("the request body was cut off")
+                        };
                         return Ok(status.into_http());
                     }
                 }
             } else {
                 (request, None)
             };
-            let response = SCOPE.scope(scope.clone(), ready.call(request)).await?;
-            let code = outcome(&response);
-            if !public && !scope.committed() && (mutating || refused(code)) {
-                let tenant = scope
-                    .caller()
-                    .map(|caller| caller.tenant_id)
-                    .unwrap_or_default();
-                let resource = frame
-                    .as_deref()
-                    .map(|frame| resource_of(&path, frame))
-                    .unwrap_or_default();
-                layer.write(&scope.record(&tenant, &resource, code)).await;
-            }
+            let mut pending = Pending {
+                layer: layer.clone(),
+                scope: scope.clone(),
+                path,
+                frame,
+                mutating,
+                public,
+                answered: false,
+            };
+            let response = SCOPE.scope(scope, ready.call(request)).await?;
+            pending.answered = true;
+            pending.finish(outcome(&response));
             Ok(response)
         })
+    }
+}
+
+/// Public methods whose changes are audited: an unsubscribe withdraws consent. (Opens
+/// and clicks are counted by their messages, not audited one by one.)
+const AUDITED_PUBLIC: &[&str] = &["aida.comms.v1.TrackingService/Unsubscribe"];
+
+/// The largest request the layer reads to name a resource: tonic's default decoding limit
+/// and the frame header.
+const MAX_FRAME: usize = 4 * 1024 * 1024 + 5;
+
+/// A call on its way through the layer: what its record needs once it answers, or, when
+/// the call is dropped first (its deadline, a reset), when it is dropped.
+struct Pending {
+    layer: AuditLayer,
+    scope: Arc<Scope>,
+    path: String,
+    frame: Option<Bytes>,
+    mutating: bool,
+    public: bool,
+    answered: bool,
+}
+
+impl Pending {
+    /// Writes the call's record unless its transaction carried it: a refusal, a failure
+    /// (also after a committed change: the change's record says OK, this one the call's
+    /// code), a change that commits no event. In a task of its own, so a caller that
+    /// goes away cannot cut it off.
+    fn finish(&self, code: tonic::Code) {
+        if self.public || !self.scope.recordable {
+            return;
+        }
+        let committed = self.scope.committed();
+        let record = if committed {
+            code != tonic::Code::Ok
+        } else {
+            self.mutating || refused(code)
+        };
+        if !record {
+            return;
+        }
+        let tenant = self
+            .scope
+            .caller()
+            .map(|caller| caller.tenant_id)
+            .unwrap_or_default();
+        let resource = self
+            .frame
+            .as_deref()
+            .map(|frame| resource_of(&self.path, frame))
+            .unwrap_or_default();
+        let envelope = self.scope.record(&tenant, &resource, code);
+        let layer = self.layer.clone();
+        tokio::spawn(async move { layer.write(&envelope).await });
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.finish(tonic::Code::Cancelled);
+        }
     }
 }
 
@@ -550,17 +633,19 @@ mod tests {
     fn a_request_names_its_resource_by_id_never_by_address() {
         use aida_proto::aida::comms::v1 as comms;
         use aida_proto::aida::leads::v1 as leads;
-        let delete = comms::DeleteTemplateRequest { id: "t-1".into() };
+        let delete = comms::DeleteTemplateRequest {
+            id: "0190f7c2-0000-7000-8000-000000000001".into(),
+        };
         assert_eq!(
             resource_of(
                 "/aida.comms.v1.CommsService/DeleteTemplate",
                 &frame(&delete)
             ),
-            "templates/t-1"
+            "templates/0190f7c2-0000-7000-8000-000000000001"
         );
         let update = leads::UpdateLeadRequest {
             lead: Some(leads::Lead {
-                id: "l-1".into(),
+                id: "0190f7c2-0000-7000-8000-000000000002".into(),
                 email: "ada@example.com".into(),
                 ..Default::default()
             }),
@@ -568,15 +653,15 @@ mod tests {
         };
         assert_eq!(
             resource_of("/aida.leads.v1.LeadService/UpdateLead", &frame(&update)),
-            "leads/l-1"
+            "leads/0190f7c2-0000-7000-8000-000000000002"
         );
         let send = comms::SendMessageRequest {
-            lead_id: "l-2".into(),
+            lead_id: "0190f7c2-0000-7000-8000-000000000003".into(),
             ..Default::default()
         };
         assert_eq!(
             resource_of("/aida.comms.v1.CommsService/SendMessage", &frame(&send)),
-            "leads/l-2"
+            "leads/0190f7c2-0000-7000-8000-000000000003"
         );
         let suppress = comms::AddSuppressionRequest {
             suppression: Some(comms::Suppression {
@@ -589,9 +674,21 @@ mod tests {
             &frame(&suppress),
         );
         assert!(!named.contains("ada"), "{named}");
+        let mistaken = leads::UpdateLeadRequest {
+            lead: Some(leads::Lead {
+                id: "ada@example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            resource_of("/aida.leads.v1.LeadService/UpdateLead", &frame(&mistaken)),
+            "",
+            "an id that is no UUID is never recorded"
+        );
         let consent = comms::RecordConsentRequest {
             consent: Some(comms::Consent {
-                lead_id: "l-3".into(),
+                lead_id: "0190f7c2-0000-7000-8000-000000000004".into(),
                 proof: "ada@example.com".into(),
                 ..Default::default()
             }),
@@ -601,7 +698,7 @@ mod tests {
                 "/aida.comms.v1.CommsService/RecordConsent",
                 &frame(&consent)
             ),
-            "leads/l-3"
+            "leads/0190f7c2-0000-7000-8000-000000000004"
         );
         assert_eq!(
             resource_of("/aida.leads.v1.LeadService/UpdateLead", b"\x00"),

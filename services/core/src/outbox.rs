@@ -78,8 +78,8 @@ pub async fn enqueue(tx: &mut Tx, event: impl Into<Event>) -> Result<(), Error> 
     insert(tx, &event).await?;
     if let Some(scope) = crate::audit::current()
         && tx.audit_scope().is_none()
+        && let Some(record) = scope.for_event(&event.tenant_id, &event.subject)
     {
-        let record = scope.for_event(&event.tenant_id, &event.subject);
         insert(tx, &Event::from(&record)).await?;
         tx.carry_audit(scope);
     }
