@@ -811,7 +811,11 @@ pub async fn build(
     local: Option<LocalMesh>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Edge>, StartError> {
-    let audit = aida_core::audit::AuditLayer::new(aida_core::audit::Sink::Bus(bus), "edge");
+    let audit = if settings.audit.enabled {
+        aida_core::audit::AuditLayer::new(aida_core::audit::Sink::Bus(bus), "edge")
+    } else {
+        aida_core::audit::AuditLayer::off()
+    };
     let pool = DescriptorPool::decode(aida_proto::FILE_DESCRIPTOR_SET)
         .map_err(|error| StartError::Server(format!("descriptors: {error}")))?;
     let routes = RouteTable::from_pool(&pool, "aida.").map_err(StartError::Server)?;

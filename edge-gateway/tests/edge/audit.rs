@@ -210,3 +210,20 @@ async fn changes_and_refusals_are_audited_and_only_admins_read_the_chain() {
         aida_analytics::audit::verify(&db, None).await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_audit_switched_off_nothing_is_recorded() {
+    let edge = Edge::start(|settings| settings.audit.enabled = false).await;
+    let admin = edge.token_of("acme", "boss", &["admin"]);
+    let viewer = edge.token_of("acme", "watcher", &["viewer"]);
+    let (status, _, _) = edge
+        .post("/v1/leads", &admin, json!({"email": "quiet@example.com"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = edge
+        .post("/v1/leads", &viewer, json!({"email": "v@example.com"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(edge.audit_records(&admin, "").await.is_empty());
+}

@@ -30,7 +30,8 @@ pub const CONSUMER: &str = "audit-chain";
 /// The hash before a chain's first record.
 const GENESIS: [u8; 32] = [0; 32];
 
-const COLUMNS: &str = "tenant_id, seq, id, occur_time, actor, roles, client_identity, action, \
+/// The columns a [`Row`] is read with.
+pub const COLUMNS: &str = "tenant_id, seq, id, occur_time, actor, roles, client_identity, action, \
                        resource, outcome, request_id, trace_id, recorded_by, prev_hash, hash";
 
 const RECORDS: Table = Table {

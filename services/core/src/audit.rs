@@ -311,11 +311,15 @@ fn resource_of(path: &str, frame: &[u8]) -> String {
         .skip(1)
         .find(|(_, c)| c.is_ascii_uppercase())
         .map_or("", |(index, _)| &method[index..]);
-    let text =
-        |message: &DynamicMessage, field: &str| match message.get_field_by_name(field).as_deref() {
-            Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
-            _ => None,
-        };
+    // Ids are UUIDs: anything else in an id field (an address, by mistake or on purpose)
+    // never reaches the log.
+    let text = |message: &DynamicMessage, field: &str| match message
+        .get_field_by_name(field)
+        .as_deref()
+    {
+        Some(Value::String(value)) if uuid::Uuid::parse_str(value).is_ok() => Some(value.clone()),
+        _ => None,
+    };
     if let Some(id) = text(&message, "id") {
         return format!("{}/{id}", collection(noun));
     }

@@ -183,13 +183,17 @@ impl ServiceRunner {
         ));
         let reflection =
             server::reflection().map_err(|error| StartError::Server(error.to_string()))?;
-        let audit = crate::audit::AuditLayer::new(
-            crate::audit::Sink::Outbox {
-                db: self.context.db.clone(),
-                relay: self.context.relay.clone(),
-            },
-            self.service,
-        );
+        let audit = if self.context.settings.audit.enabled {
+            crate::audit::AuditLayer::new(
+                crate::audit::Sink::Outbox {
+                    db: self.context.db.clone(),
+                    relay: self.context.relay.clone(),
+                },
+                self.service,
+            )
+        } else {
+            crate::audit::AuditLayer::off()
+        };
         let router = add(server::builder(self.context.verifier.clone())
             .audited(audit)
             .add_service(health)

@@ -40,6 +40,16 @@ pub struct Settings {
     pub edge: EdgeSettings,
     pub tls: TlsSettings,
     pub telemetry: TelemetrySettings,
+    pub audit: AuditSettings,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Whether calls are audited (on by default; off only to measure what the audit log
+    /// costs, as `aida-bench-audit` does).
+    pub enabled: bool,
 }
 
 /// Metrics, traces and error reports.
@@ -556,6 +566,7 @@ struct Defaults {
     edge: EdgeSettings,
     tls: TlsSettings,
     telemetry: TelemetrySettings,
+    audit: AuditSettings,
 }
 
 impl Default for Defaults {
@@ -688,6 +699,7 @@ impl Default for Defaults {
                 otlp_endpoint: None,
                 sentry_dsn: None,
             },
+            audit: AuditSettings { enabled: true },
         }
     }
 }
