@@ -55,6 +55,18 @@ impl TryFrom<ConsentRow> for Consent {
     }
 }
 
+/// The newest consent entry of `lead` for `channel` and `purpose`: the one in force.
+fn in_force_sql(tenant: &str, lead: Uuid, channel: Channel, purpose: &str) -> Sql {
+    Sql::new(format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2 \
+         AND channel = $3 AND purpose = $4 ORDER BY create_time DESC, id DESC LIMIT 1"
+    ))
+    .bind(tenant)
+    .bind(lead)
+    .bind(channel.as_str())
+    .bind(purpose)
+}
+
 /// Appends `consent` to `tenant`'s ledger inside `tx`.
 async fn insert_consent(tx: &mut Tx, tenant: &str, consent: &Consent) -> Result<(), Error> {
     tx.execute(
@@ -385,16 +397,12 @@ impl CommsStore {
         };
         let suppressed = insert_suppression(&mut tx, &message.tenant_id, &suppression).await?;
         let in_force: Option<ConsentRow> = tx
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2 \
-                     AND channel = $3 AND purpose = $4 ORDER BY create_time DESC, id DESC LIMIT 1"
-                ))
-                .bind(message.tenant_id.as_str())
-                .bind(message.lead_id)
-                .bind(message.channel.as_str())
-                .bind(MARKETING),
-            )
+            .fetch_optional(in_force_sql(
+                &message.tenant_id,
+                message.lead_id,
+                message.channel,
+                MARKETING,
+            ))
             .await?;
         // The link withdraws consent even when the address was already suppressed (a
         // bounce, say), and once: not again while the withdrawal is in force.
@@ -440,16 +448,7 @@ impl CommsStore {
     ) -> Result<Option<ConsentState>, Error> {
         let row: Option<ConsentRow> = self
             .db
-            .fetch_optional(
-                Sql::new(format!(
-                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE tenant_id = $1 AND lead_id = $2 \
-                     AND channel = $3 AND purpose = $4 ORDER BY create_time DESC, id DESC LIMIT 1"
-                ))
-                .bind(tenant)
-                .bind(lead)
-                .bind(channel.as_str())
-                .bind(purpose),
-            )
+            .fetch_optional(in_force_sql(tenant, lead, channel, purpose))
             .await?;
         Ok(row
             .map(Consent::try_from)
