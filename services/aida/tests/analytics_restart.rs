@@ -31,6 +31,10 @@ fn start_analytics(env: &TestEnv, port: u16) -> Child {
         .env("AIDA_BUS__NAMESPACE", &settings.bus.namespace)
         .env("AIDA_DATA_DIR", &settings.data_dir)
         .env(
+            "AIDA_CRYPTO__MASTER_KEYS",
+            "restart:2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e2e",
+        )
+        .env(
             "AIDA_ANALYTICS__PSEUDONYM_KEY",
             "restart-test-pseudonym-key-0123456789abcdef",
         )

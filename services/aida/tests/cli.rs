@@ -31,8 +31,14 @@ struct Up {
 
 /// Starts `aida up` and reads its banner.
 fn start_up(dir: &std::path::Path) -> Up {
+    start_up_with(dir, &[])
+}
+
+/// [`start_up`] with more settings in the environment.
+fn start_up_with(dir: &std::path::Path, settings: &[(&str, &str)]) -> Up {
     let started = Instant::now();
     let mut child = aida(dir)
+        .envs(settings.iter().copied())
         .arg("up")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -345,7 +351,10 @@ fn a_deployed_analytics_service_needs_its_own_pseudonym_key() {
             .args(["config", "check", "--service", "analytics"])
             .env("AIDA_DATABASE_URL", "postgres://aida@db:5432/aida");
         if let Some(key) = key {
-            command.env("AIDA_ANALYTICS__PSEUDONYM_KEY", key);
+            command.env("AIDA_ANALYTICS__PSEUDONYM_KEY", key).env(
+                "AIDA_CRYPTO__MASTER_KEYS",
+                "cli:4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d",
+            );
         }
         command.output().expect("run")
     };
@@ -361,9 +370,53 @@ fn a_deployed_analytics_service_needs_its_own_pseudonym_key() {
         String::from_utf8_lossy(&accepted.stderr)
     );
     assert!(
-        !printed.contains(&"p".repeat(40)),
-        "the key is redacted: {printed}"
+        !printed.contains(&"p".repeat(40)) && !printed.contains("4d4d4d"),
+        "the keys are redacted: {printed}"
     );
+}
+
+#[test]
+fn a_deployed_service_needs_the_master_keys_and_refuses_malformed_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |keys: Option<&str>| {
+        let mut command = aida(dir.path());
+        command
+            .args(["config", "check", "--service", "leads"])
+            .env("AIDA_DATABASE_URL", "postgres://aida@db:5432/aida");
+        if let Some(keys) = keys {
+            command.env("AIDA_CRYPTO__MASTER_KEYS", keys);
+        }
+        command.output().expect("run")
+    };
+    for (keys, expected) in [
+        (None, "crypto.master_keys must be set"),
+        (
+            Some("k1:0123"),
+            "crypto.master_keys: key 'k1': 64 hex digits",
+        ),
+        (Some("k1"), "crypto.master_keys: each key is id:hex"),
+    ] {
+        let refused = check(keys);
+        assert!(!refused.status.success(), "{keys:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(expected), "{keys:?}: {stderr}");
+    }
+    let accepted = check(Some(&format!(
+        "k1:{},k2:{}",
+        "ab".repeat(32),
+        "cd".repeat(32)
+    )));
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let printed = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        printed.contains("master_keys = \"[redacted]\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("abab"), "{printed}");
 }
 
 #[test]
@@ -611,4 +664,127 @@ async fn aida_audit_verify_passes_an_intact_chain_and_names_the_record_changed_b
         printed.contains("BROKEN at record 2") && printed.contains("altered"),
         "{printed}"
     );
+}
+
+/// `aida keys <action>` in `dir`: whether it succeeded, and what it printed.
+fn keys(dir: &std::path::Path, action: &str) -> (bool, String) {
+    let output = aida(dir)
+        .args(["keys", action])
+        .output()
+        .expect("run aida keys");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_under_load_fails_no_request_and_leaves_every_lead_readable() {
+    use aida_proto::aida::leads::v1::GetLeadRequest;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // Load, not the edge's rate limit, is what this measures.
+    const UNLIMITED: &[(&str, &str)] = &[
+        ("AIDA_EDGE__RATE_LIMIT_PER_SECOND", "100000"),
+        ("AIDA_EDGE__RATE_LIMIT_BURST", "100000"),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut up = start_up_with(dir.path(), UNLIMITED);
+    let (ok, before) = keys(dir.path(), "status");
+    assert!(ok, "{before}");
+    let old = before
+        .lines()
+        .find_map(|line| line.strip_prefix("current master key: "))
+        .expect("current key")
+        .to_owned();
+
+    // 8 clients capture and read back what they captured until the rotation is over.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (address, token, stop_load) = (up.address.clone(), up.token.clone(), stop_load.clone());
+        clients.push(tokio::spawn(async move {
+            let mut leads = LeadServiceClient::connect(format!("http://{address}"))
+                .await
+                .expect("connect");
+            let (mut captured, mut failures) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop_load.load(Ordering::Relaxed) || n < 3 {
+                let email = format!("rotation-{client}-{n}@example.com");
+                n += 1;
+                let request = CaptureLeadRequest {
+                    lead: Some(Lead {
+                        email: email.clone(),
+                        first_name: format!("Client{client}"),
+                        ..Lead::default()
+                    }),
+                    ..CaptureLeadRequest::default()
+                };
+                match leads.capture_lead(bearer(&token, request)).await {
+                    Ok(lead) => {
+                        let id = lead.into_inner().id;
+                        match leads
+                            .get_lead(bearer(&token, GetLeadRequest { id: id.clone() }))
+                            .await
+                        {
+                            Ok(read) if read.get_ref().email == email => captured.push((id, email)),
+                            Ok(read) => failures.push(format!("read {:?}", read.get_ref().email)),
+                            Err(status) => failures.push(format!("get: {status}")),
+                        }
+                    }
+                    Err(status) => failures.push(format!("capture: {status}")),
+                }
+            }
+            (captured, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, rotated) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || keys(&dir, "rotate")
+    })
+    .await
+    .expect("rotate");
+    assert!(ok, "{rotated}");
+    assert!(rotated.contains("tenant keys re-wrapped"), "{rotated}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.store(true, Ordering::Relaxed);
+    let mut captured = Vec::new();
+    for client in clients {
+        let (leads, failures) = client.await.expect("client");
+        assert_eq!(failures, Vec::<String>::new(), "no request fails");
+        captured.extend(leads);
+    }
+    assert!(captured.len() >= 24, "{} leads", captured.len());
+
+    let (ok, after) = keys(dir.path(), "status");
+    assert!(ok, "{after}");
+    let new = after
+        .lines()
+        .find_map(|line| line.strip_prefix("current master key: "))
+        .expect("current key");
+    assert_ne!(new, old, "{after}");
+    assert!(
+        !after.contains(&format!("  {old}:")),
+        "no tenant key is left under the old master key: {after}"
+    );
+
+    // A fresh process unwraps every tenant key under the new master key.
+    assert!(stop(up.take()).await.success());
+    let up = start_up_with(dir.path(), UNLIMITED);
+    let mut leads = LeadServiceClient::connect(format!("http://{}", up.address))
+        .await
+        .expect("connect");
+    for (id, email) in &captured {
+        let read = leads
+            .get_lead(bearer(&up.token, GetLeadRequest { id: id.clone() }))
+            .await
+            .expect("readable after rotation");
+        assert_eq!(&read.get_ref().email, email);
+    }
 }

@@ -15,6 +15,10 @@ use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead, SearchLeadsRequest};
 use secrecy::{ExposeSecret, SecretString};
 use tonic::transport::Channel;
 
+/// The master keys every replica shares.
+const REPLICA_MASTER_KEYS: &str =
+    "replicas:1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f";
+
 /// One `aida serve <role>` process, killed when dropped.
 struct Process {
     child: Option<Child>,
@@ -74,6 +78,7 @@ impl Shared {
             .env("AIDA_NATS_URL", shared_nats_url())
             .env("AIDA_BUS__NAMESPACE", &self.namespace)
             .env("AIDA_AUTH__SIGNING_KEY", &self.signing_key)
+            .env("AIDA_CRYPTO__MASTER_KEYS", REPLICA_MASTER_KEYS)
             .env(
                 "AIDA_ANALYTICS__PSEUDONYM_KEY",
                 "replicas-test-pseudonym-key-0123456789",

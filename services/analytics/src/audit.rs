@@ -464,6 +464,7 @@ impl AuditService for AuditApi {
             tenant: &context.tenant_id,
             owner: None,
             query: &listed,
+            blind: None,
         };
         let (rows, more) = self
             .db

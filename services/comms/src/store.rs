@@ -613,6 +613,7 @@ impl CommsStore {
             tenant,
             owner,
             query,
+            blind: None,
         };
         self.db
             .fetch_listed_page_as::<MessageRow, _>(&listing)

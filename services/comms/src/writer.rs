@@ -466,6 +466,7 @@ impl DraftStore {
             tenant,
             owner,
             query,
+            blind: None,
         };
         self.db.fetch_listed_page_as::<DraftRow, _>(&listing).await
     }

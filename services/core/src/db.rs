@@ -679,11 +679,13 @@ pub struct Listing<'a> {
     pub tenant: &'a str,
     pub owner: Option<&'a str>,
     pub query: &'a crate::query::ListQuery<'a, 'a>,
+    /// The blind indexes of sealed fields' filter values (see [`crate::query::Blind`]).
+    pub blind: Option<crate::query::Blind<'a>>,
 }
 
 impl Listing<'_> {
     /// `SELECT what FROM table WHERE` the listing's conditions.
-    fn select(&self, engine: Engine, what: &str) -> Result<Sql, crate::Error> {
+    pub fn select(&self, engine: Engine, what: &str) -> Result<Sql, crate::Error> {
         let mut sql = Sql::new(format!(
             "SELECT {what} FROM {} WHERE tenant_id = $1",
             self.table.name
@@ -693,7 +695,13 @@ impl Listing<'_> {
             sql.push(" AND owner_id = ");
             sql.push_arg(owner);
         }
-        crate::query::push_filter(&mut sql, engine, self.query.filter, self.fields)?;
+        crate::query::push_filter_blind(
+            &mut sql,
+            engine,
+            self.query.filter,
+            self.fields,
+            self.blind,
+        )?;
         Ok(sql)
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bus;
 pub mod consumer;
 pub mod contact;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod etag;

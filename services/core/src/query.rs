@@ -41,7 +41,15 @@ pub enum FieldKind {
     Uuid,
     /// A string map stored as JSON; filtered as `field.key`.
     Map,
+    /// Personal data sealed at rest ([`crate::crypto`]): filtered by exact `=` and `!=`
+    /// only, through the keyed blind index in `column` that a [`Blind`] computes; ordered
+    /// in memory by the store that opens it, never by SQL.
+    Sealed,
 }
+
+/// The blind index of a filter's value for a sealed field: (proto field name, value) →
+/// what the field's index column holds for an equal value.
+pub type Blind<'a> = &'a (dyn Fn(&str, &str) -> String + Sync);
 
 /// A field that may appear in `filter` or `order_by`.
 #[derive(Clone, Copy)]
@@ -329,11 +337,23 @@ pub fn push_filter(
     filter: &str,
     fields: &[Field],
 ) -> Result<(), Error> {
+    push_filter_blind(sql, engine, filter, fields, None)
+}
+
+/// [`push_filter`] over fields of which some are [`FieldKind::Sealed`]: `blind` gives
+/// their values' blind indexes.
+pub fn push_filter_blind(
+    sql: &mut Sql,
+    engine: Engine,
+    filter: &str,
+    fields: &[Field],
+    blind: Option<Blind<'_>>,
+) -> Result<(), Error> {
     let Some(expr) = parse_filter(filter)? else {
         return Ok(());
     };
     sql.push(" AND (");
-    compile(sql, engine, &expr, fields)?;
+    compile(sql, engine, &expr, fields, blind)?;
     sql.push(")");
     Ok(())
 }
@@ -375,7 +395,13 @@ pub fn refuse_hidden(filter: &str, order: &[OrderTerm], hidden: &[&str]) -> Resu
     Ok(())
 }
 
-fn compile(sql: &mut Sql, engine: Engine, expr: &Expr, fields: &[Field]) -> Result<(), Error> {
+fn compile(
+    sql: &mut Sql,
+    engine: Engine,
+    expr: &Expr,
+    fields: &[Field],
+    blind: Option<Blind<'_>>,
+) -> Result<(), Error> {
     match expr {
         Expr::And(terms) | Expr::Or(terms) => {
             let joiner = if matches!(expr, Expr::And(_)) {
@@ -388,19 +414,19 @@ fn compile(sql: &mut Sql, engine: Engine, expr: &Expr, fields: &[Field]) -> Resu
                     sql.push(joiner);
                 }
                 sql.push("(");
-                compile(sql, engine, term, fields)?;
+                compile(sql, engine, term, fields, blind)?;
                 sql.push(")");
             }
             Ok(())
         }
         Expr::Not(inner) => {
             sql.push("NOT (");
-            compile(sql, engine, inner, fields)?;
+            compile(sql, engine, inner, fields, blind)?;
             sql.push(")");
             Ok(())
         }
         Expr::Compare { field, op, value } => {
-            compile_comparison(sql, engine, field, *op, value, fields)
+            compile_comparison(sql, engine, field, *op, value, fields, blind)
         }
     }
 }
@@ -423,6 +449,7 @@ fn compile_comparison(
     op: Op,
     value: &str,
     fields: &[Field],
+    blind: Option<Blind<'_>>,
 ) -> Result<(), Error> {
     let (base, key) = match name.split_once('.') {
         Some((base, key)) => (base, Some(key)),
@@ -460,6 +487,21 @@ fn compile_comparison(
         (_, Some(_)) => Err(filter_error(format!("'{base}' has no sub-fields"))),
         (FieldKind::Text, None) => {
             push_text_comparison(sql, field.column, op, value);
+            Ok(())
+        }
+        (FieldKind::Sealed, None) => {
+            let exact = matches!(op, Op::Eq | Op::Ne)
+                && !(value.len() > 1 && (value.starts_with('*') || value.ends_with('*')));
+            if !exact {
+                return Err(filter_error(format!(
+                    "'{name}' is encrypted at rest: it is filtered by exact = or != only"
+                )));
+            }
+            let blind = blind.ok_or_else(|| {
+                Error::internal(format!("no blind index for the sealed field {name}"))
+            })?;
+            sql.push(field.column).push(" ").push(op.sql()).push(" ");
+            sql.push_arg(blind(name, value));
             Ok(())
         }
         (FieldKind::Enum(normalize), None) => {

@@ -92,6 +92,8 @@ pub struct ServiceContext {
     pub relay: Relay,
     pub verifier: Arc<TokenVerifier>,
     pub page_tokens: PageTokens,
+    /// The keys of encryption at rest.
+    pub keys: Arc<crate::crypto::Keyring>,
     /// This service's mesh identity, when mutual TLS is on.
     pub tls: Option<Arc<crate::tls::MeshTls>>,
     /// The process's services, when the service runs beside others (`aida up`): it
@@ -158,6 +160,11 @@ impl ServiceContext {
         let signing_key = settings.signing_key()?;
         let verifier = Arc::new(verifier(settings, &signing_key).await);
         let relay = Relay::new(db.clone(), bus.clone(), settings.outbox.clone());
+        let keys = Arc::new(
+            crate::crypto::Keyring::open(settings, &db)
+                .await
+                .map_err(|error| StartError::Server(format!("keyring: {error}")))?,
+        );
         let tls = if settings.tls.enabled == Some(true) {
             let tls = crate::tls::MeshTls::load(&settings.certs_dir(), service)
                 .map_err(|error| StartError::Server(error.to_string()))?;
@@ -176,6 +183,7 @@ impl ServiceContext {
             relay,
             verifier,
             page_tokens: PageTokens::new(&signing_key),
+            keys,
             tls,
             local: None,
         })

@@ -41,6 +41,24 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub telemetry: TelemetrySettings,
     pub audit: AuditSettings,
+    pub crypto: CryptoSettings,
+}
+
+/// Encryption at rest ([`crate::crypto`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoSettings {
+    /// Whether personal data is sealed when written (on by default; off only to measure
+    /// what encryption costs, as `aida-bench-audit` does). Sealed data stays readable either
+    /// way.
+    pub enabled: bool,
+    /// The master keys, `id:hex` entries (32 bytes as 64 hex digits) separated by commas;
+    /// the last is current. Unset: a key file `data_dir/master.keys` is created on first
+    /// use (`aida up`); a deployed service (`database_url` set) refuses to start without it,
+    /// so that every service and replica unwraps the same tenant keys. To rotate: deploy a
+    /// new last key everywhere, then run `aida keys rotate`.
+    #[serde(skip_serializing)]
+    pub master_keys: Option<SecretString>,
 }
 
 /// The audit log.
@@ -567,6 +585,7 @@ struct Defaults {
     tls: TlsSettings,
     telemetry: TelemetrySettings,
     audit: AuditSettings,
+    crypto: CryptoSettings,
 }
 
 impl Default for Defaults {
@@ -700,6 +719,10 @@ impl Default for Defaults {
                 sentry_dsn: None,
             },
             audit: AuditSettings { enabled: true },
+            crypto: CryptoSettings {
+                enabled: true,
+                master_keys: None,
+            },
         }
     }
 }
@@ -1041,6 +1064,12 @@ impl Settings {
                 message: "must be at least 32 characters".into(),
             });
         }
+        if let Some(keys) = &self.crypto.master_keys
+            && let Err(crate::crypto::CryptoError::Config { field, message }) =
+                crate::crypto::LocalKeys::parse(keys.expose_secret(), "crypto.master_keys")
+        {
+            return Err(SettingsError::Field { field, message });
+        }
         if self.bus.max_deliver == 0 {
             return Err(SettingsError::Field {
                 field: "bus.max_deliver",
@@ -1100,6 +1129,7 @@ impl Settings {
             ),
             ("comms", "smtp_url", self.comms.smtp_url.is_some()),
             ("comms", "sms_api_key", self.comms.sms_api_key.is_some()),
+            ("crypto", "master_keys", self.crypto.master_keys.is_some()),
             ("nats", "password", self.nats.password.is_some()),
             ("nats", "token", self.nats.token.is_some()),
             (
@@ -1221,7 +1251,7 @@ fn redact_password(url: &str) -> String {
 }
 
 /// Writes a file readable only by its owner.
-fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

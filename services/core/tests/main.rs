@@ -3,5 +3,6 @@
 
 mod bus;
 mod deployment;
+mod keys;
 mod storage;
 mod telemetry;

@@ -470,6 +470,7 @@ impl DealStore {
             tenant,
             owner,
             query,
+            blind: None,
         };
         self.db.fetch_counted_page_as::<DealRow, _>(&listing).await
     }

@@ -46,7 +46,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let store = LeadStore::new(context.db.clone());
+    let seal = context.settings.crypto.enabled;
+    let store = LeadStore::new(context.db.clone(), context.keys.clone(), seal);
+    let sealed = store
+        .seal_legacy()
+        .await
+        .map_err(|error| StartError::Server(format!("sealing stored leads: {error}")))?;
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            "leads written before encryption at rest are sealed now"
+        );
+    }
     let index = Arc::new(
         index::SearchIndex::open(&context.settings, store.clone())
             .map_err(|error| StartError::Server(error.to_string()))?,
@@ -62,7 +73,7 @@ pub async fn serve(
         DEALS_STREAM,
         Some("deals.created"),
         Arc::new(handler::ConversionHandler {
-            store: LeadStore::new(context.db.clone()),
+            store: store.clone(),
             relay: context.relay.clone(),
         }),
     );
@@ -70,7 +81,7 @@ pub async fn serve(
     // Scoring follows lead changes, engagement and outcomes on three streams, one durable
     // consumer (and inbox) each.
     let scorer = Arc::new(scoring::Scorer::new(
-        LeadStore::new(context.db.clone()),
+        store.clone(),
         context.db.clone(),
         context.relay.clone(),
         index.embedder(),

@@ -829,7 +829,10 @@ async fn the_index_heals_a_lead_written_while_the_indexer_was_behind(backend: Ba
     .await;
     // A write the index never heard of (another replica, a crash before indexing, a script).
     app.db
-        .execute(Sql::new("UPDATE leads SET title = 'Zeppelin airship captain', version = version + 1 WHERE tenant_id = 'heal' AND email = 'hidden@example.com'"))
+        .execute(
+            Sql::new("UPDATE leads SET title = 'Zeppelin airship captain', version = version + 1 WHERE tenant_id = 'heal' AND id = $1")
+                .bind(uuid::Uuid::parse_str(&target.id).expect("id")),
+        )
         .await
         .expect("direct write");
     let before = search(&app, "heal", "zeppelin airship captain", "").await;
