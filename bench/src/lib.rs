@@ -160,6 +160,41 @@ pub async fn settle(pids: &[u32], threshold: f64, limit: Duration) -> (Duration,
     (started.elapsed(), false)
 }
 
+/// CaptureLead through `channel` as `token`'s tenant from `clients` loops for `duration`;
+/// every lead is new (`prefix` keeps the addresses of several phases apart).
+pub async fn capture_phase(
+    name: &'static str,
+    channel: tonic::transport::Channel,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+    prefix: &'static str,
+) -> anyhow::Result<Phase> {
+    use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
+    use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    Ok(run_phase(name, clients, duration, move |client, sequence| {
+        let mut leads = LeadServiceClient::new(channel.clone());
+        let token = token.clone();
+        async move {
+            let mut request = tonic::Request::new(CaptureLeadRequest {
+                lead: Some(Lead {
+                    email: format!("{prefix}{client}-{sequence}@example.com"),
+                    first_name: "Ada".into(),
+                    last_name: "Lovelace".into(),
+                    company: "Analytical Engines".into(),
+                    phone: "+44 20 7946 0958".into(),
+                    ..Lead::default()
+                }),
+                request_id: String::new(),
+            });
+            request.metadata_mut().insert("authorization", token);
+            leads.capture_lead(request).await.is_ok()
+        }
+    })
+    .await)
+}
+
 /// A child `aida up` and what its banner says.
 pub struct ChildMesh {
     pub child: Child,

@@ -7,8 +7,13 @@
 //!    two ceilings: reading the same rows in the same pages without checking them, and
 //!    hashing their canonical bytes in memory.
 //!
+//! 3. What trust costs a capture: CaptureLead on `aida up` (the release binary next to this
+//!    one) with the audit log and encryption at rest on, then with both off
+//!    (`audit.enabled`, `crypto.enabled`), in alternating rounds on one database; the goal
+//!    is on ≥ 0.8 × off.
+//!
 //! It prints each rate and the check's time per million records. Run:
-//! `cargo run --release -p aida-bench --bin aida-bench-audit -- --records 1000000`.
+//! `cargo build --release -p aida && cargo run --release -p aida-bench --bin aida-bench-audit -- --records 1000000`.
 
 use std::time::Instant;
 
@@ -33,6 +38,15 @@ struct Args {
     /// Records per batch of the chain's consumer.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Seconds per CaptureLead round (0: skip the on/off comparison).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// On/off rounds of CaptureLead.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Concurrent CaptureLead clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
     #[command(flatten)]
     backends: aida_bench::Backends,
 }
@@ -111,9 +125,70 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     let database = ScratchDatabase::create(&args.backends.postgres, "aida_bench_audit").await?;
-    let outcome = run(&args, &database.url).await;
+    let mut outcome = run(&args, &database.url).await;
+    if outcome.is_ok() && args.seconds > 0 {
+        outcome = capture_on_off(&args, &database.url, &database.suffix).await;
+    }
     database.remove().await?;
     outcome
+}
+
+/// CaptureLead with trust (audit + encryption) on and off, alternating, on one database.
+async fn capture_on_off(args: &Args, url: &str, suffix: &str) -> anyhow::Result<()> {
+    let data_dir = tempfile::tempdir()?;
+    let duration = std::time::Duration::from_secs(args.seconds);
+    let off_env = [
+        ("AIDA_AUDIT__ENABLED", "false"),
+        ("AIDA_CRYPTO__ENABLED", "false"),
+    ];
+    let (mut on, mut off): (Option<aida_bench::Phase>, Option<aida_bench::Phase>) = (None, None);
+    for round in 0..args.rounds.max(1) {
+        for trusted in [true, false] {
+            let env: &[(&str, &str)] = if trusted { &[] } else { &off_env };
+            let namespace = format!("benchtrust{suffix}r{round}{}", u8::from(trusted));
+            let mut mesh =
+                aida_bench::start_mesh(url, &args.backends.nats, &namespace, data_dir.path(), env)?;
+            let channel = tonic::transport::Channel::from_shared(format!("http://{}", mesh.leads))?
+                .connect()
+                .await?;
+            let (name, prefix) = if trusted {
+                ("CaptureLead, audit + encryption on", "on")
+            } else {
+                ("CaptureLead, audit + encryption off", "off")
+            };
+            let phase = aida_bench::capture_phase(
+                name,
+                channel,
+                &mesh.token,
+                args.clients,
+                duration,
+                prefix,
+            )
+            .await;
+            mesh.stop();
+            let phase = phase?;
+            let slot = if trusted { &mut on } else { &mut off };
+            *slot = Some(match slot.take() {
+                Some(earlier) => earlier.merge(phase),
+                None => phase,
+            });
+        }
+    }
+    let (Some(on), Some(off)) = (on, off) else {
+        anyhow::bail!("no rounds ran");
+    };
+    println!();
+    aida_bench::print_header();
+    aida_bench::print_row(&off, None);
+    aida_bench::print_row(&on, Some(&off));
+    println!(
+        "trust on / off = {:.2} (goal >= 0.80), {} rounds of {} s, {} clients",
+        on.rate() / off.rate(),
+        args.rounds.max(1),
+        args.seconds,
+        args.clients
+    );
+    Ok(())
 }
 
 async fn run(args: &Args, url: &str) -> anyhow::Result<()> {

@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aida_bench::{ScratchDatabase, print_header, print_row, rss_mib, run_phase, start_mesh};
-use aida_proto::aida::leads::v1::lead_service_client::LeadServiceClient;
-use aida_proto::aida::leads::v1::{CaptureLeadRequest, Lead};
+use aida_bench::{
+    ScratchDatabase, capture_phase, print_header, print_row, rss_mib, run_phase, start_mesh,
+};
 use clap::Parser;
 use tonic::transport::Channel;
 
@@ -129,33 +129,15 @@ async fn benchmark(
             peak
         })
     };
-    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {}", mesh.token).parse()?;
-    let capture_channel = channel.clone();
-    let capture = run_phase(
+    let capture = capture_phase(
         "CaptureLead (PostgreSQL + JetStream)",
+        channel.clone(),
+        &mesh.token,
         args.clients,
         duration,
-        move |client, sequence| {
-            let mut leads = LeadServiceClient::new(capture_channel.clone());
-            let token = token.clone();
-            async move {
-                let mut request = tonic::Request::new(CaptureLeadRequest {
-                    lead: Some(Lead {
-                        email: format!("lead{client}-{sequence}@example.com"),
-                        first_name: "Ada".into(),
-                        last_name: "Lovelace".into(),
-                        company: "Analytical Engines".into(),
-                        phone: "+44 20 7946 0958".into(),
-                        ..Lead::default()
-                    }),
-                    request_id: String::new(),
-                });
-                request.metadata_mut().insert("authorization", token);
-                leads.capture_lead(request).await.is_ok()
-            }
-        },
+        "lead",
     )
-    .await;
+    .await?;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let load_rss = sampler.await.unwrap_or(0.0);
 

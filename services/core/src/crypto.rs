@@ -389,10 +389,14 @@ pub fn provider(settings: &crate::settings::Settings) -> Result<Arc<LocalKeys>, 
 /// The keys database of `settings`, connected and migrated: the shared PostgreSQL database
 /// when `database_url` is set, else `data_dir/keys.db`.
 pub async fn keys_database(settings: &crate::settings::Settings) -> Result<Database, CryptoError> {
+    // The services of one `aida up` open the same file at the same moment; SQLite
+    // migrations take no lock of their own, so they take turns here.
+    static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if settings.database_url.is_none() {
         std::fs::create_dir_all(&settings.data_dir)?;
     }
     let db = Database::connect_with(&settings.database_url_for("keys"), &settings.database).await?;
+    let _turn = MIGRATING.lock().await;
     db.migrate(&mut migrations()).await?;
     Ok(db)
 }
@@ -566,6 +570,8 @@ impl Keyring {
         service_db: &Database,
     ) -> Result<Self, CryptoError> {
         let db = if settings.database_url.is_some() {
+            // Services sharing one PostgreSQL database: sqlx's migrator locks it (advisory
+            // lock), so they take turns by themselves.
             service_db.migrate(&mut migrations()).await?;
             service_db.clone()
         } else {
