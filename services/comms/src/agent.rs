@@ -56,15 +56,17 @@ const CAP_RETRY_MINUTES: i64 = 60;
 /// How long a draft waits after a failure worth retrying.
 const RETRY_SECS: i64 = 60;
 
-/// What the agent knows of each lead, kept from `CRM_LEADS`.
+/// What the agent knows of each lead, kept from `CRM_LEADS` as the events carried it: the
+/// contact details sealed under the lead's key, opened only when read.
 #[derive(Clone)]
 pub struct LeadBook {
     db: Database,
+    keys: Arc<aida_core::crypto::Keyring>,
 }
 
 impl LeadBook {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, keys: Arc<aida_core::crypto::Keyring>) -> Self {
+        Self { db, keys }
     }
 
     /// Keeps `lead` unless a newer version is already known.
@@ -117,8 +119,16 @@ impl LeadBook {
                     .bind(id),
             )
             .await?;
-        row.map(|row| PbLead::decode(row.lead.as_slice()).map_err(Error::internal))
-            .transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut lead = PbLead::decode(row.lead.as_slice()).map_err(Error::internal)?;
+        match self.keys.open_lead(tenant, &mut lead).await {
+            Ok(()) => Ok(Some(lead)),
+            // Erased: the agent knows nothing of them any more.
+            Err(aida_core::crypto::CryptoError::Erased(_)) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 

@@ -127,7 +127,7 @@ pub async fn serve(
     if context.settings.comms.outreach_agent {
         let outreach = Arc::new(agent::Outreach::new(
             comms.clone(),
-            agent::LeadBook::new(context.db.clone()),
+            agent::LeadBook::new(context.db.clone(), context.keys.clone()),
             autonomy::budget(&context.settings.comms),
         ));
         runner.consume(agent::CONSUMER, LEADS_STREAM, None, outreach.clone());

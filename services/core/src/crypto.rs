@@ -514,6 +514,58 @@ fn open_text(
     String::from_utf8(plain).map_err(|_| CryptoError::Open)
 }
 
+/// The contact fields of a lead as events carry them, sealed with the same associated data
+/// as the leads table's columns (tenant, column, lead id).
+fn lead_fields(lead: &mut aida_proto::aida::leads::v1::Lead) -> [(&'static str, &mut String); 4] {
+    [
+        ("email", &mut lead.email),
+        ("first_name", &mut lead.first_name),
+        ("last_name", &mut lead.last_name),
+        ("phone", &mut lead.phone),
+    ]
+}
+
+/// The leads an event payload carries.
+fn leads_in(
+    payload: &mut aida_proto::aida::events::v1::event_envelope::Payload,
+) -> Vec<&mut aida_proto::aida::leads::v1::Lead> {
+    use aida_proto::aida::events::v1::event_envelope::Payload;
+    match payload {
+        Payload::LeadCaptured(event) => event.lead.iter_mut().collect(),
+        Payload::LeadUpdated(event) => event.lead.iter_mut().collect(),
+        Payload::LeadQualified(event) => event.lead.iter_mut().collect(),
+        Payload::LeadRejected(event) => event.lead.iter_mut().collect(),
+        Payload::LeadConverted(event) => event.lead.iter_mut().collect(),
+        Payload::LeadMerged(event) => event
+            .survivor
+            .iter_mut()
+            .chain(event.merged.iter_mut())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Seals the contact details of every lead in `payload` under that lead's key (`key_of`
+/// its id; a lead without one stays as it is), so that a copy of the event in JetStream, a
+/// dead letter or a backup is unreadable once the key is destroyed.
+pub fn seal_leads_in<'k>(
+    payload: &mut aida_proto::aida::events::v1::event_envelope::Payload,
+    key_of: impl Fn(&str) -> Option<&'k SubjectKey>,
+) -> Result<(), CryptoError> {
+    for lead in leads_in(payload) {
+        let Some(key) = key_of(&lead.id) else {
+            continue;
+        };
+        let id = lead.id.clone();
+        for (column, value) in lead_fields(lead) {
+            if !is_sealed(value) {
+                *value = key.seal(column, &id, value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `stored` is a sealed value.
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(SEALED)
@@ -774,6 +826,27 @@ impl Keyring {
             )
             .await?;
         self.forget_subject(tenant, subject);
+        Ok(())
+    }
+
+    /// Opens the contact details of a lead an event carried (sealed by [`seal_leads_in`]);
+    /// ERASED when the lead's key was destroyed. Plaintext passes through.
+    pub async fn open_lead(
+        &self,
+        tenant: &str,
+        lead: &mut aida_proto::aida::leads::v1::Lead,
+    ) -> Result<(), CryptoError> {
+        let id = lead.id.clone();
+        if !lead_fields(lead).iter().any(|(_, value)| is_sealed(value)) {
+            return Ok(());
+        }
+        let key = self
+            .existing_subject(tenant, &id)
+            .await?
+            .ok_or_else(|| CryptoError::Erased(id.clone()))?;
+        for (column, value) in lead_fields(lead) {
+            *value = key.open(column, &id, value)?;
+        }
         Ok(())
     }
 

@@ -46,12 +46,10 @@ impl EventHandler for QualifiedLeadHandler {
             )));
         }
         let pipeline = self.store.default_pipeline(&event.tenant_id).await?;
-        let person = format!("{} {}", lead.first_name, lead.last_name)
-            .trim()
-            .to_owned();
-        let name = [lead.company.as_str(), person.as_str(), lead.email.as_str()]
-            .into_iter()
-            .find(|candidate| !candidate.is_empty())
+        // Named after the company, never after the person: a deal's name is not personal
+        // data to erase (the lead's contact details travel sealed anyway).
+        let name = Some(lead.company.trim())
+            .filter(|company| !company.is_empty())
             .unwrap_or("New deal")
             .chars()
             .take(crate::domain::MAX_NAME_CHARS)

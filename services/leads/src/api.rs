@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use aida_core::Error;
 use aida_core::auth::AuthContext;
+use aida_core::crypto::SubjectKey;
 use aida_core::events::{envelope, now_micros, timestamp};
 use aida_core::outbox::{self, Relay};
 use aida_core::pagination::PageTokens;
@@ -100,6 +101,7 @@ impl LeadApi {
     where
         F: FnOnce(&Lead, DateTime<Utc>) -> Result<Option<(Lead, Payload)>, Error>,
     {
+        let keys = self.store.event_keys(&context.tenant_id, &[id]).await?;
         let changed = self
             .store
             .modify(&context.tenant_id, id, |current| {
@@ -109,7 +111,7 @@ impl LeadApi {
                 let Some((lead, payload)) = decide(&current, now)? else {
                     return Ok((Change::Unchanged, Some(current)));
                 };
-                let event = envelope(context, subject_of(lead.id), now, payload);
+                let event = envelope(context, subject_of(lead.id), now, sealed(payload, &keys)?);
                 Ok((
                     Change::Updated(Box::new(lead.clone()), Box::new(event.into())),
                     Some(lead),
@@ -392,13 +394,18 @@ impl LeadService for LeadApi {
             update_time: now,
             merged_into: None,
         };
+        let key = self.store.new_key(&lead).await?;
+        let keys: Vec<(Uuid, SubjectKey)> = key.iter().map(|key| (lead.id, key.clone())).collect();
         let event = envelope(
             &context,
             subject_of(lead.id),
             now,
-            Payload::LeadCaptured(LeadCaptured {
-                lead: Some(to_proto(&lead)),
-            }),
+            sealed(
+                Payload::LeadCaptured(LeadCaptured {
+                    lead: Some(to_proto(&lead)),
+                }),
+                &keys,
+            )?,
         );
         let capture_request = request_id.as_deref().map(|request_id| CaptureRequest {
             request_id,
@@ -406,7 +413,7 @@ impl LeadService for LeadApi {
         });
         let (stored, created) = self
             .store
-            .capture(&lead, capture_request, &(&event).into())
+            .capture(&lead, key.as_ref(), capture_request, &(&event).into())
             .await?;
         if created {
             self.relay.wake();
@@ -799,6 +806,9 @@ impl LeadService for LeadApi {
             request_id,
             fingerprint: merge_fingerprint(survivor_id, &merged_ids),
         });
+        let mut involved = vec![survivor_id];
+        involved.extend_from_slice(&merged_ids);
+        let keys = self.store.event_keys(&context.tenant_id, &involved).await?;
         let (survivor, merged_now) = self
             .store
             .merge(
@@ -807,7 +817,7 @@ impl LeadService for LeadApi {
                 &merged_ids,
                 claim,
                 &context.subject,
-                |survivor, merged| plan_merge(&context, &access, survivor, merged),
+                |survivor, merged| plan_merge(&context, &access, survivor, merged, &keys),
             )
             .await?;
         if merged_now {
@@ -889,11 +899,23 @@ fn merged_fields(survivor: &LeadFields, merged: &[Lead]) -> LeadFields {
     fields
 }
 
+/// `payload` with the contact details of the leads it carries sealed under their keys
+/// (`keys`; a lead not among them stays as it is).
+pub(crate) fn sealed(mut payload: Payload, keys: &[(Uuid, SubjectKey)]) -> Result<Payload, Error> {
+    aida_core::crypto::seal_leads_in(&mut payload, |id| {
+        keys.iter()
+            .find(|(lead, _)| lead.to_string() == id)
+            .map(|(_, key)| key)
+    })?;
+    Ok(payload)
+}
+
 fn plan_merge(
     context: &AuthContext,
     access: &Access,
     survivor: Lead,
     merged: Vec<Lead>,
+    keys: &[(Uuid, SubjectKey)],
 ) -> Result<MergePlan, Error> {
     let survivor = reachable(survivor, access)?;
     survivor.check_not_merged()?;
@@ -941,21 +963,27 @@ fn plan_merge(
         context,
         subject_of(survivor.id),
         now,
-        Payload::LeadMerged(LeadMerged {
-            survivor: Some(to_proto(&updated)),
-            merged: merged.iter().map(to_proto).collect(),
-        }),
+        sealed(
+            Payload::LeadMerged(LeadMerged {
+                survivor: Some(to_proto(&updated)),
+                merged: merged.iter().map(to_proto).collect(),
+            }),
+            keys,
+        )?,
     ))];
     if survivor_changed {
         events.push(outbox::Event::from(envelope(
             context,
             subject_of(survivor.id),
             now,
-            Payload::LeadUpdated(LeadUpdated {
-                lead: Some(to_proto(&updated)),
-                previous_status: status_to_proto(survivor.status) as i32,
-                changed_fields: changed,
-            }),
+            sealed(
+                Payload::LeadUpdated(LeadUpdated {
+                    lead: Some(to_proto(&updated)),
+                    previous_status: status_to_proto(survivor.status) as i32,
+                    changed_fields: changed,
+                }),
+                keys,
+            )?,
         )));
     }
     Ok(MergePlan {

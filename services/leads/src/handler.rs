@@ -42,6 +42,7 @@ impl EventHandler for ConversionHandler {
             .map_err(|_| HandlerError::Poison(format!("lead id '{}'", deal.lead_id)))?;
         let context = AuthContext::for_event(event, "service:leads");
         let deal_id = deal.id.clone();
+        let keys = self.store.event_keys(&event.tenant_id, &[lead_id]).await?;
         self.store
             .modify_once(
                 CONSUMER,
@@ -64,11 +65,14 @@ impl EventHandler for ConversionHandler {
                         &context,
                         format!("leads/{}", lead.id),
                         now,
-                        Payload::LeadConverted(LeadConverted {
-                            lead: Some(to_proto(&lead)),
-                            previous_status: status_to_proto(current.status) as i32,
-                            deal_id: deal_id.clone(),
-                        }),
+                        crate::api::sealed(
+                            Payload::LeadConverted(LeadConverted {
+                                lead: Some(to_proto(&lead)),
+                                previous_status: status_to_proto(current.status) as i32,
+                                deal_id: deal_id.clone(),
+                            }),
+                            &keys,
+                        )?,
                     );
                     Ok((
                         Change::Updated(Box::new(lead), Box::new(converted.into())),

@@ -276,6 +276,38 @@ impl LeadStore {
         Ok(self.keys.tenant(tenant).await?)
     }
 
+    /// A key for a lead being captured (none when encryption is off): made before the
+    /// capture's transaction, and used for its row and its event.
+    pub async fn new_key(&self, lead: &Lead) -> Result<Option<SubjectKey>, Error> {
+        if !self.seal {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.keys
+                .new_subject(&lead.tenant_id, &lead.id.to_string())
+                .await?,
+        ))
+    }
+
+    /// The keys events about these leads are sealed with (none when encryption is off, or
+    /// for a lead without a key).
+    pub async fn event_keys(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, SubjectKey)>, Error> {
+        let mut keys = Vec::new();
+        if !self.seal {
+            return Ok(keys);
+        }
+        for id in ids {
+            if let Some(key) = self.lead_key(tenant, *id).await? {
+                keys.push((*id, key));
+            }
+        }
+        Ok(keys)
+    }
+
     /// The subject key of lead `id` when it has one (NOT_FOUND once the lead was erased).
     async fn lead_key(&self, tenant: &str, id: Uuid) -> Result<Option<SubjectKey>, Error> {
         match self.keys.existing_subject(tenant, &id.to_string()).await {
@@ -399,24 +431,16 @@ impl LeadStore {
 
     /// Inserts `lead` with its event. With a request id, a repeated request returns the
     /// lead its first call created (`false`: not created now).
+    /// `key`: from [`Self::new_key`], before the transaction: on PostgreSQL the keyring
+    /// shares the pool, and a transaction waiting for a second connection could starve it.
     pub async fn capture(
         &self,
         lead: &Lead,
+        key: Option<&SubjectKey>,
         request: Option<CaptureRequest<'_>>,
         event: &outbox::Event,
     ) -> Result<(Lead, bool), Error> {
-        // Keys before the transaction: on PostgreSQL the keyring shares the pool, and a
-        // transaction waiting for a second connection could starve it.
-        let key = if self.seal {
-            Some(
-                self.keys
-                    .new_subject(&lead.tenant_id, &lead.id.to_string())
-                    .await?,
-            )
-        } else {
-            None
-        };
-        let stored = self.stored(lead, key.as_ref()).await?;
+        let stored = self.stored(lead, key).await?;
         // The request's hash is keyed: an unkeyed hash of an address could be reversed by
         // hashing guesses.
         let fingerprint = request

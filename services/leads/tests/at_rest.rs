@@ -188,6 +188,43 @@ async fn contact_details_are_ciphertext_in_the_database_and_still_found_by_equal
     }
     assert_eq!(seen, ["Turing", "Lovelace", "Liskov", "Hopper", "Dijkstra"]);
 
+    // The events carry the same details sealed under the lead's key: a copy left in the
+    // stream reads as nothing, and the key's holder opens it.
+    let events = app.wait_for_lead_events(6).await;
+    let captured = events
+        .iter()
+        .find_map(|(_, _, envelope)| match &envelope.payload {
+            Some(aida_proto::aida::events::v1::event_envelope::Payload::LeadCaptured(captured))
+                if captured.lead.as_ref().is_some_and(|lead| lead.id == ada.id) =>
+            {
+                captured.lead.clone()
+            }
+            _ => None,
+        })
+        .expect("ada's leads.captured");
+    for value in [
+        &captured.email,
+        &captured.first_name,
+        &captured.last_name,
+        &captured.phone,
+    ] {
+        assert!(value.starts_with("aes1."), "sealed in the event: {value}");
+    }
+    assert_eq!(
+        captured.company, "Analytical Engines",
+        "what is not personal stays readable"
+    );
+    let mut opened = captured.clone();
+    app.keys.open_lead("acme", &mut opened).await.expect("open");
+    assert_eq!(
+        (
+            opened.email.as_str(),
+            opened.last_name.as_str(),
+            opened.phone.as_str()
+        ),
+        ("ada.lovelace@example.com", "Lovelace", "+442079460100")
+    );
+
     // A sealed value moved to another row does not open there.
     app.db
         .execute(

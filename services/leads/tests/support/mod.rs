@@ -24,6 +24,7 @@ pub struct TestApp {
     pub env: TestEnv,
     pub server: RunningServer,
     pub db: Database,
+    pub keys: std::sync::Arc<aida_core::crypto::Keyring>,
 }
 
 impl TestApp {
@@ -49,11 +50,17 @@ impl TestApp {
             .context(aida_leads::SERVICE, aida_leads::migrations())
             .await;
         let db = context.db.clone();
+        let keys = context.keys.clone();
         let server = RunningServer::start(|listener, shutdown| {
             aida_leads::serve(context, listener, shutdown)
         })
         .await;
-        Self { env, server, db }
+        Self {
+            env,
+            server,
+            db,
+            keys,
+        }
     }
 
     pub async fn client(&self) -> LeadServiceClient<Channel> {
@@ -145,6 +152,7 @@ impl TestApp {
             .context(aida_leads::SERVICE, aida_leads::migrations())
             .await;
         self.db = context.db.clone();
+        self.keys = context.keys.clone();
         self.server = RunningServer::start(|listener, shutdown| {
             aida_leads::serve(context, listener, shutdown)
         })
