@@ -101,12 +101,14 @@ pub async fn serve(
         context.page_tokens.clone(),
         autonomy::policy(&context.settings.comms),
     ));
+    let sealer = store::MessageSealer::new(context.keys.clone(), context.settings.crypto.enabled);
     let writer = Arc::new(writer::Writer::from_settings(
         &context.settings,
         context.db.clone(),
+        sealer.clone(),
     )?);
     let comms = Arc::new(Comms {
-        store: CommsStore::new(context.db.clone()),
+        store: CommsStore::new(context.db.clone(), sealer),
         relay: context.relay.clone(),
         page_tokens: context.page_tokens.clone(),
         tracking_tokens: PageTokens::for_purpose(

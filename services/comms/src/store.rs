@@ -1,6 +1,9 @@
 //! The comms repository: templates, messages with their tracking counters, suppressions.
 //! Each change commits with its outbox event.
 
+use std::sync::Arc;
+
+use aida_core::crypto::{CryptoError, Keyring, SubjectKey};
 use aida_core::db::{Count, Database, Listing, Lock, Sql, Table, Tx};
 use aida_core::query::{self, Field, FieldKind, ListQuery, OrderTerm};
 
@@ -224,14 +227,102 @@ impl From<SuppressionRow> for Suppression {
     }
 }
 
+/// Seals what a message holds of its recipient (the address, the subject and the body)
+/// under the lead's subject key, with the tenant, the column and the message id as
+/// associated data, and opens it again.
+#[derive(Clone)]
+pub struct MessageSealer {
+    keys: Arc<Keyring>,
+    /// Whether messages are sealed when written (`crypto.enabled`).
+    seal: bool,
+}
+
+impl MessageSealer {
+    pub fn new(keys: Arc<Keyring>, seal: bool) -> Self {
+        Self { keys, seal }
+    }
+
+    /// The key messages to `lead` are sealed with, made when the lead has none yet; none
+    /// when encryption is off. A lead that was erased is FAILED_PRECONDITION SUBJECT_ERASED:
+    /// nothing is written about them again.
+    pub async fn sealing_key(&self, tenant: &str, lead: Uuid) -> Result<Option<SubjectKey>, Error> {
+        if !self.seal {
+            return Ok(None);
+        }
+        Ok(Some(self.keys.subject(tenant, &lead.to_string()).await?))
+    }
+
+    /// `fields` (column, value) of message `id` to `lead`, opened in place. `false`: the
+    /// lead was erased, so they cannot be read any more.
+    pub async fn open(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        id: Uuid,
+        fields: [(&str, &mut String); 3],
+    ) -> Result<bool, Error> {
+        if !fields
+            .iter()
+            .any(|(_, value)| aida_core::crypto::is_sealed(value))
+        {
+            return Ok(true);
+        }
+        let key = match self.keys.existing_subject(tenant, &lead.to_string()).await {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                return Err(Error::internal(format!(
+                    "message {id} is sealed under a key the keyring does not hold"
+                )));
+            }
+            Err(CryptoError::Erased(_)) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        };
+        let row = id.to_string();
+        for (column, value) in fields {
+            *value = key.open(column, &row, value)?;
+        }
+        Ok(true)
+    }
+}
+
 #[derive(Clone)]
 pub struct CommsStore {
     db: Database,
+    sealer: MessageSealer,
 }
 
 impl CommsStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, sealer: MessageSealer) -> Self {
+        Self { db, sealer }
+    }
+
+    /// A stored message in domain form, what it holds of its recipient opened; `None` when
+    /// the recipient was erased.
+    async fn open_message(&self, mut row: MessageRow) -> Result<Option<Message>, Error> {
+        let readable = self
+            .sealer
+            .open(
+                &row.tenant_id,
+                row.lead_id,
+                row.id,
+                [
+                    ("to_address", &mut row.to_address),
+                    ("subject", &mut row.subject),
+                    ("body", &mut row.body),
+                ],
+            )
+            .await?;
+        if !readable {
+            return Ok(None);
+        }
+        Message::try_from(row).map(Some)
+    }
+
+    async fn found_message(&self, row: Option<MessageRow>, id: Uuid) -> Result<Message, Error> {
+        let row = row.ok_or_else(|| Error::not_found(MESSAGES.resource, id.to_string()))?;
+        self.open_message(row)
+            .await?
+            .ok_or_else(|| Error::not_found(MESSAGES.resource, id.to_string()))
     }
 
     // ----- templates -----
@@ -486,7 +577,10 @@ impl CommsStore {
             .db
             .fetch_optional(Sql::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND request_id = $2")).bind(tenant).bind(request_id))
             .await?;
-        row.map(Message::try_from).transpose()
+        match row {
+            Some(row) => self.open_message(row).await,
+            None => Ok(None),
+        }
     }
 
     /// Messages to `lead` created since `since` that were not refused by the provider.
@@ -512,6 +606,22 @@ impl CommsStore {
     /// Records a message about to be handed to the provider. A concurrent call with the
     /// same request id loses: it gets the first call's message back.
     pub async fn insert_sending(&self, message: &Message) -> Result<Option<Message>, Error> {
+        let key = self
+            .sealer
+            .sealing_key(&message.tenant_id, message.lead_id)
+            .await?;
+        let row = message.id.to_string();
+        let seal = |column: &str, value: &str| -> Result<String, Error> {
+            match &key {
+                Some(key) => Ok(key.seal(column, &row, value)?),
+                None => Ok(value.to_owned()),
+            }
+        };
+        let (to, subject, body) = (
+            seal("to_address", &message.to)?,
+            seal("subject", &message.subject)?,
+            seal("body", &message.body)?,
+        );
         let inserted = self
             .db
             .execute(
@@ -522,9 +632,9 @@ impl CommsStore {
                 .bind(message.id)
                 .bind(message.lead_id)
                 .bind(message.channel.as_str())
-                .bind(message.to.as_str())
-                .bind(message.subject.as_str())
-                .bind(message.body.as_str())
+                .bind(to)
+                .bind(subject)
+                .bind(body)
                 .bind(message.template_id.as_str())
                 .bind(serde_json::json!(message.links))
                 .bind(message.status.as_str())
@@ -553,7 +663,17 @@ impl CommsStore {
     }
 
     pub async fn message(&self, tenant: &str, id: Uuid) -> Result<Message, Error> {
-        self.db.get_as::<MessageRow, _>(&MESSAGES, tenant, id).await
+        let row: Option<MessageRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        self.found_message(row, id).await
     }
 
     /// Reads a message under a write lock, lets `decide` change it, and commits the change
@@ -567,10 +687,27 @@ impl CommsStore {
     where
         F: FnOnce(&Message) -> Result<Option<(Message, Option<outbox::Event>)>, Error>,
     {
+        // Opened with a key read before the transaction (on PostgreSQL the keyring shares the
+        // pool); what a change writes is never the sealed columns.
+        let before = self.message(tenant, id).await?;
         let mut tx = self.db.begin().await?;
-        let current: Message = tx
-            .get_as::<MessageRow, _>(&MESSAGES, tenant, id, Lock::ForUpdate)
+        let lock = tx.engine().lock_clause();
+        let row: Option<MessageRow> = tx
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = $1 AND id = $2{lock}"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
             .await?;
+        let row = row.ok_or_else(|| Error::not_found(MESSAGES.resource, id.to_string()))?;
+        let current = Message {
+            to: before.to,
+            subject: before.subject,
+            body: before.body,
+            ..Message::try_from(row)?
+        };
         let Some((next, event)) = decide(&current)? else {
             return Ok(current);
         };
@@ -615,9 +752,16 @@ impl CommsStore {
             query,
             blind: None,
         };
-        self.db
-            .fetch_listed_page_as::<MessageRow, _>(&listing)
-            .await
+        let sql = listing.select(self.db.engine(), MESSAGE_COLUMNS)?;
+        let (rows, more) = self
+            .db
+            .fetch_page::<MessageRow>(sql, &query.order, query.paging.size, query.after.as_ref())
+            .await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in rows {
+            messages.extend(self.open_message(row).await?);
+        }
+        Ok((messages, more))
     }
 }
 

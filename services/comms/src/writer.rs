@@ -241,11 +241,13 @@ impl TryFrom<DraftRow> for Draft {
 #[derive(Clone)]
 pub struct DraftStore {
     db: Database,
+    /// Opens the sent messages the writer reads back.
+    sealer: crate::store::MessageSealer,
 }
 
 impl DraftStore {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    pub fn new(db: Database, sealer: crate::store::MessageSealer) -> Self {
+        Self { db, sealer }
     }
 
     /// Stores a new draft; a concurrent one with the same request id wins and is returned.
@@ -475,6 +477,8 @@ impl DraftStore {
     pub async fn history(&self, tenant: &str, lead: Uuid) -> Result<Vec<PastMessage>, Error> {
         #[derive(sqlx::FromRow)]
         struct Row {
+            id: Uuid,
+            to_address: String,
             subject: String,
             body: String,
             replied: bool,
@@ -482,7 +486,7 @@ impl DraftStore {
         let mut rows: Vec<Row> = self
             .db
             .fetch_all(
-                Sql::new("SELECT subject, body, replied FROM messages WHERE tenant_id = $1 AND lead_id = $2 AND channel = $3 AND status = $4 ORDER BY create_time DESC LIMIT $5")
+                Sql::new("SELECT id, to_address, subject, body, replied FROM messages WHERE tenant_id = $1 AND lead_id = $2 AND channel = $3 AND status = $4 ORDER BY create_time DESC LIMIT $5")
                     .bind(tenant)
                     .bind(lead)
                     .bind(crate::domain::Channel::Email.as_str())
@@ -491,14 +495,22 @@ impl DraftStore {
             )
             .await?;
         rows.reverse();
-        Ok(rows
-            .into_iter()
-            .map(|row| PastMessage {
-                subject: row.subject,
-                body: row.body,
-                replied: row.replied,
-            })
-            .collect())
+        let mut past = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            let fields = [
+                ("to_address", &mut row.to_address),
+                ("subject", &mut row.subject),
+                ("body", &mut row.body),
+            ];
+            if self.sealer.open(tenant, lead, row.id, fields).await? {
+                past.push(PastMessage {
+                    subject: row.subject,
+                    body: row.body,
+                    replied: row.replied,
+                });
+            }
+        }
+        Ok(past)
     }
 
     /// Subjects and bodies of messages by id.
@@ -510,6 +522,8 @@ impl DraftStore {
         #[derive(sqlx::FromRow)]
         struct Row {
             id: Uuid,
+            lead_id: Uuid,
+            to_address: String,
             subject: String,
             body: String,
         }
@@ -519,14 +533,25 @@ impl DraftStore {
                 .db
                 .fetch_optional(
                     Sql::new(
-                        "SELECT id, subject, body FROM messages WHERE tenant_id = $1 AND id = $2",
+                        "SELECT id, lead_id, to_address, subject, body FROM messages WHERE tenant_id = $1 AND id = $2",
                     )
                     .bind(tenant)
                     .bind(*id),
                 )
                 .await?;
-            if let Some(row) = row {
-                found.push((row.id, row.subject, row.body));
+            if let Some(mut row) = row {
+                let fields = [
+                    ("to_address", &mut row.to_address),
+                    ("subject", &mut row.subject),
+                    ("body", &mut row.body),
+                ];
+                if self
+                    .sealer
+                    .open(tenant, row.lead_id, row.id, fields)
+                    .await?
+                {
+                    found.push((row.id, row.subject, row.body));
+                }
             }
         }
         Ok(found)
@@ -612,7 +637,11 @@ impl Writer {
     /// The writer the settings ask for: OpenRouter with a key, the offline writer without;
     /// the embedding model when fetched, the lexical fallback otherwise; Chroma when
     /// configured, the embedded index otherwise.
-    pub fn from_settings(settings: &Settings, db: Database) -> Result<Self, StartError> {
+    pub fn from_settings(
+        settings: &Settings,
+        db: Database,
+        sealer: crate::store::MessageSealer,
+    ) -> Result<Self, StartError> {
         let ai = &settings.ai;
         let generator: Arc<dyn ContentGenerator> = match &ai.openrouter_api_key {
             Some(key) => {
@@ -655,7 +684,7 @@ impl Writer {
                 company: ai.sender_company.clone(),
                 signature: String::new(),
             },
-            drafts: DraftStore::new(db),
+            drafts: DraftStore::new(db, sealer),
         })
     }
 

@@ -945,7 +945,80 @@ async fn bad_consents_are_invalid_argument_naming_each_field_and_other_tenants_l
     );
 }
 
+async fn a_sent_message_is_ciphertext_in_the_database_and_plain_to_its_readers(backend: Backend) {
+    let app = App::spawn(backend).await;
+    let lead = app.lead("acme", "grace.hopper@navy.example", "").await;
+    let sent = app
+        .send(
+            "acme",
+            email(
+                &lead,
+                "Compilers for Grace",
+                "Dear Grace Hopper, about COBOL",
+            ),
+        )
+        .await
+        .expect("send");
+    assert_eq!(sent.to, "grace.hopper@navy.example");
+
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        to_address: String,
+        subject: String,
+        body: String,
+    }
+    let stored: Stored = app
+        .db
+        .fetch_one(
+            Sql::new("SELECT to_address, subject, body FROM messages WHERE id = $1")
+                .bind(uuid::Uuid::parse_str(&sent.id).expect("id")),
+        )
+        .await
+        .expect("row");
+    for value in [&stored.to_address, &stored.subject, &stored.body] {
+        assert!(value.starts_with("aes1."), "sealed: {value}");
+        let lower = value.to_lowercase();
+        for secret in ["grace", "hopper", "cobol"] {
+            assert!(!lower.contains(secret), "{secret} in {value}");
+        }
+    }
+
+    let mut client = app.client().await;
+    let read = client
+        .get_message(app.env.request(
+            "acme",
+            GetMessageRequest {
+                id: sent.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (read.to.as_str(), read.subject.as_str()),
+        ("grace.hopper@navy.example", "Compilers for Grace")
+    );
+    assert!(read.body.contains("about COBOL"), "{}", read.body);
+    let listed = client
+        .list_messages(app.env.request(
+            "acme",
+            ListMessagesRequest {
+                filter: format!("lead_id = \"{}\"", lead.id),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.messages.len(), 1);
+    assert_eq!(listed.messages[0].subject, "Compilers for Grace");
+    // The recipient's copy is plaintext, as it must be.
+    let delivered = app.wait_for_emails(1).await;
+    assert!(delivered[0].contains("grace.hopper@navy.example"));
+}
+
 aida_core::backend_pair_suite!(on_postgres_jetstream_and_smtp, on_sqlite_and_mail_directory:
+    a_sent_message_is_ciphertext_in_the_database_and_plain_to_its_readers,
     a_withdrawn_marketing_consent_stops_sending_on_its_channel_until_given_again,
     an_unsubscribe_link_records_a_withdrawal_with_the_message_as_proof,
     bad_consents_are_invalid_argument_naming_each_field_and_other_tenants_leads_not_found,
