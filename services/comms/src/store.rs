@@ -252,14 +252,34 @@ impl MessageSealer {
         Ok(Some(self.keys.subject(tenant, &lead.to_string()).await?))
     }
 
-    /// `fields` (column, value) of message `id` to `lead`, opened in place. `false`: the
+    /// `fields` (column, value) of row `id` about `lead`, sealed (as they are when
+    /// encryption is off).
+    pub async fn seal<const N: usize>(
+        &self,
+        tenant: &str,
+        lead: Uuid,
+        id: Uuid,
+        fields: [(&str, &str); N],
+    ) -> Result<[String; N], Error> {
+        let key = self.sealing_key(tenant, lead).await?;
+        let row = id.to_string();
+        let mut sealed = fields.map(|(_, value)| value.to_owned());
+        if let Some(key) = key {
+            for (slot, (column, value)) in sealed.iter_mut().zip(fields) {
+                *slot = key.seal(column, &row, value)?;
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// `fields` (column, value) of row `id` about `lead`, opened in place. `false`: the
     /// lead was erased, so they cannot be read any more.
     pub async fn open(
         &self,
         tenant: &str,
         lead: Uuid,
         id: Uuid,
-        fields: [(&str, &mut String); 3],
+        fields: Vec<(&str, &mut String)>,
     ) -> Result<bool, Error> {
         if !fields
             .iter()
@@ -305,7 +325,7 @@ impl CommsStore {
                 &row.tenant_id,
                 row.lead_id,
                 row.id,
-                [
+                vec![
                     ("to_address", &mut row.to_address),
                     ("subject", &mut row.subject),
                     ("body", &mut row.body),
@@ -606,22 +626,19 @@ impl CommsStore {
     /// Records a message about to be handed to the provider. A concurrent call with the
     /// same request id loses: it gets the first call's message back.
     pub async fn insert_sending(&self, message: &Message) -> Result<Option<Message>, Error> {
-        let key = self
+        let [to, subject, body] = self
             .sealer
-            .sealing_key(&message.tenant_id, message.lead_id)
+            .seal(
+                &message.tenant_id,
+                message.lead_id,
+                message.id,
+                [
+                    ("to_address", &message.to),
+                    ("subject", &message.subject),
+                    ("body", &message.body),
+                ],
+            )
             .await?;
-        let row = message.id.to_string();
-        let seal = |column: &str, value: &str| -> Result<String, Error> {
-            match &key {
-                Some(key) => Ok(key.seal(column, &row, value)?),
-                None => Ok(value.to_owned()),
-            }
-        };
-        let (to, subject, body) = (
-            seal("to_address", &message.to)?,
-            seal("subject", &message.subject)?,
-            seal("body", &message.body)?,
-        );
         let inserted = self
             .db
             .execute(

@@ -241,7 +241,7 @@ impl TryFrom<DraftRow> for Draft {
 #[derive(Clone)]
 pub struct DraftStore {
     db: Database,
-    /// Opens the sent messages the writer reads back.
+    /// Seals the drafts' text, and opens it and the sent messages the writer reads back.
     sealer: crate::store::MessageSealer,
 }
 
@@ -250,8 +250,44 @@ impl DraftStore {
         Self { db, sealer }
     }
 
+    /// A stored draft in domain form, its text opened; `None` when its lead was erased.
+    async fn open(&self, mut row: DraftRow) -> Result<Option<Draft>, Error> {
+        let fields = vec![
+            ("draft_subject", &mut row.subject),
+            ("draft_body", &mut row.body),
+        ];
+        if !self
+            .sealer
+            .open(&row.tenant_id, row.lead_id, row.id, fields)
+            .await?
+        {
+            return Ok(None);
+        }
+        Draft::try_from(row).map(Some)
+    }
+
+    async fn open_all(&self, rows: Vec<DraftRow>) -> Result<Vec<Draft>, Error> {
+        let mut drafts = Vec::with_capacity(rows.len());
+        for row in rows {
+            drafts.extend(self.open(row).await?);
+        }
+        Ok(drafts)
+    }
+
     /// Stores a new draft; a concurrent one with the same request id wins and is returned.
     pub async fn insert(&self, draft: &Draft) -> Result<Draft, Error> {
+        let [subject, body] = self
+            .sealer
+            .seal(
+                &draft.tenant_id,
+                draft.lead_id,
+                draft.id,
+                [
+                    ("draft_subject", &draft.subject),
+                    ("draft_body", &draft.body),
+                ],
+            )
+            .await?;
         let inserted = self
             .db
             .execute(
@@ -263,8 +299,8 @@ impl DraftStore {
                 .bind(draft.lead_id)
                 .bind(draft.purpose.as_str())
                 .bind(draft.tone.as_str())
-                .bind(draft.subject.as_str())
-                .bind(draft.body.as_str())
+                .bind(subject)
+                .bind(body)
                 .bind(serde_json::to_value(&draft.provenance).map_err(Error::internal)?)
                 .bind(draft.state.as_str())
                 .bind(i64::from(draft.autonomy_level))
@@ -293,7 +329,20 @@ impl DraftStore {
     }
 
     pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Draft, Error> {
-        self.db.get_as::<DraftRow, _>(&DRAFTS, tenant, id).await
+        let row: Option<DraftRow> = self
+            .db
+            .fetch_optional(
+                Sql::new(format!(
+                    "SELECT {DRAFT_COLUMNS} FROM drafts WHERE tenant_id = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id),
+            )
+            .await?;
+        let not_found = || Error::not_found(DRAFTS.resource, id.to_string());
+        self.open(row.ok_or_else(not_found)?)
+            .await?
+            .ok_or_else(not_found)
     }
 
     pub async fn by_request(&self, tenant: &str, request_id: &str) -> Result<Option<Draft>, Error> {
@@ -307,7 +356,10 @@ impl DraftStore {
                 .bind(request_id),
             )
             .await?;
-        row.map(Draft::try_from).transpose()
+        match row {
+            Some(row) => self.open(row).await,
+            None => Ok(None),
+        }
     }
 
     /// The draft a message was sent from, if any.
@@ -322,7 +374,10 @@ impl DraftStore {
                 .bind(message),
             )
             .await?;
-        row.map(Draft::try_from).transpose()
+        match row {
+            Some(row) => self.open(row).await,
+            None => Ok(None),
+        }
     }
 
     /// Moves the draft from `from` to `state`, for good; false when it had moved on.
@@ -400,7 +455,7 @@ impl DraftStore {
                 .bind(i64::from(limit)),
             )
             .await?;
-        rows.into_iter().map(Draft::try_from).collect()
+        self.open_all(rows).await
     }
 
     /// Drafts of `action` the agent `requester` sent on its own since `since`, every segment.
@@ -470,7 +525,12 @@ impl DraftStore {
             query,
             blind: None,
         };
-        self.db.fetch_listed_page_as::<DraftRow, _>(&listing).await
+        let sql = listing.select(self.db.engine(), DRAFT_COLUMNS)?;
+        let (rows, more) = self
+            .db
+            .fetch_page::<DraftRow>(sql, &query.order, query.paging.size, query.after.as_ref())
+            .await?;
+        Ok((self.open_all(rows).await?, more))
     }
 
     /// The lead's latest e-mails, oldest first: what the writer should not repeat.
@@ -497,7 +557,7 @@ impl DraftStore {
         rows.reverse();
         let mut past = Vec::with_capacity(rows.len());
         for mut row in rows {
-            let fields = [
+            let fields = vec![
                 ("to_address", &mut row.to_address),
                 ("subject", &mut row.subject),
                 ("body", &mut row.body),
@@ -540,7 +600,7 @@ impl DraftStore {
                 )
                 .await?;
             if let Some(mut row) = row {
-                let fields = [
+                let fields = vec![
                     ("to_address", &mut row.to_address),
                     ("subject", &mut row.subject),
                     ("body", &mut row.body),

@@ -512,7 +512,56 @@ async fn with_an_openrouter_key_the_model_writes_the_draft(backend: Backend) {
     assert!(user.contains("Globex Freight"), "{user}");
 }
 
+async fn a_drafts_text_is_ciphertext_in_the_database_and_plain_to_its_readers(backend: Backend) {
+    let app = App::spawn(backend, without_agent).await;
+    let lead = app
+        .lead(
+            "zelda.quist@example.com",
+            "Zelda",
+            "CTO",
+            "Hyrule Systems",
+            "wants faster builds",
+        )
+        .await;
+    let draft = app
+        .generate(&lead, Purpose::FirstTouch)
+        .await
+        .expect("draft");
+    let read = app.draft(&draft.id).await;
+    assert_eq!(
+        (read.subject.as_str(), read.body.as_str()),
+        (draft.subject.as_str(), draft.body.as_str())
+    );
+    assert!(
+        !read.body.is_empty() && !read.body.starts_with("aes1."),
+        "{}",
+        read.body
+    );
+
+    let db =
+        aida_core::db::Database::connect(&app.env.settings.database_url_for(aida_comms::SERVICE))
+            .await
+            .expect("comms database");
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        subject: String,
+        body: String,
+    }
+    let stored: Stored = db
+        .fetch_one(
+            aida_core::db::Sql::new("SELECT subject, body FROM drafts WHERE id = $1")
+                .bind(uuid::Uuid::parse_str(&draft.id).expect("id")),
+        )
+        .await
+        .expect("row");
+    for value in [&stored.subject, &stored.body] {
+        assert!(value.starts_with("aes1."), "sealed: {value}");
+        assert!(!value.to_lowercase().contains("zelda"), "{value}");
+    }
+}
+
 aida_core::backend_pair_suite!(on_postgres_and_jetstream, on_sqlite_and_in_process_bus:
+    a_drafts_text_is_ciphertext_in_the_database_and_plain_to_its_readers,
     a_draft_sent_as_written_is_an_approval_and_its_reply_an_outcome_and_an_example,
     edited_drafts_count_as_edited_and_discarded_ones_as_rejected,
     a_draft_to_a_suppressed_address_is_refused_as_a_critical_incident,
