@@ -161,29 +161,18 @@ struct Head {
     hash: Vec<u8>,
 }
 
-/// Appends `record` to its tenant's chain inside `tx`: the next sequence number, the hash
-/// over the chain's last hash, the new head.
-async fn append(tx: &mut Tx, record: &pb::AuditRecord) -> Result<(), Error> {
+/// `record` in its row form, before its place in the chain is known.
+fn unchained(record: &pb::AuditRecord) -> Result<Row, Error> {
     let id = Uuid::parse_str(&record.id).map_err(|_| Error::invalid("record.id", "not a UUID"))?;
     let occur_time = record
         .occur_time
         .as_ref()
         .and_then(aida_core::events::from_timestamp)
         .ok_or_else(|| Error::invalid("record.occur_time", "missing or out of range"))?;
-    let head: Option<Head> = tx
-        .fetch_optional(
-            Sql::new(format!(
-                "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1{}",
-                tx.engine().lock_clause()
-            ))
-            .bind(record.tenant_id.as_str()),
-        )
-        .await?;
-    let (seq, previous) = head.map_or((0, GENESIS.to_vec()), |head| (head.seq, head.hash));
     let actor = record.actor.clone().unwrap_or_default();
-    let mut row = Row {
+    Ok(Row {
         tenant_id: record.tenant_id.clone(),
-        seq: seq + 1,
+        seq: 0,
         id,
         occur_time,
         actor: actor.subject,
@@ -195,47 +184,76 @@ async fn append(tx: &mut Tx, record: &pb::AuditRecord) -> Result<(), Error> {
         request_id: record.request_id.clone(),
         trace_id: record.trace_id.clone(),
         recorded_by: record.recorded_by.clone(),
-        prev_hash: previous,
+        prev_hash: Vec::new(),
         hash: Vec::new(),
-    };
-    row.hash = row.digest(&row.prev_hash);
-    tx.execute(
-        Sql::new(format!(
-            "INSERT INTO audit_records ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        ))
-        .bind(row.tenant_id.as_str())
-        .bind(row.seq)
-        .bind(row.id)
-        .bind(row.occur_time)
-        .bind(row.actor.as_str())
-        .bind(row.roles.as_str())
-        .bind(row.client_identity.as_str())
-        .bind(row.action.as_str())
-        .bind(row.resource.as_str())
-        .bind(row.outcome.as_str())
-        .bind(row.request_id.as_str())
-        .bind(row.trace_id.as_str())
-        .bind(row.recorded_by.as_str())
-        .bind(row.prev_hash.clone())
-        .bind(row.hash.clone()),
-    )
-    .await?;
+    })
+}
+
+/// Rows per INSERT (15 arguments each).
+const INSERT_ROWS: usize = 200;
+
+/// Appends `rows` (one tenant's, in order) to `tenant`'s chain inside `tx`: the head read
+/// and locked once, each row its next sequence number and the hash over the one before, the
+/// rows written a few hundred per statement, the new head once.
+async fn append_all(tx: &mut Tx, tenant: &str, mut rows: Vec<Row>) -> Result<(), Error> {
+    let head: Option<Head> = tx
+        .fetch_optional(
+            Sql::new(format!(
+                "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1{}",
+                tx.engine().lock_clause()
+            ))
+            .bind(tenant),
+        )
+        .await?;
+    let (mut seq, mut previous) = head.map_or((0, GENESIS.to_vec()), |head| (head.seq, head.hash));
+    for row in &mut rows {
+        seq += 1;
+        row.seq = seq;
+        row.prev_hash = std::mem::take(&mut previous);
+        row.hash = row.digest(&row.prev_hash);
+        previous = row.hash.clone();
+    }
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let mut sql = Sql::new(format!("INSERT INTO audit_records ({COLUMNS}) VALUES "));
+        for (n, row) in chunk.iter().enumerate() {
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.push_arg(row.tenant_id.as_str()).push(", ");
+            sql.push_arg(row.seq).push(", ");
+            sql.push_arg(row.id).push(", ");
+            sql.push_arg(row.occur_time).push(", ");
+            sql.push_arg(row.actor.as_str()).push(", ");
+            sql.push_arg(row.roles.as_str()).push(", ");
+            sql.push_arg(row.client_identity.as_str()).push(", ");
+            sql.push_arg(row.action.as_str()).push(", ");
+            sql.push_arg(row.resource.as_str()).push(", ");
+            sql.push_arg(row.outcome.as_str()).push(", ");
+            sql.push_arg(row.request_id.as_str()).push(", ");
+            sql.push_arg(row.trace_id.as_str()).push(", ");
+            sql.push_arg(row.recorded_by.as_str()).push(", ");
+            sql.push_arg(row.prev_hash.clone()).push(", ");
+            sql.push_arg(row.hash.clone()).push(")");
+        }
+        tx.execute(sql).await?;
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
     tx.execute(
         Sql::new(
             "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $2, $3) \
              ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
         )
-        .bind(row.tenant_id.as_str())
-        .bind(row.seq)
-        .bind(row.hash),
+        .bind(tenant)
+        .bind(seq)
+        .bind(previous),
     )
     .await?;
     Ok(())
 }
 
 /// The `audit-chain` consumer: appends each batch's records in one transaction, each
-/// event once (the inbox), in the order the bus delivered them.
+/// event once (the inbox, claimed for the whole batch at once), each tenant's in the order
+/// the bus delivered them, with one head lock and a few statements per tenant.
 pub struct Chain {
     pub db: Database,
 }
@@ -243,7 +261,7 @@ pub struct Chain {
 #[tonic::async_trait]
 impl BatchHandler for Chain {
     async fn handle_batch(&self, events: &[EventEnvelope]) -> Result<(), HandlerError> {
-        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        let mut parsed = Vec::with_capacity(events.len());
         for event in events {
             let Some(Payload::AuditRecorded(recorded)) = &event.payload else {
                 continue;
@@ -253,16 +271,28 @@ impl BatchHandler for Chain {
                     "audit.recorded without a record".into(),
                 ));
             };
-            if !aida_core::consumer::claim(&mut tx, CONSUMER, &event.event_id)
-                .await
-                .map_err(Error::from)?
-            {
-                continue;
+            let row = unchained(record).map_err(|error| HandlerError::Poison(error.to_string()))?;
+            parsed.push((event.event_id.as_str(), row));
+        }
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        let ids: Vec<&str> = parsed.iter().map(|(id, _)| *id).collect();
+        let mut fresh = aida_core::consumer::claim_many(&mut tx, CONSUMER, &ids)
+            .await
+            .map_err(Error::from)?;
+        // Per tenant in delivery order; tenants in name order, so that two replicas'
+        // batches lock heads in the same order and never wait on each other in a cycle.
+        let mut by_tenant: std::collections::BTreeMap<String, Vec<Row>> =
+            std::collections::BTreeMap::new();
+        for (id, row) in parsed {
+            if fresh.remove(id) {
+                by_tenant
+                    .entry(row.tenant_id.clone())
+                    .or_default()
+                    .push(row);
             }
-            append(&mut tx, record).await.map_err(|error| match error {
-                Error::InvalidArgument(_) => HandlerError::Poison(error.to_string()),
-                other => HandlerError::from(other),
-            })?;
+        }
+        for (tenant, rows) in by_tenant {
+            append_all(&mut tx, &tenant, rows).await?;
         }
         tx.commit().await.map_err(Error::from)?;
         Ok(())

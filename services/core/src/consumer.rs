@@ -70,6 +70,35 @@ pub async fn claim(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool, 
     Ok(inserted == 1)
 }
 
+/// [`claim`] for a batch of event ids in one statement per 300: the ids claimed now (an
+/// id seen before, or twice in `event_ids`, is claimed once).
+pub async fn claim_many(
+    tx: &mut Tx,
+    consumer: &str,
+    event_ids: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Claimed {
+        event_id: String,
+    }
+    let mut claimed = std::collections::HashSet::with_capacity(event_ids.len());
+    let now = Utc::now();
+    for chunk in event_ids.chunks(300) {
+        let mut sql =
+            Sql::new("INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ");
+        for (n, id) in chunk.iter().enumerate() {
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.push_arg(consumer).push(", ");
+            sql.push_arg(*id).push(", ");
+            sql.push_arg(now).push(")");
+        }
+        sql.push(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
+        let rows: Vec<Claimed> = tx.fetch_all(sql).await?;
+        claimed.extend(rows.into_iter().map(|row| row.event_id));
+    }
+    Ok(claimed)
+}
+
 /// Follows an ephemeral feed (`spec`, a per-replica consumer starting at new messages)
 /// until `shutdown`, handing every decodable envelope to `on_event` and acking it;
 /// re-subscribes when the bus drops the feed. Undecodable messages are the durable
