@@ -775,7 +775,8 @@ async fn master_key_rotation_under_load_fails_no_request_and_leaves_every_lead_r
     );
 
     // A fresh process unwraps every tenant key under the new master key.
-    assert!(stop(up.take()).await.success());
+    let status = stop(up.take()).await;
+    assert!(status.success(), "aida up exited with {status}");
     let up = start_up_with(dir.path(), UNLIMITED);
     let mut leads = LeadServiceClient::connect(format!("http://{}", up.address))
         .await

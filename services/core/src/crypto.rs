@@ -201,7 +201,13 @@ impl LocalKeys {
                     std::fs::create_dir_all(parent)?;
                 }
                 let entry = new_entry()?;
-                match crate::settings::write_private_file(path, &format!("{entry}\n")) {
+                // Written whole beside it, then linked into place: another process sees no
+                // file or the whole file, and the first link wins.
+                let temporary = path.with_extension(format!("keys.{}", crate::random_hex(6)));
+                crate::settings::write_private_file(&temporary, &format!("{entry}\n"))?;
+                let linked = std::fs::hard_link(&temporary, path);
+                let _ = std::fs::remove_file(&temporary);
+                match linked {
                     Ok(()) => entry,
                     // Another process created it first: use theirs.
                     Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -397,8 +403,20 @@ pub async fn keys_database(settings: &crate::settings::Settings) -> Result<Datab
     }
     let db = Database::connect_with(&settings.database_url_for("keys"), &settings.database).await?;
     let _turn = MIGRATING.lock().await;
-    db.migrate(&mut migrations()).await?;
-    Ok(db)
+    // Another process (`aida keys` beside `aida up`) may be applying the same migration:
+    // its transaction wins, ours then fails on a table that now exists, and the next try
+    // finds the migration applied.
+    let mut tries = 0;
+    loop {
+        match db.migrate(&mut migrations()).await {
+            Ok(()) => return Ok(db),
+            Err(_) if tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// A tenant's data key: wraps its subjects' keys, seals tenant-wide values (suppression
