@@ -401,20 +401,30 @@ pub async fn keys_database(settings: &crate::settings::Settings) -> Result<Datab
     if settings.database_url.is_none() {
         std::fs::create_dir_all(&settings.data_dir)?;
     }
-    let db = Database::connect_with(&settings.database_url_for("keys"), &settings.database).await?;
+    // Opening a new SQLite file (its journal mode set) and migrating it both race with
+    // another opener: in this process they take turns; another process's (`aida keys`
+    // beside `aida up`) transaction wins, ours then fails, and the next try finds it done.
     let _turn = MIGRATING.lock().await;
-    // Another process (`aida keys` beside `aida up`) may be applying the same migration:
-    // its transaction wins, ours then fails on a table that now exists, and the next try
-    // finds the migration applied.
     let mut tries = 0;
     loop {
-        match db.migrate(&mut migrations()).await {
-            Ok(()) => return Ok(db),
+        let opened =
+            match Database::connect_with(&settings.database_url_for("keys"), &settings.database)
+                .await
+            {
+                Ok(db) => db
+                    .migrate(&mut migrations())
+                    .await
+                    .map(|()| db)
+                    .map_err(CryptoError::from),
+                Err(error) => Err(CryptoError::from(error)),
+            };
+        match opened {
+            Ok(db) => return Ok(db),
             Err(_) if tries < 5 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100 * tries)).await;
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error),
         }
     }
 }
