@@ -727,35 +727,22 @@ impl Keyring {
         if let Some(key) = self.stored_subject(&tenant_key, subject).await? {
             return Ok(key);
         }
-        let bytes = random::<KEY_LEN>()?;
-        let wrapped = tenant_key
-            .aead
-            .seal(&subject_context(tenant, subject), &bytes)?;
-        self.db
-            .execute(
-                Sql::new(
-                    "INSERT INTO subject_keys (tenant_id, subject_id, wrapped, create_time) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject_id) DO NOTHING",
-                )
-                .bind(tenant)
-                .bind(subject)
-                .bind(wrapped)
-                .bind(crate::events::now_micros()),
-            )
-            .await?;
+        if let Some(key) = self.insert_subject(&tenant_key, subject).await? {
+            return Ok(key);
+        }
         self.stored_subject(&tenant_key, subject)
             .await?
             .ok_or_else(|| CryptoError::Erased(subject.to_owned()))
     }
 
-    /// A key for a subject that is new (a lead being captured): one statement, no read
-    /// first. A subject that already has a key (or had one) gets [`Keyring::subject`]'s answer.
-    pub async fn new_subject(
+    /// A fresh key for `subject`, stored and cached; `None` when it already had one (or a
+    /// tombstone): someone else's insert won.
+    async fn insert_subject(
         &self,
-        tenant: &str,
+        tenant_key: &TenantKey,
         subject: &str,
-    ) -> Result<SubjectKey, CryptoError> {
-        let tenant_key = self.tenant(tenant).await?;
+    ) -> Result<Option<SubjectKey>, CryptoError> {
+        let tenant = tenant_key.tenant.as_str();
         let bytes = random::<KEY_LEN>()?;
         let wrapped = tenant_key
             .aead
@@ -774,14 +761,28 @@ impl Keyring {
             )
             .await?;
         if inserted == 0 {
-            return self.subject(tenant, subject).await;
+            return Ok(None);
         }
         let key = SubjectKey {
             inner: Arc::new((tenant.to_owned(), AeadKey::new(&bytes))),
         };
         self.subjects
             .insert((tenant.to_owned(), subject.to_owned()), key.clone());
-        Ok(key)
+        Ok(Some(key))
+    }
+
+    /// A key for a subject that is new (a lead being captured): one statement, no read
+    /// first. A subject that already has a key (or had one) gets [`Keyring::subject`]'s answer.
+    pub async fn new_subject(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<SubjectKey, CryptoError> {
+        let tenant_key = self.tenant(tenant).await?;
+        match self.insert_subject(&tenant_key, subject).await? {
+            Some(key) => Ok(key),
+            None => self.subject(tenant, subject).await,
+        }
     }
 
     /// The key of `subject` when it has one: `None` when it never had one, ERASED when it
